@@ -1,0 +1,54 @@
+# The user interface: every target is a thin call into `python -m harness`.
+# A .venv is created on first use; PYTHON=python3 (or any interpreter) uses that one instead.
+EXP ?= plenoxels_tv
+ARGS ?=
+CLUSTER ?=
+RUNS ?= runs
+VENV ?= .venv
+PYTHON ?= $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+# Only build the venv when PYTHON is the venv's interpreter.
+ifeq ($(PYTHON),$(VENV)/bin/python)
+DEPS := $(STAMP)
+else
+DEPS :=
+endif
+
+CLUSTER_ARG := $(if $(CLUSTER),--cluster $(CLUSTER),)
+
+.PHONY: help sweep report status test bench data clean install
+
+help:
+	@echo "make sweep EXP=name [CLUSTER=local|debug|slurm] [ARGS=\"--bind 'X.y=1'\"]  run an experiment"
+	@echo "make report EXP=name[,other]   HTML report of the records in $(RUNS)/"
+	@echo "make status EXP=name           trials by state"
+	@echo "make test                      the test suite"
+	@echo "make bench                     pytest-benchmark suite -> bench.json"
+	@echo "experiments: $$(ls experiments/*.gin | xargs -n1 basename | sed 's/.gin$$//' | tr '\n' ' ')"
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --upgrade pip
+	$(VENV)/bin/pip install -e '.[test]'
+	touch $(STAMP)
+
+install: $(DEPS)
+
+sweep: $(DEPS)
+	$(PYTHON) -m harness sweep $(EXP) --runs-dir $(RUNS) $(CLUSTER_ARG) $(ARGS)
+
+report: $(DEPS)
+	$(PYTHON) -m harness report $(EXP) --runs-dir $(RUNS) $(ARGS)
+
+status: $(DEPS)
+	$(PYTHON) -m harness status $(EXP) --runs-dir $(RUNS) $(ARGS)
+
+test: $(DEPS)
+	$(PYTHON) -m pytest -q $(ARGS)
+
+bench: $(DEPS)
+	$(PYTHON) -m pytest tests/bench -p no:cacheprovider --override-ini addopts= --benchmark-json=bench.json $(ARGS)
+
+clean:
+	rm -rf $(RUNS) .pytest_cache bench.json

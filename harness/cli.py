@@ -1,0 +1,122 @@
+"""`python -m harness ...`: the command line the Makefile targets call."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from harness.errors import HarnessError
+from harness.paths import DEFAULT_RUNS_DIR
+
+log = logging.getLogger("harness")
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS_DIR, help="where trial records live (default: runs/)")
+    p.add_argument("--bind", action="append", default=[], metavar="BINDING",
+                   help="extra Gin binding, e.g. --bind 'TVLoss.weight_density=1e-4' (repeatable)")
+
+
+def cmd_sweep(args) -> int:
+    from harness import sweep as sw
+
+    if args.dry_run:
+        trials = sw.expand(args.experiment, args.bind)
+        if args.json:
+            print(json.dumps([{"id": t.id, "bindings": t.bindings} for t in trials], indent=2))
+        else:
+            for t in trials:
+                print(f"{t.id}  {t.label}")
+        return 0
+    from harness.driver import run_sweep
+
+    outcome = run_sweep(args.experiment, args.bind, args.runs_dir,
+                        {"cluster": args.cluster, "parallel": args.parallel, "threads": args.threads,
+                         "retry_failed": args.retry_failed or None})
+    bad = {k: v for k, v in outcome.items() if v != "done" and not v.startswith("submitted")}
+    print(f"{args.experiment}: {len(outcome) - len(bad)} of {len(outcome)} trials done"
+          + ("" if not bad else f"; not done: " + "; ".join(f"{k}: {v}" for k, v in bad.items())))
+    from harness.config import experiment_name
+
+    name = experiment_name(args.experiment)
+    print(f"records: {Path(args.runs_dir) / name}   report: make report EXP={name}")
+    return 0 if not bad else 1
+
+
+def cmd_status(args) -> int:
+    from reports.collect import collect_trials
+
+    for exp in args.experiment.split(","):
+        df = collect_trials(Path(args.runs_dir), exp)
+        counts = df["state"].value_counts().to_dict() if len(df) else {}
+        print(f"{exp}: {len(df)} trials: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+        cols = [c for c in ("id", "state", "label", "progress", "psnr", "attempts", "error") if c in df.columns]
+        if len(df):
+            print(df[cols].to_string(index=False, na_rep="-", max_colwidth=60))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from reports.build import build_report
+
+    out = build_report(args.experiment.split(","), Path(args.runs_dir), out_dir=args.out)
+    print(f"report: {out}")
+    return 0
+
+
+def quiet_gin_search_logs() -> None:
+    """gin logs every include-path probe on the root logger ('Path not found: ...'), which
+    reads like an error to users; keep those out, keep everything else."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not ("/gin/" in record.pathname.replace("\\", "/") and record.levelno <= logging.ERROR)
+
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(keep)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m harness", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("sweep", help="expand an experiment into trials and run those not done")
+    p.add_argument("experiment", help="name of experiments/<name>.gin (or a path to a .gin file)")
+    _add_common(p)
+    p.add_argument("--dry-run", action="store_true", help="list the trials without running them")
+    p.add_argument("--json", action="store_true", help="with --dry-run: print the trials as a JSON list")
+    p.add_argument("--cluster", choices=("local", "debug", "slurm"), help="override launch.cluster")
+    p.add_argument("--parallel", type=int, help="override launch.parallel (local: trials at once)")
+    p.add_argument("--threads", type=int, help="torch threads per trial (default: cores / parallel)")
+    p.add_argument("--retry-failed", action="store_true", help="also re-run failed/diverged trials")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("status", help="counts and a table of an experiment's trials by state")
+    p.add_argument("experiment", help="experiment name(s), comma-separated")
+    _add_common(p)
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("report", help="build the HTML report of one or more experiments")
+    p.add_argument("experiment", help="experiment name(s), comma-separated")
+    _add_common(p)
+    p.add_argument("--out", type=Path, help="output folder (default: <runs-dir>/<exp>/report)")
+    p.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    quiet_gin_search_logs()
+    try:
+        return args.func(args)
+    except HarnessError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished trials are kept; re-run the same command to resume", file=sys.stderr)
+        return 130

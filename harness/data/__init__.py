@@ -1,0 +1,1 @@
+"""Scene loading: one representation (harness.data.scene) from every supported format."""

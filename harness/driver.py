@@ -1,0 +1,97 @@
+"""`harness sweep`: expand an experiment, prepare trial records, launch what is left to run."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from harness import config as cfg
+from harness import launch
+from harness.errors import ConfigError
+from harness.records import TrialRecord, atomic_write_json, create_trial_record, now_iso
+from harness.sweep import Trial, expand
+
+log = logging.getLogger(__name__)
+
+
+def read_launch_settings(experiment: str, user_bindings: list[str], overrides: dict) -> dict:
+    cfg.parse([cfg.experiment_path(experiment)], user_bindings)
+    return launch.launch_settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def trial_dir(runs_dir: Path, trial: Trial) -> Path:
+    return Path(runs_dir) / trial.experiment / trial.id
+
+
+def prepare(trials: list[Trial], runs_dir: Path, exp_file: Path, user_bindings: list[str]) -> list[TrialRecord]:
+    records = []
+    for t in trials:
+        meta = {"trial_id": t.id, "experiment": t.experiment, "bindings": t.bindings, "label": t.label}
+        records.append(create_trial_record(trial_dir(runs_dir, t), meta, t.config))
+    exp_dir = Path(runs_dir) / trials[0].experiment
+    atomic_write_json(exp_dir / "sweep.json", {
+        "experiment": trials[0].experiment, "file": str(exp_file), "user_bindings": list(user_bindings),
+        "updated": now_iso(), "trials": [{"id": t.id, "bindings": t.bindings} for t in trials]})
+    return records
+
+
+def select(trials: list[Trial], records: list[TrialRecord], retry_failed: bool) -> tuple[list, dict]:
+    """Which trials to run now, and why the others are skipped."""
+    todo, skipped = [], {}
+    for t, r in zip(trials, records):
+        state = r.state
+        if state == "done":
+            skipped[t.id] = "done"
+        elif state in ("failed", "diverged", "cancelled") and not retry_failed:
+            skipped[t.id] = f"{state} (use --retry-failed to run again)"
+        else:
+            todo.append(launch.Pending(t, r))
+    return todo, skipped
+
+
+def run_sweep(experiment: str, user_bindings: list[str], runs_dir: Path, overrides: dict) -> dict:
+    """Run (or resume) a sweep; returns a summary {trial id: outcome}."""
+    t0 = time.perf_counter()
+    exp_file = cfg.experiment_path(experiment)
+    settings = read_launch_settings(experiment, user_bindings, overrides)
+    trials = expand(experiment, user_bindings)
+    if not trials:
+        raise ConfigError(f"{exp_file}: the sweep has no trials")
+    launch.check_cluster(settings)
+    records = prepare(trials, runs_dir, exp_file, user_bindings)
+    todo, skipped = select(trials, records, settings["retry_failed"])
+    for tid, why in skipped.items():
+        log.info("trial %s skipped: %s", tid, why)
+    if not todo:
+        log.info("all %d trials of %s are done or skipped (%.1f s)", len(trials), experiment, time.perf_counter() - t0)
+        return {tid: why for tid, why in skipped.items()}
+    _preflight(experiment, user_bindings, trials[0])
+    log.info("%s: running %d of %d trials on cluster '%s'", experiment, len(todo), len(trials), settings["cluster"])
+    folder = Path(runs_dir) / trials[0].experiment / ".submitit"
+    if settings["cluster"] == "slurm":
+        jobs = launch.submit_slurm(settings, exp_file, user_bindings, todo, folder)
+        return {p.trial.id: f"submitted as {job.job_id}" for p, job in zip(todo, jobs)}
+    outcome = launch.run_local(settings, exp_file, user_bindings, todo, folder)
+    return {**skipped, **outcome}
+
+
+def _preflight(experiment: str, user_bindings: list[str], trial: Trial) -> None:
+    """Checks that must stop a sweep before any training (e.g. LPIPS weights missing)."""
+    from harness.evaluate import Evaluation
+
+    import gin
+
+    from harness.errors import DataError
+    from harness.paths import resolve_project_path
+
+    cfg.parse([cfg.experiment_path(experiment)], list(user_bindings) + list(trial.gin_bindings))
+    Evaluation().preflight()
+    try:
+        path = gin.query_parameter("load_scene.path")
+    except ValueError:
+        raise ConfigError(f"{cfg.experiment_path(experiment)}: load_scene.path is not set "
+                          f"(include a scene, e.g. base/scenes/lego_100.gin)") from None
+    if not resolve_project_path(path).exists():
+        raise DataError(f"{resolve_project_path(path)}: scene path does not exist (load_scene.path = '{path}')")
+

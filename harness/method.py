@@ -1,0 +1,38 @@
+"""The one protocol every baseline implements; the trial runner knows nothing else about it.
+
+A method is a Gin-configurable class. The runner builds it as `method_cls(scene=scene, seed=seed)`
+and then only calls the members below. Methods train and render; they never compute metrics
+(harness.metrics does), never write files (harness.trial does), never launch anything.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import torch
+
+
+@runtime_checkable
+class Method(Protocol):
+    #: rays per training step; the runner draws batches of this size from the train split
+    batch_size: int
+
+    def train_step(self, step: int, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """One optimisation step on `batch` (keys: origins, directions (unit), rgb, image_index;
+        float32 CPU tensors, moved by the method to its device). Schedules that depend on the
+        step (learning rates, coarse-to-fine, pruning) are applied here. Returns scalar losses
+        as floats, including 'loss' (the total). Must be deterministic given (state, step, batch)."""
+
+    def render(self, origins: torch.Tensor, directions: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Render rays without gradients: returns 'rgb' (M, 3) in [0, 1], 'depth' (M,), 'acc' (M,)
+        on the CPU. The runner calls it in chunks of rays."""
+
+    def state_dict(self) -> dict:
+        """Everything needed to resume training bit-for-bit (parameters, optimiser state, grid
+        resolution, RNG state if any), as tensors/ints/floats/lists (saved with torch.save)."""
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what state_dict() returned, including shapes that changed during training."""
+
+    def stats(self) -> dict[str, float]:
+        """Model facts for the record (e.g. parameter count, memory in bytes, voxel count)."""

@@ -1,0 +1,245 @@
+"""The on-disk trial record: runs/<experiment>/<trial-id>/.
+
+Layout (DESIGN.md "Trial record"): config.gin, status.json, metrics.json, train.jsonl,
+progress.json, renders/, checkpoints/, lock. Every JSON/checkpoint write is atomic
+(temp file in the same directory, fsync, rename, fsync of the directory), so a kill at any
+instant leaves either the old or the new file, never a torn one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import fcntl
+import json
+import math
+import os
+import socket
+import subprocess
+import tempfile
+from pathlib import Path
+
+from harness.errors import RecordError
+
+STATES = ("pending", "running", "done", "failed", "diverged", "preempted", "cancelled")
+# Allowed status transitions; anything else is a bug in the caller.
+TRANSITIONS = {
+    "pending": {"running", "failed", "cancelled"},
+    "running": {"running", "done", "failed", "diverged", "preempted", "cancelled"},
+    "preempted": {"running", "failed", "cancelled"},
+    "failed": {"running", "cancelled"},
+    "diverged": {"running", "cancelled"},
+    "cancelled": {"running"},
+    "done": {"running"},  # only when a re-run is explicitly asked for
+}
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that readers see the old or the new file, never a partial one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _json_default(obj):
+    if hasattr(obj, "item"):
+        return obj.item()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def _sanitize(obj):
+    """JSON has no inf/nan: write them as strings so files stay standard JSON."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: _sanitize(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_sanitize(v) for v in obj]
+    return obj
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    text = json.dumps(_sanitize(obj), indent=2, sort_keys=True, default=_json_default)
+    atomic_write_bytes(path, (text + "\n").encode())
+
+
+def read_json(path: Path, default=None):
+    path = Path(path)
+    if not path.exists():
+        return default
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RecordError(f"{path}: corrupt JSON record ({exc})") from None
+
+
+def git_commit() -> str | None:
+    from harness.paths import PROJECT_ROOT
+
+    try:
+        out = subprocess.run(["git", "-C", str(PROJECT_ROOT), "rev-parse", "HEAD"],
+                             capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+class TrialRecord:
+    """Read/write access to one trial's folder."""
+
+    def __init__(self, directory: Path):
+        self.dir = Path(directory)
+
+    # paths
+    @property
+    def status_path(self) -> Path:
+        return self.dir / "status.json"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.dir / "metrics.json"
+
+    @property
+    def config_path(self) -> Path:
+        return self.dir / "config.gin"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.dir / "checkpoints"
+
+    @property
+    def renders_dir(self) -> Path:
+        return self.dir / "renders"
+
+    @property
+    def log_path(self) -> Path:
+        return self.dir / "train.jsonl"
+
+    @property
+    def progress_path(self) -> Path:
+        return self.dir / "progress.json"
+
+    # status
+    def status(self) -> dict:
+        return read_json(self.status_path, default={"state": "pending"})
+
+    @property
+    def state(self) -> str:
+        return self.status().get("state", "pending")
+
+    def set_state(self, state: str, **fields) -> dict:
+        """Transition to `state`, checking it is allowed, merging `fields` into status.json."""
+        if state not in STATES:
+            raise RecordError(f"{self.status_path}: unknown state '{state}'")
+        status = self.status()
+        old = status.get("state", "pending")
+        if state not in TRANSITIONS[old]:
+            raise RecordError(f"{self.status_path}: illegal transition {old} -> {state}")
+        status.update(fields)
+        status["state"] = state
+        status["updated"] = now_iso()
+        if state in ("done", "failed", "diverged", "cancelled"):
+            status["finished"] = status["updated"]
+        atomic_write_json(self.status_path, status)
+        return status
+
+    def begin_attempt(self, **fields) -> dict:
+        """Mark a new attempt at running this trial (first run, resume, requeue or retry)."""
+        status = self.set_state("running", host=socket.gethostname(), git_commit=git_commit(),
+                                pid=os.getpid(), **fields)
+        status["attempts"] = int(status.get("attempts", 0)) + 1
+        status.setdefault("started", status["updated"])
+        for key in ("error", "traceback", "finished"):
+            status.pop(key, None)
+        atomic_write_json(self.status_path, status)
+        return status
+
+    def update(self, **fields) -> dict:
+        """Merge `fields` into status.json without changing the state."""
+        status = self.status()
+        status.update(fields)
+        atomic_write_json(self.status_path, status)
+        return status
+
+    def write_metrics(self, metrics: dict) -> None:
+        atomic_write_json(self.metrics_path, metrics)
+
+    def metrics(self) -> dict | None:
+        return read_json(self.metrics_path)
+
+    def write_progress(self, step: int, total: int, **fields) -> None:
+        atomic_write_json(self.progress_path, {"step": step, "total": total, **fields})
+
+    def progress(self) -> dict | None:
+        try:
+            return read_json(self.progress_path)
+        except RecordError:
+            return None
+
+    def append_log(self, entry: dict) -> None:
+        """One JSON line in train.jsonl; flushed and fsynced so a crash loses at most this line."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        line = json.dumps(_sanitize(entry), sort_keys=True, default=_json_default)
+        with open(self.log_path, "a") as f:
+            f.write(line + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def read_log(self) -> list[dict]:
+        if not self.log_path.exists():
+            return []
+        rows = []
+        for line in self.log_path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a torn last line after a kill: skip it, the rest is intact
+        return rows
+
+    @contextlib.contextmanager
+    def lock(self):
+        """Exclusive, non-blocking per-trial lock; raises RecordError if another process holds it."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RecordError(f"{self.dir}: trial is locked by another process") from None
+            yield
+        finally:
+            os.close(fd)  # closing releases the flock
+
+
+def create_trial_record(directory: Path, meta: dict, config: str) -> TrialRecord:
+    """Make the trial folder with config.gin and a pending status, keeping an existing record."""
+    record = TrialRecord(directory)
+    record.dir.mkdir(parents=True, exist_ok=True)
+    if not record.config_path.exists() or record.config_path.read_text() != config:
+        atomic_write_bytes(record.config_path, config.encode())
+    if not record.status_path.exists():
+        atomic_write_json(record.status_path, {"state": "pending", "created": now_iso(), "attempts": 0, **meta})
+    return record

@@ -1,0 +1,109 @@
+"""Expand an experiment into trials: axes (cartesian), zipped groups, scenes, seeds.
+
+A trial is its list of extra bindings on top of the experiment file. Its id is a short
+sha256 of the normalised trial config (harness.config.trial_config_str), so the same config
+always gets the same id and any change to what a trial computes gets a new one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gin
+
+from harness import config as cfg
+from harness.errors import ConfigError
+
+
+@gin.configurable("Sweep")
+def sweep_spec(axes: dict | None = None, zipped: dict | None = None, seeds=(0,), scenes=(),
+               seed_binding: str = "Trainer.seed"):
+    """What an experiment varies.
+
+    axes:   {'Selector.param': [values...]}: cartesian product over all axes.
+    zipped: {'Selector.param': [values...]}: varied together (all lists the same length).
+    seeds:  seed values, bound to `seed_binding` in every trial.
+    scenes: names of experiments/base/scenes/<name>.gin, included one per trial.
+    A string value starting with '@' is bound as a Gin reference (e.g. '@Adam').
+    """
+    return {"axes": dict(axes or {}), "zipped": dict(zipped or {}), "seeds": list(seeds),
+            "scenes": list(scenes), "seed_binding": seed_binding}
+
+
+@dataclass
+class Trial:
+    id: str
+    experiment: str
+    bindings: dict  # axis name -> value, in axis order; includes the seed and the scene
+    gin_bindings: list[str]  # the Gin binding lines that make this trial
+    config: str = field(repr=False)  # normalised trial config
+
+    @property
+    def label(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.bindings.items())
+
+
+def _binding_line(key: str, value) -> str:
+    if isinstance(value, str) and value.startswith("@"):
+        return f"{key} = {value}"
+    return f"{key} = {value!r}"
+
+
+def _variants(spec: dict) -> list[dict]:
+    """The product of the axes times the zipped group, as ordered {key: value} dicts."""
+    for key, values in {**spec["axes"], **spec["zipped"]}.items():
+        if not isinstance(values, (list, tuple)) or len(values) == 0:
+            raise ConfigError(f"Sweep axis '{key}' must be a non-empty list, got {values!r}")
+    zipped = spec["zipped"]
+    lengths = {len(v) for v in zipped.values()}
+    if len(lengths) > 1:
+        raise ConfigError(f"Sweep.zipped lists differ in length: "
+                          + ", ".join(f"{k}: {len(v)}" for k, v in zipped.items()))
+    zip_rows = [dict(zip(zipped, row)) for row in zip(*zipped.values())] if zipped else [{}]
+    axes = spec["axes"]
+    prod = [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())] if axes else [{}]
+    return [{**a, **z} for a in prod for z in zip_rows]
+
+
+def trial_id(config_str: str) -> str:
+    return hashlib.sha256(config_str.encode()).hexdigest()[:12]
+
+
+def read_spec(exp_file: Path, user_bindings: list[str]) -> dict:
+    cfg.parse([exp_file], user_bindings)
+    return sweep_spec()
+
+
+def expand(experiment: str, user_bindings: list[str] = ()) -> list[Trial]:
+    """All trials of an experiment, in a stable order; raises ConfigError for an empty sweep."""
+    exp_file = cfg.experiment_path(experiment)
+    spec = read_spec(exp_file, list(user_bindings))
+    if not spec["seeds"]:
+        raise ConfigError(f"{exp_file}: Sweep.seeds is empty: the sweep has no trials")
+    scenes = spec["scenes"] or [None]
+    trials, seen = [], {}
+    for scene in scenes:
+        for variant in _variants(spec):
+            for seed in spec["seeds"]:
+                lines = [_binding_line(k, v) for k, v in variant.items()]
+                lines.append(_binding_line(spec["seed_binding"], seed))
+                if scene is not None:
+                    lines.insert(0, f"include 'base/scenes/{scene}.gin'")
+                config = trial_config(exp_file, list(user_bindings), lines)
+                tid = trial_id(config)
+                bindings = {**({"scene": scene} if scene is not None else {}), **variant, "seed": seed}
+                if tid in seen:
+                    raise ConfigError(f"{exp_file}: trials {seen[tid]} and {bindings} have the same "
+                                      f"config (an axis binds something no trial uses?)")
+                seen[tid] = bindings
+                trials.append(Trial(tid, exp_file.stem, bindings, lines, config))
+    return trials
+
+
+def trial_config(exp_file: Path, user_bindings: list[str], trial_lines: list[str]) -> str:
+    """Parse the experiment with a trial's bindings and return its normalised config."""
+    cfg.parse([exp_file], list(user_bindings) + list(trial_lines))
+    return cfg.trial_config_str()

@@ -1,0 +1,1 @@
+"""Reports: pure functions of trial records (runs/<exp>/<id>/*.json) → tables, figures, HTML."""
