@@ -99,19 +99,28 @@ def trial_config_str() -> str:
     return text
 
 
-def check_duplicate_bindings(path: Path, search_dir: Path = EXPERIMENTS_DIR, _seen=None) -> list[str]:
-    """Bindings set twice across a file and its includes (the drift Gin's docs warn about)."""
-    seen = {} if _seen is None else _seen
-    dupes = []
-    for lineno, raw in enumerate(Path(path).read_text().splitlines(), 1):
-        line = raw.split("#", 1)[0].strip()
-        if line.startswith("include"):
-            inc = line.split(None, 1)[1].strip().strip("'\"")
-            dupes += check_duplicate_bindings(search_dir / inc, search_dir, seen)
-        elif "=" in line and not line.startswith(("import", "from")) and not raw.startswith((" ", "\t")):
-            key = line.split("=", 1)[0].strip()
-            if key in seen:
-                dupes.append(f"{key}: {seen[key]} and {path}:{lineno}")
-            else:
-                seen[key] = f"{path}:{lineno}"
-    return dupes
+def check_duplicate_bindings(path: Path, search_dir: Path = EXPERIMENTS_DIR) -> list[str]:
+    """Bindings repeated across a file and its includes (the drift Gin's docs warn about):
+    the same key twice in one file, or an include's binding restated with the same value.
+    Overriding an included value with a different one is what experiment files are for."""
+    seen: dict[str, tuple[str, str]] = {}  # key -> (where, value)
+    problems: list[str] = []
+
+    def visit(file: Path) -> None:
+        local = set()
+        for lineno, raw in enumerate(Path(file).read_text().splitlines(), 1):
+            line = raw.split("#", 1)[0].strip()
+            if line.startswith("include"):
+                visit(search_dir / line.split(None, 1)[1].strip().strip("'\""))
+            elif "=" in line and not line.startswith(("import", "from")) and not raw[:1].isspace():
+                key, value = (part.strip() for part in line.split("=", 1))
+                where = f"{file}:{lineno}"
+                if key in local:
+                    problems.append(f"{key} bound twice in {file} ({seen[key][0]} and line {lineno})")
+                elif key in seen and seen[key][1] == value:
+                    problems.append(f"{key} = {value} at {where} repeats {seen[key][0]}")
+                local.add(key)
+                seen[key] = (where, value)
+
+    visit(Path(path))
+    return problems

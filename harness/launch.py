@@ -47,11 +47,18 @@ def run_trial_job(exp_file: str, user_bindings: list[str], trial_lines: list[str
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(int(threads or os.cpu_count() or 1))
-    config = trial_config(Path(exp_file), user_bindings, trial_lines)
-    if make_id(config) != trial_id:
-        raise ConfigError(f"{exp_file} changed since the sweep was submitted: trial {trial_id} now "
-                          f"hashes to {make_id(config)}; re-run the sweep")
-    cfg.parse([Path(exp_file)], list(user_bindings) + list(trial_lines))
+    try:
+        config = trial_config(Path(exp_file), user_bindings, trial_lines)
+        if make_id(config) != trial_id:
+            raise ConfigError(f"{exp_file} changed since the sweep was submitted: trial {trial_id} now "
+                              f"hashes to {make_id(config)}; re-run the sweep")
+        cfg.parse([Path(exp_file)], list(user_bindings) + list(trial_lines))
+    except Exception as exc:  # recorded so the failure is visible in status/report, not only in a log
+        record = TrialRecord(Path(trial_dir))
+        if record.state in ("pending", "preempted", "running"):
+            record.begin_attempt(**_job_info())
+            record.set_state("failed", error=f"{exc.__class__.__name__}: {exc}".splitlines()[0])
+        raise
     return run_trial(Path(trial_dir), job_info=_job_info())
 
 
@@ -61,12 +68,10 @@ def _job_info() -> dict:
 
     try:
         env = submitit.JobEnvironment()
-    except RuntimeError:
+        info = {"job_id": env.job_id, "cluster": env.cluster}
+        info.update(log_stdout=str(env.paths.stdout), log_stderr=str(env.paths.stderr))
+    except (RuntimeError, KeyError):  # outside a submitit job, or the in-process debug executor
         return {}
-    info = {"job_id": env.job_id, "cluster": env.cluster}
-    paths = getattr(env, "paths", None)
-    if paths is not None:
-        info.update(log_stdout=str(paths.stdout), log_stderr=str(paths.stderr))
     if env.cluster == "slurm":
         info["slurm_job_id"] = env.job_id
     return info
@@ -175,14 +180,15 @@ def run_local(settings: dict, exp_file: Path, user_bindings, todo: list[Pending]
 
 
 def _finish(p: Pending, job) -> str:
-    try:
-        metrics = job.result()
-    except Exception as exc:  # noqa: BLE001 - the job's failure is recorded, the sweep goes on
+    # exception() first: for the debug executor it runs the job without submitit's pdb post-mortem
+    exc = job.exception()
+    if exc is not None:
         status = p.record.status()
         line = status.get("error") or str(exc).strip().splitlines()[-1]
         log.error("trial %s %s: %s (log: %s)", p.trial.id, status.get("state", "failed"), line,
                   getattr(job.paths, "stderr", "?"))
         return line
+    metrics = job.result()
     log.info("trial %s done: psnr %.2f", p.trial.id, metrics.get("psnr", float("nan")))
     return "done"
 
