@@ -15,6 +15,10 @@ else
 DEPS :=
 endif
 
+# LPIPS backbone weights offline: torchvision's cache is used when present; otherwise this folder
+# (the team's shared copy, when it sits beside the checkout). See docs/evaluation.md.
+export HARNESS_LPIPS_WEIGHTS ?= $(abspath $(wildcard ../shared/data/lpips_weights))
+
 CLUSTER_ARG := $(if $(CLUSTER),--cluster $(CLUSTER),)
 
 .PHONY: help sweep report status test bench data clean install

@@ -78,6 +78,33 @@ def quiet_gin_search_logs() -> None:
         handler.addFilter(keep)
 
 
+def cmd_evaluate(args) -> int:
+    from harness.metrics import evaluate_dirs
+    from harness.records import atomic_write_json
+
+    metrics = tuple(m.strip() for m in args.metrics.split(","))
+    result = evaluate_dirs(args.pred_dir, args.gt_dir, lpips_net=args.lpips_net, metrics=metrics,
+                           background=tuple(args.background), weights_dir=args.lpips_weights)
+    means = ", ".join(f"{m} {result[m]:.4f}" for m in metrics if m in result)
+    print(f"{len(result['per_view'])} views: {means}")
+    if args.json:
+        atomic_write_json(args.json, result)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_scene(args) -> int:
+    from harness.data.scene_cli import check_scene, make_scene
+
+    if args.action == "make":
+        out = make_scene(args.target, args.out, args.bind)
+        print(f"wrote {out}")
+        print(check_scene(out))
+    else:
+        print(check_scene(Path(args.target), args.format))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m harness", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -104,6 +131,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.add_argument("--out", type=Path, help="output folder (default: <runs-dir>/<exp>/report)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("evaluate", help="score renders against ground truth (files paired by name)")
+    p.add_argument("pred_dir", type=Path)
+    p.add_argument("gt_dir", type=Path)
+    p.add_argument("--json", type=Path, help="write psnr/ssim/lpips, per_view and protocol to this file")
+    p.add_argument("--lpips-net", choices=("vgg", "alex"), default="vgg")
+    p.add_argument("--metrics", default="psnr,ssim,lpips", help="comma-separated subset of psnr,ssim,lpips")
+    p.add_argument("--background", type=float, nargs=3, default=(1.0, 1.0, 1.0),
+                   help="colour RGBA images are composited on (default white)")
+    p.add_argument("--lpips-weights", type=Path, help="folder with the LPIPS backbone weights")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("scene", help="make a procedural scene, or check any scene folder")
+    p.add_argument("action", choices=("make", "check"))
+    p.add_argument("target", help="make: tiny|street; check: a scene folder")
+    p.add_argument("--out", type=Path, help="make: output folder (default: the project's scene cache)")
+    p.add_argument("--format", help="check: the format, if not detected")
+    p.add_argument("--bind", action="append", default=[], metavar="BINDING",
+                   help="make: Gin binding for the generator (repeatable)")
+    p.set_defaults(func=cmd_scene)
     return parser
 
 

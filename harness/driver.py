@@ -78,12 +78,10 @@ def run_sweep(experiment: str, user_bindings: list[str], runs_dir: Path, overrid
 
 def _preflight(experiment: str, user_bindings: list[str], trial: Trial) -> None:
     """Checks that must stop a sweep before any training (e.g. LPIPS weights missing)."""
-    from harness.evaluate import Evaluation
-
     import gin
 
-    from harness.errors import DataError
-    from harness.paths import resolve_project_path
+    from harness.data.load import scene_root
+    from harness.evaluate import Evaluation
 
     cfg.parse([cfg.experiment_path(experiment)], list(user_bindings) + list(trial.gin_bindings))
     Evaluation().preflight()
@@ -92,6 +90,8 @@ def _preflight(experiment: str, user_bindings: list[str], trial: Trial) -> None:
     except ValueError:
         raise ConfigError(f"{cfg.experiment_path(experiment)}: load_scene.path is not set "
                           f"(include a scene, e.g. base/scenes/lego_100.gin)") from None
-    if not resolve_project_path(path).exists():
-        raise DataError(f"{resolve_project_path(path)}: scene path does not exist (load_scene.path = '{path}')")
-
+    try:
+        fmt = gin.query_parameter("load_scene.format")
+    except ValueError:
+        fmt = "blender"
+    scene_root(path, fmt)

@@ -11,6 +11,9 @@ TOY = ROOT / "tests" / "fixtures" / "toy.gin"
 
 # Tests run trials in subprocesses too; keep each to one thread on this 2-core machine.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# LPIPS backbone weights offline (the Makefile sets the same when run through `make test`).
+if not os.environ.get("HARNESS_LPIPS_WEIGHTS") and (SHARED_DATA / "lpips_weights").is_dir():
+    os.environ["HARNESS_LPIPS_WEIGHTS"] = str(SHARED_DATA / "lpips_weights")
 
 
 def harness(*args, cwd=ROOT, timeout=300, check=False) -> subprocess.CompletedProcess:

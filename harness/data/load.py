@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import gin
 
 from harness.data.scene import Scene
@@ -9,16 +11,24 @@ from harness.errors import DataError
 from harness.paths import resolve_project_path
 
 
-def _loaders():
-    from harness.data.blender import load_blender
+def loader_for(format: str):
+    from harness.data.formats import all_loaders
 
-    loaders = {"blender": load_blender}
-    try:  # formats added by later issues register here
-        from harness.data import formats  # noqa: F401
-        loaders.update(formats.LOADERS)
-    except ImportError:
-        pass
-    return loaders
+    loaders = all_loaders()
+    if format not in loaders:
+        raise DataError(f"load_scene.format = '{format}' is not supported (supported: {', '.join(sorted(loaders))})")
+    return loaders[format]
+
+
+def scene_root(path: str, format: str) -> Path:
+    """The scene's folder, checked to exist (procedural scenes are named, not found: they are generated)."""
+    loader = loader_for(format)
+    if getattr(loader, "takes_scene_name", False):
+        return Path(path)
+    root = resolve_project_path(path)
+    if not root.exists():
+        raise DataError(f"{root}: scene path does not exist (load_scene.path = '{path}')")
+    return root
 
 
 @gin.configurable
@@ -26,13 +36,8 @@ def load_scene(path: str = gin.REQUIRED, format: str = "blender", downscale: int
                background=(1.0, 1.0, 1.0), splits=("train", "test"), options: dict | None = None) -> Scene:
     """Load a scene folder; relative paths are resolved against the project root.
 
-    `options` are passed to the format's loader (e.g. near/far/bbox for Blender).
+    `options` are passed to the format's loader (e.g. {'ndc': True} for LLFF).
     """
-    loaders = _loaders()
-    if format not in loaders:
-        raise DataError(f"load_scene.format = '{format}' is not supported (supported: {', '.join(sorted(loaders))})")
-    root = resolve_project_path(path)
-    if not root.exists():
-        raise DataError(f"{root}: scene path does not exist (load_scene.path = '{path}')")
-    return loaders[format](root, splits=tuple(splits), downscale_factor=int(downscale),
-                           background=background, **(options or {}))
+    root = scene_root(path, format)
+    return loader_for(format)(root, splits=tuple(splits), downscale_factor=int(downscale),
+                              background=background, **(options or {}))
