@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 from pathlib import Path
 
@@ -28,11 +29,12 @@ def render_view(method, split: Split, index: int, chunk: int) -> np.ndarray:
 
 
 def save_png(path: Path, img: np.ndarray) -> None:
+    """Write an image as 8-bit PNG (atomically); the same rounding the scores use."""
+    from harness.metrics import to_uint8
     from harness.records import atomic_write_bytes
-    import io
 
     buf = io.BytesIO()
-    Image.fromarray(np.round(np.clip(img, 0, 1) * 255).astype(np.uint8)).save(buf, format="PNG")
+    Image.fromarray(img if img.dtype == np.uint8 else to_uint8(img)).save(buf, format="PNG")
     atomic_write_bytes(path, buf.getvalue())
 
 
@@ -66,16 +68,16 @@ class Evaluation:
             if renders_dir is not None and self.save_renders:
                 save_png(renders_dir / f"{name}.png", pred)
                 if self.error_maps:
-                    save_png(renders_dir / "errors" / f"{name}.png", error_map(pred, split.images[int(i)]) / 255.0)
+                    save_png(renders_dir / "errors" / f"{name}.png", error_map(pred, split.images[int(i)]))
             if progress is not None:
                 progress()
             yield name, pred, split.images[int(i)]
 
     def score(self, method, split: Split, indices=None, renders_dir: Path | None = None,
-              metrics=None, progress=None) -> dict:
+              metrics=None, progress=None, background=(1.0, 1.0, 1.0)) -> dict:
         from harness.metrics import score_images
 
         indices = range(len(split)) if indices is None else indices
         return score_images(self.views(method, split, indices, renders_dir, progress),
                             metrics=tuple(metrics or self.metrics), lpips_net=self.lpips_net,
-                            weights_dir=self.lpips_weights_dir)
+                            weights_dir=self.lpips_weights_dir, background=tuple(float(c) for c in background))

@@ -103,12 +103,12 @@ class Trainer:
                 record.write_progress(done[0], len(test), phase="eval")
 
         t0 = time.perf_counter()
-        metrics = evaluation.score(method, test, renders_dir=record.renders_dir, progress=tick)
+        metrics = evaluation.score(method, test, renders_dir=record.renders_dir, progress=tick,
+                                   background=scene.background)
         metrics.update(iterations=step, train_time=round(train_time, 3),
                        eval_time=round(time.perf_counter() - t0, 3), n_test_views=len(test),
                        model=method.stats(), scene=scene.name, resolution=[test.cameras.width, test.cameras.height],
                        peak_rss_mb=_peak_rss_mb())
-        metrics.setdefault("protocol", {})["background"] = [float(x) for x in scene.background]
         record.write_metrics(metrics)
         return metrics
 

@@ -1,0 +1,1 @@
+"""Implementation of the evaluation protocol; import the public API from `harness.metrics`."""
