@@ -29,6 +29,7 @@ help:
 	@echo "make status EXP=name           trials by state"
 	@echo "make test                      the test suite"
 	@echo "make bench                     pytest-benchmark suite -> bench.json"
+	@echo "make data                      link the shared datasets (lego_200/400/800, fern, LPIPS weights) into data/"
 	@echo "experiments: $$(ls experiments/*.gin | xargs -n1 basename | sed 's/.gin$$//' | tr '\n' ' ')"
 
 $(STAMP): pyproject.toml
@@ -53,6 +54,9 @@ test: $(DEPS)
 
 bench: $(DEPS)
 	$(PYTHON) -m pytest tests/bench -p no:cacheprovider --override-ini addopts= --benchmark-json=bench.json $(ARGS)
+
+data: $(DEPS)
+	$(PYTHON) -m harness data
 
 clean:
 	rm -rf $(RUNS) .pytest_cache bench.json

@@ -105,6 +105,14 @@ def cmd_scene(args) -> int:
     return 0
 
 
+def cmd_data(args) -> int:
+    from harness.data.fetch import link_shared
+
+    for name, outcome in link_shared().items():
+        print(f"data/{name}: {outcome}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m harness", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -151,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bind", action="append", default=[], metavar="BINDING",
                    help="make: Gin binding for the generator (repeatable)")
     p.set_defaults(func=cmd_scene)
+
+    p = sub.add_parser("data", help="make the team's shared datasets available under data/ (symlinks)")
+    p.set_defaults(func=cmd_data)
     return parser
 
 
