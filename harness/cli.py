@@ -36,9 +36,12 @@ def cmd_sweep(args) -> int:
     outcome = run_sweep(args.experiment, args.bind, args.runs_dir,
                         {"cluster": args.cluster, "parallel": args.parallel, "threads": args.threads,
                          "retry_failed": args.retry_failed or None})
-    bad = {k: v for k, v in outcome.items() if v != "done" and not v.startswith("submitted")}
-    print(f"{args.experiment}: {len(outcome) - len(bad)} of {len(outcome)} trials done"
-          + ("" if not bad else f"; not done: " + "; ".join(f"{k}: {v}" for k, v in bad.items())))
+    submitted = {k: v for k, v in outcome.items() if v.startswith("submitted")}
+    bad = {k: v for k, v in outcome.items() if v != "done" and k not in submitted}
+    done = len(outcome) - len(bad) - len(submitted)
+    print(f"{args.experiment}: {done} of {len(outcome)} trials done"
+          + (f", {len(submitted)} submitted to SLURM (follow with make status)" if submitted else "")
+          + ("" if not bad else "; not done: " + "; ".join(f"{k}: {v}" for k, v in bad.items())))
     from harness.config import experiment_name
 
     name = experiment_name(args.experiment)
