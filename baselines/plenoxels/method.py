@@ -1,0 +1,264 @@
+"""Plenoxels (Fridovich-Keil, Yu et al., CVPR 2022) as a harness Method, in plain PyTorch.
+
+A voxel grid of density and SH coefficients, trilinearly interpolated at fixed-step samples
+inside the box, volume-rendered with early termination; trained with MSE + total variation by
+Adam or RMSProp with per-group learning rates. Coarse-to-fine: the grid is resampled at twice
+the resolution at `upsample_steps`; voxels that never carried rendering weight are freed at
+`prune_steps` and at each upsampling (svox2's weight-threshold resample). Colour is
+sigmoid(SH . basis(view direction)), as in svox2.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import gin
+import torch
+import torch.nn.functional as F
+
+from kernels.grid import interpolate
+from kernels.render import composite, early_termination
+from kernels.sh import check_degree, num_coeffs, sh_basis
+
+from baselines.plenoxels.compact import lookup, remap, touched_rows
+from baselines.plenoxels.grid import SparseGrid
+from baselines.plenoxels.losses import TVLoss, mse
+from baselines.plenoxels.optim import GridOptimizer, lr_factor
+from baselines.plenoxels.sampling import Occupancy, sample_rays
+
+log = logging.getLogger(__name__)
+
+ACTIVATIONS = ("relu", "softplus")
+STATE_VERSION = 1
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ValueError(f"Plenoxels: {msg}")
+
+
+def _steps(name: str, steps) -> tuple[int, ...]:
+    steps = tuple(int(s) for s in steps)
+    _check(list(steps) == sorted(set(steps)) and all(s > 0 for s in steps),
+           f"{name} must be increasing positive steps, got {steps}")
+    return steps
+
+
+@gin.configurable
+class Plenoxels:
+    """See the module docstring. Lengths are world units except `step_size` (in voxels of the
+    current grid); densities are per world unit, before the activation. `resolution` is the
+    final one: training starts at resolution / 2^len(upsample_steps)."""
+
+    def __init__(self, scene, seed: int, *, resolution: int = 128, upsample_steps=(400, 1500),
+                 sh_degree: int = 2, batch_size: int = 4096, optimizer: str = "rmsprop",
+                 lr_density: float = 3.0, lr_sh: float = 0.05, lr_final_factor: float = 0.1,
+                 lr_decay_steps: int = 3000, step_size: float = 1.0,
+                 density_activation: str = "relu", init_density: float = 0.1,
+                 prune_steps=(100, 250, 800, 2000), prune_weight: float = 0.01,
+                 prune_dilation: int = 1, occupancy_every: int = 100, occupancy_threshold: float = 3.0,
+                 train_stop_transmittance: float = 1e-4, stop_transmittance: float = 1e-4,
+                 render_chunk: int = 16384, tv: TVLoss | None = None, device: str = "cpu"):
+        check_degree(sh_degree)
+        self.upsample_steps = _steps("upsample_steps", upsample_steps)
+        self.prune_steps = _steps("prune_steps", prune_steps)
+        start = resolution // 2 ** len(self.upsample_steps)
+        _check(start >= 8 and start * 2 ** len(self.upsample_steps) == resolution,
+               f"resolution {resolution} must be (>= 8) * 2^len(upsample_steps) "
+               f"(upsample_steps={self.upsample_steps})")
+        _check(batch_size > 0, f"batch_size must be > 0, got {batch_size}")
+        _check(0 < step_size <= 2, f"step_size must be in (0, 2] voxels, got {step_size}")
+        _check(density_activation in ACTIVATIONS,
+               f"density_activation must be one of {ACTIVATIONS}, got {density_activation!r}")
+        _check(init_density > 0, f"init_density must be > 0, got {init_density}")
+        _check(occupancy_every > 0, f"occupancy_every must be > 0, got {occupancy_every}")
+        _check(prune_weight >= 0 and prune_dilation >= 0, "prune_weight and prune_dilation must be >= 0")
+        _check(0 <= stop_transmittance < 1 and 0 <= train_stop_transmittance < 1,
+               "stop_transmittance and train_stop_transmittance must be in [0, 1)")
+        self.seed, self.batch_size = int(seed), int(batch_size)
+        self.sh_degree, self.n_basis = sh_degree, num_coeffs(sh_degree)
+        self.step_size, self.activation = float(step_size), density_activation
+        self.lr_final_factor, self.lr_decay_steps = lr_final_factor, int(lr_decay_steps)
+        self.prune_weight, self.prune_dilation = float(prune_weight), int(prune_dilation)
+        self.occupancy_every, self.occupancy_threshold = int(occupancy_every), occupancy_threshold
+        self.train_stop, self.render_stop = train_stop_transmittance, stop_transmittance
+        self.render_chunk = int(render_chunk)
+        self.tv = tv if tv is not None else TVLoss()
+        self.device = torch.device(device)
+        self.near, self.far = float(scene.near), float(scene.far)
+        bbox = torch.as_tensor(scene.bbox, dtype=torch.float32, device=self.device)
+        self.background = torch.as_tensor(scene.background, dtype=torch.float32, device=self.device)
+        # the initial grid is constant (as svox2's): the seed only drives the per-step TV draws
+        self.grid = SparseGrid.dense(start, bbox[0], bbox[1], 3 * self.n_basis, init_density)
+        self.optim = GridOptimizer(optimizer, {"density": lr_density, "sh": lr_sh})
+        self.max_weight = torch.zeros(self.grid.n_rows, device=self.device)  # per row, since last resample
+        self.n_upsampled = self.n_pruned = 0
+        self.refresh_occupancy(step=0)
+
+    # ---- schedules -------------------------------------------------------------------------
+    def _step_world(self) -> float:
+        return self.step_size * float(self.grid.voxel_size.min())
+
+    def refresh_occupancy(self, step: int | None = None) -> None:
+        """Rebuild the empty-space-skipping structure from the current densities (the schedule
+        does this every occupancy_every steps; call it after editing the grid by hand)."""
+        # until the first resample every voxel still holds init_density: skip nothing but zeros
+        started = self.n_pruned + self.n_upsampled > 0
+        threshold = self.occupancy_threshold if started else 0.0
+        self.occupancy = Occupancy.build(self.grid, threshold, self.step_size)
+        if step is not None:
+            self.occupancy_step = step
+
+    def _keep(self) -> torch.Tensor:
+        """Voxels (R^3,) bool to keep: max rendering weight since the last resample above
+        prune_weight, dilated by prune_dilation voxels so surfaces can still move."""
+        keep = (self.grid.volume(self.max_weight) > self.prune_weight).float()[None, None]
+        if self.prune_dilation > 0:
+            k = 2 * self.prune_dilation + 1
+            keep = F.max_pool3d(keep, k, stride=1, padding=self.prune_dilation)
+        return keep.view(-1) > 0
+
+    def _apply_schedule(self, step: int) -> None:
+        """Upsample / prune when their steps are reached, refresh occupancy every
+        occupancy_every steps; all depend only on (state, step), so resumed runs repeat them."""
+        changed = False
+        while self.n_upsampled < len(self.upsample_steps) and step >= self.upsample_steps[self.n_upsampled]:
+            self.grid = self.grid.upsampled(self.grid.resolution * 2, self._keep())
+            self.optim.reset()
+            self.n_upsampled, changed = self.n_upsampled + 1, True
+            log.info("step %d: upsampled to %d^3, %d voxels allocated", step, self.grid.resolution,
+                     self.grid.n_rows)
+        while self.n_pruned < len(self.prune_steps) and step >= self.prune_steps[self.n_pruned]:
+            before = self.grid.n_rows
+            self.grid, kept = self.grid.pruned(self._keep())
+            self.optim.select_rows(kept)
+            self.n_pruned, changed = self.n_pruned + 1, True
+            log.info("step %d: pruned %d -> %d voxels", step, before, self.grid.n_rows)
+        if changed:
+            self.max_weight = torch.zeros(self.grid.n_rows, device=self.device)
+        if changed or step >= self.occupancy_step + self.occupancy_every:
+            self.refresh_occupancy(step)
+
+    # ---- rendering -------------------------------------------------------------------------
+    def _samples(self, origins, directions):
+        """Packed samples in occupied space: ray index, t, corner rows and weights (8, S)."""
+        ray_index, t, coords = sample_rays(self.grid, self.occupancy, origins, directions,
+                                           self._step_world(), self.near, self.far)
+        rows, weight = self.grid.corners(coords)
+        return ray_index, t, rows, weight
+
+    def _sigma(self, density, rows, weight) -> torch.Tensor:
+        raw = interpolate(density, rows, weight)[:, 0]
+        return F.relu(raw) if self.activation == "relu" else F.softplus(raw)
+
+    @torch.no_grad()
+    def _shaded(self, sigma, ray_index, n_rays, stop: float) -> torch.Tensor:
+        """Indices of samples worth shading: density > 0 (exact for ReLU) and, with stop > 0,
+        transmittance in front of them >= stop (early termination)."""
+        keep = sigma > 0
+        if stop > 0:
+            kept = torch.nonzero(keep)[:, 0]
+            alive = early_termination(sigma[kept] * self._step_world(), ray_index[kept], n_rays, stop)
+            keep[kept[~alive]] = False
+        return torch.nonzero(keep)[:, 0]
+
+    def _colour(self, sh, rows, weight, directions, ray_index) -> torch.Tensor:
+        """sigmoid(SH coefficients . basis(direction)) per sample (S, 3)."""
+        coeffs = interpolate(sh, rows, weight).view(-1, 3, self.n_basis)
+        basis = sh_basis(directions, self.sh_degree)[ray_index]
+        return torch.sigmoid(torch.bmm(coeffs, basis.unsqueeze(2)).squeeze(2))
+
+    def _composite(self, sigma, rgb, t, ray_index, n_rays) -> dict[str, torch.Tensor]:
+        return composite(sigma, rgb, self._step_world(), ray_index, n_rays, t=t,
+                         background=self.background)
+
+    @torch.no_grad()
+    def render(self, origins: torch.Tensor, directions: torch.Tensor) -> dict[str, torch.Tensor]:
+        outs = []
+        for i in range(0, origins.shape[0], self.render_chunk):
+            o = origins[i:i + self.render_chunk].to(self.device)
+            d = directions[i:i + self.render_chunk].to(self.device)
+            ray_index, t, rows, weight = self._samples(o, d)
+            sigma = self._sigma(self.grid.density, rows, weight)
+            sel = self._shaded(sigma, ray_index, o.shape[0], self.render_stop)
+            ray_index, rows, weight = ray_index[sel], rows[:, sel], weight[:, sel]
+            rgb = self._colour(self.grid.sh, rows, weight, d, ray_index)
+            r = self._composite(sigma[sel], rgb, t[sel], ray_index, o.shape[0])
+            outs.append({k: r[k].cpu() for k in ("rgb", "depth", "acc")})
+        if not outs:
+            return {"rgb": torch.zeros(0, 3), "depth": torch.zeros(0), "acc": torch.zeros(0)}
+        return {k: torch.cat([o[k] for o in outs]) for k in ("rgb", "depth", "acc")}
+
+    # ---- training --------------------------------------------------------------------------
+    def train_step(self, step: int, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        self._apply_schedule(step)
+        origins = batch["origins"].to(self.device)
+        directions = batch["directions"].to(self.device)
+        target = batch["rgb"].to(self.device)
+        n_rays, n_rows = origins.shape[0], self.grid.n_rows
+        ray_index, t, rows, weight = self._samples(origins, directions)
+        tv_rows = None
+        if self.tv.active:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + int(step))
+            tv_rows = self.tv.draw(self.grid, gen)
+        tv_d = tv_rows if tv_rows is not None and self.tv.weight_density > 0 else ()
+        tv_s = tv_rows if tv_rows is not None and self.tv.weight_sh > 0 else ()
+
+        # density of every sample, computed on the touched rows only (see compact.py)
+        d_rows, d_local = touched_rows(n_rows, rows, *tv_d)
+        density = self.grid.density.index_select(0, d_rows).requires_grad_(True)
+        sigma = self._sigma(density, lookup(d_local, rows), weight)
+        sel = self._shaded(sigma, ray_index, n_rays, self.train_stop)
+        ray_index, t, rows, weight = ray_index[sel], t[sel], rows[:, sel], weight[:, sel]
+        # colour of the shaded samples only
+        s_rows, s_local = touched_rows(n_rows, rows, *tv_s)
+        sh = self.grid.sh.index_select(0, s_rows).requires_grad_(True)
+        rgb = self._colour(sh, lookup(s_local, rows), weight, directions, ray_index)
+        out = self._composite(sigma[sel], rgb, t, ray_index, n_rays)
+
+        losses = {"mse": mse(out["rgb"], target)}
+        if tv_rows is not None:
+            losses.update(self.tv(density, sh, tuple(remap(d_local, r) for r in tv_rows),
+                                  tuple(remap(s_local, r) for r in tv_rows)))
+        total = sum(losses.values())
+        grad_density, grad_sh = torch.autograd.grad(total, [density, sh], allow_unused=True)
+        scale = lr_factor(step, self.lr_final_factor, self.lr_decay_steps)
+        if grad_density is not None:
+            self.optim.step("density", self.grid.density, d_rows, grad_density, scale)
+        if grad_sh is not None:
+            self.optim.step("sh", self.grid.sh, s_rows, grad_sh, scale)
+        self._track_weights(out["weights"].detach(), rows, weight)
+        result = {k: float(v.detach()) for k, v in losses.items()}
+        result["loss"] = float(total.detach())
+        result["samples_per_ray"] = sel.numel() / n_rays
+        return result
+
+    def _track_weights(self, sample_weight, rows, weight) -> None:
+        """Running max of each voxel's rendering weight, over the samples it interpolates."""
+        src = (sample_weight.unsqueeze(0) * (weight > 0)).reshape(-1)
+        self.max_weight.scatter_reduce_(0, rows.reshape(-1).long(), src, "amax")
+
+    # ---- state -----------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"version": STATE_VERSION, "grid": self.grid.state_dict(),
+                "optimizer": self.optim.state_dict(), "max_weight": self.max_weight.clone(),
+                "n_upsampled": self.n_upsampled, "n_pruned": self.n_pruned,
+                "occupancy": self.occupancy.state_dict(), "occupancy_step": self.occupancy_step}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"Plenoxels: state version {state.get('version')!r} is not "
+                             f"{STATE_VERSION}; the checkpoint is from another code version")
+        self.grid = SparseGrid.from_state(state["grid"], self.grid.bbox_min, self.grid.bbox_max)
+        self.optim.load_state_dict(state["optimizer"], self.device)
+        self.max_weight = state["max_weight"].to(self.device).clone()
+        self.n_upsampled, self.n_pruned = int(state["n_upsampled"]), int(state["n_pruned"])
+        self.occupancy = Occupancy.from_state(state["occupancy"], self.device)
+        self.occupancy_step = int(state["occupancy_step"])
+
+    def stats(self) -> dict[str, float]:
+        g = self.grid
+        n_params = g.density.numel() + g.sh.numel()
+        return {"resolution": float(g.resolution), "voxels": float(g.n_rows), "params": float(n_params),
+                "grid_bytes": float(g.density.element_size() * n_params
+                                    + g.links.element_size() * g.links.numel())}
