@@ -38,6 +38,7 @@ def metric_vs_axis(df: pd.DataFrame, axis: str, metric: str, out_dir: Path) -> s
         positive = x[x > 0]
         if len(positive) and positive.max() / positive.min() >= 100:
             ax.set_xscale("symlog", linthresh=float(positive.min()))
+            ax.set_xlim(left=-0.3 * float(positive.min()) if (x == 0).any() else None)  # no empty negative side
     else:
         sns.pointplot(x=data[axis].astype(str), y=data[metric], errorbar=("ci", 95), ax=ax)
     ax.set_xlabel(axis)

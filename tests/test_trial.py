@@ -96,3 +96,13 @@ def test_failing_trial_is_recorded_and_others_continue(runs_dir):
     again = harness("sweep", TOY, "--runs-dir", runs_dir, "--bind", "Sweep.seeds=[0]",
                     "--bind", "Sweep.axes={'ToyColour.fail_at': [-1, 5]}")
     assert "--retry-failed" in again.stdout + again.stderr
+
+
+def test_training_time_validation_is_logged(runs_dir):
+    harness("sweep", TOY, "--runs-dir", runs_dir, "--bind", "Sweep.seeds=[0]",
+            "--bind", "Sweep.axes={'ToyColour.lr': [0.1]}", "--bind", "Trainer.validate_every=20",
+            "--bind", "Trainer.validation_views=(0, 5)", check=True)
+    log = [json.loads(line) for line in next(runs_dir.glob("toy/*/train.jsonl")).read_text().splitlines()]
+    val = [row for row in log if "val_psnr" in row]
+    assert [row["step"] for row in val] == [20, 40]
+    assert all(5 < row["val_psnr"] < 40 for row in val)
