@@ -86,6 +86,10 @@ class Plenoxels:
         self.tv = tv if tv is not None else TVLoss()
         self.device = torch.device(device)
         self.near, self.far = float(scene.near), float(scene.far)
+        # forward-facing scenes (LLFF) are marched in NDC, as the paper does; the box then is [-1, 1]^3
+        self.ndc = dict(scene.extras["ndc"]) if scene.ndc else None
+        if self.ndc is not None:
+            self.near, self.far = 0.0, 1e4  # t along unit NDC directions; the box clips the ray
         bbox = torch.as_tensor(scene.bbox, dtype=torch.float32, device=self.device)
         self.background = torch.as_tensor(scene.background, dtype=torch.float32, device=self.device)
         # the initial grid is constant (as svox2's): the seed only drives the per-step TV draws
@@ -140,6 +144,17 @@ class Plenoxels:
             self.refresh_occupancy(step)
 
     # ---- rendering -------------------------------------------------------------------------
+    def _march_rays(self, origins, directions):
+        """Rays to march (NDC for forward-facing scenes, unit directions); SH always sees the
+        world-space view direction."""
+        if self.ndc is None:
+            return origins, directions
+        from harness.data.ndc import ndc_rays
+
+        o, d = ndc_rays(origins, directions, float(self.ndc["focal"]), int(self.ndc["width"]),
+                        int(self.ndc["height"]), float(self.ndc.get("near", 1.0)))
+        return o, d / d.norm(dim=-1, keepdim=True)
+
     def _samples(self, origins, directions):
         """Packed samples in occupied space: ray index, t, corner rows and weights (8, S)."""
         ray_index, t, coords = sample_rays(self.grid, self.occupancy, origins, directions,
@@ -178,7 +193,7 @@ class Plenoxels:
         for i in range(0, origins.shape[0], self.render_chunk):
             o = origins[i:i + self.render_chunk].to(self.device)
             d = directions[i:i + self.render_chunk].to(self.device)
-            ray_index, t, rows, weight = self._samples(o, d)
+            ray_index, t, rows, weight = self._samples(*self._march_rays(o, d))
             sigma = self._sigma(self.grid.density, rows, weight)
             sel = self._shaded(sigma, ray_index, o.shape[0], self.render_stop)
             ray_index, rows, weight = ray_index[sel], rows[:, sel], weight[:, sel]
@@ -196,7 +211,7 @@ class Plenoxels:
         directions = batch["directions"].to(self.device)
         target = batch["rgb"].to(self.device)
         n_rays, n_rows = origins.shape[0], self.grid.n_rows
-        ray_index, t, rows, weight = self._samples(origins, directions)
+        ray_index, t, rows, weight = self._samples(*self._march_rays(origins, directions))
         tv_rows = None
         if self.tv.active:
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + int(step))
