@@ -226,3 +226,25 @@ def test_short_training_on_lego_raises_test_psnr():
     after = mean_test_psnr()
     # measured: 11.1 dB before, 26.7 dB after (10 s on one thread)
     assert after > before + 10 and after > 24, (before, after)
+
+
+def test_forward_facing_scenes_are_marched_in_ndc():
+    """With scene.ndc, rays are marched in NDC (unit directions) and SH still sees the world direction:
+    a camera at the origin looking down -z maps its centre ray to the NDC near plane, heading +z."""
+    scene = synthetic_scene()
+    scene.ndc = True
+    scene.bbox = np.array([[-1, -1, -1], [1, 1, 1]], dtype=np.float32)
+    scene.extras["ndc"] = {"focal": 100.0, "width": 200, "height": 100, "near": 1.0}
+    model = Plenoxels(scene, seed=0, resolution=16, upsample_steps=(), prune_steps=())
+    o, d = model._march_rays(torch.zeros(1, 3), torch.tensor([[0.0, 0.0, -1.0]]))
+    assert torch.allclose(o, torch.tensor([[0.0, 0.0, -1.0]]), atol=1e-6)
+    assert torch.allclose(d, torch.tensor([[0.0, 0.0, 1.0]]), atol=1e-6)
+    # an off-axis ray: x_ndc = -focal/(W/2) * x/z at the near plane, and the direction is unit length
+    world_d = torch.tensor([[0.3, 0.0, -1.0]]) / math.sqrt(1.09)
+    o, d = model._march_rays(torch.zeros(1, 3), world_d)
+    assert torch.allclose(o[0, 0], torch.tensor(-100.0 / 100.0 * 0.3 / -1.0), atol=1e-5)
+    assert torch.allclose(d.norm(dim=-1), torch.ones(1))
+    out = model.render(torch.zeros(4, 3), torch.tensor([[0.0, 0.0, -1.0]]).repeat(4, 1))
+    assert out["rgb"].shape == (4, 3) and torch.isfinite(out["rgb"]).all()
+    flat = synthetic_scene()
+    assert Plenoxels(flat, seed=0, resolution=16, upsample_steps=(), prune_steps=()).ndc is None
