@@ -83,7 +83,8 @@ CONF
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
 start_munge() {
-    if pgrep -x munged >/dev/null; then return; fi
+    # a killed munged can linger as a zombie (PID 1 here does not reap), so test the service, not the process
+    if munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then return; fi
     [ -f /etc/munge/munge.key ] || mungekey -c -f 2>/dev/null || create-munge-key -f
     mkdir -p /run/munge && chown munge:munge /run/munge 2>/dev/null || true
     su -s /bin/sh munge -c /usr/sbin/munged 2>/dev/null || /usr/sbin/munged --force
