@@ -104,6 +104,6 @@ def expand(experiment: str, user_bindings: list[str] = ()) -> list[Trial]:
 
 
 def trial_config(exp_file: Path, user_bindings: list[str], trial_lines: list[str]) -> str:
-    """Parse the experiment with a trial's bindings and return its normalised config."""
+    """Parse the experiment with a trial's bindings (Gin stays parsed so) and return its normalised config."""
     cfg.parse([exp_file], list(user_bindings) + list(trial_lines))
     return cfg.trial_config_str()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 import pandas as pd
+
+from harness.errors import RecordError
+from harness.records import TrialRecord, read_json
 
 log = logging.getLogger(__name__)
 METRICS = ("psnr", "ssim", "lpips")
@@ -14,9 +16,9 @@ METRICS = ("psnr", "ssim", "lpips")
 
 def _read(path: Path) -> dict | None:
     try:
-        return json.loads(path.read_text()) if path.exists() else None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        log.warning("%s: unreadable record (%s); shown as missing", path, exc)
+        return read_json(path)
+    except RecordError as exc:
+        log.warning("%s; shown as missing", exc)
         return None
 
 
@@ -88,14 +90,6 @@ def axis_columns(df: pd.DataFrame, runs_dir: Path, experiment: str) -> list[str]
 
 def training_curves(runs_dir: Path, experiment: str) -> pd.DataFrame:
     """train.jsonl of every trial, concatenated (one row per logged step)."""
-    rows = []
-    for d in _trial_dirs(Path(runs_dir) / experiment):
-        path = d / "train.jsonl"
-        if not path.exists():
-            continue
-        for line in path.read_text().splitlines():
-            try:
-                rows.append({"id": d.name, **json.loads(line)})
-            except json.JSONDecodeError:
-                continue
+    rows = [{"id": d.name, **entry} for d in _trial_dirs(Path(runs_dir) / experiment)
+            for entry in TrialRecord(d).read_log()]
     return pd.DataFrame(rows)
