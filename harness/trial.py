@@ -69,7 +69,8 @@ class Trainer:
         record.write_progress(step, self.iterations, phase="train")
         while step < self.iterations:
             t0 = time.perf_counter()
-            losses = method.train_step(step, sampler.sample(step, method.batch_size))
+            losses = method.train_step(step, sampler.sample(step, method.batch_size,
+                                                                getattr(method, "patch_size", 1)))
             train_time += time.perf_counter() - t0
             self._check_finite(losses, step)
             step += 1

@@ -49,9 +49,14 @@ class RaySampler:
         self.seed = int(seed)
         self.n, self.h, self.w = images.shape[0], images.shape[1], images.shape[2]
 
-    def sample(self, step: int, batch_size: int) -> dict[str, torch.Tensor]:
+    def sample(self, step: int, batch_size: int, patch_size: int = 1) -> dict[str, torch.Tensor]:
+        """`batch_size` rays; with patch_size p > 1, batch_size // p^2 square p x p patches
+        (patch-major, row-major inside a patch), for losses that need image structure (SSIM)."""
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + int(step))
-        flat = torch.randint(0, self.n * self.h * self.w, (batch_size,), generator=gen)
+        if patch_size > 1:
+            flat = self._patch_pixels(gen, batch_size, int(patch_size))
+        else:
+            flat = torch.randint(0, self.n * self.h * self.w, (batch_size,), generator=gen)
         cam = (flat // (self.h * self.w)).numpy()
         pix = (flat % (self.h * self.w)).numpy()
         u = (pix % self.w).astype(np.float32) + 0.5
@@ -59,3 +64,16 @@ class RaySampler:
         origins, dirs = rays_for_pixels(self.cameras, cam, u, v)
         return {"origins": origins, "directions": dirs, "rgb": self.images[flat],
                 "image_index": torch.from_numpy(cam)}
+
+    def _patch_pixels(self, gen: torch.Generator, batch_size: int, p: int) -> torch.Tensor:
+        if p > min(self.h, self.w) or batch_size < p * p:
+            raise ValueError(f"patch_size {p} does not fit images of {self.w}x{self.h} or a batch of "
+                             f"{batch_size} rays")
+        n = batch_size // (p * p)
+        img = torch.randint(0, self.n, (n,), generator=gen)
+        top = torch.randint(0, self.h - p + 1, (n,), generator=gen)
+        left = torch.randint(0, self.w - p + 1, (n,), generator=gen)
+        dy, dx = torch.meshgrid(torch.arange(p), torch.arange(p), indexing="ij")
+        rows = top[:, None] + dy.reshape(1, -1)
+        cols = left[:, None] + dx.reshape(1, -1)
+        return ((img[:, None] * self.h + rows) * self.w + cols).reshape(-1)
