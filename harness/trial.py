@@ -136,7 +136,8 @@ def run_trial(trial_dir: Path, job_info: dict | None = None) -> dict:
             import traceback
 
             tail = "".join(traceback.format_exception(exc))[-2000:]
-            state = "preempted" if isinstance(exc, KeyboardInterrupt) else "failed"
+            # SystemExit: submitit's preemption handler requeues the job, then exits inside training
+            state = "preempted" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "failed"
             record.set_state(state, error=f"{exc.__class__.__name__}: {exc}".splitlines()[0], traceback=tail)
             raise
         record.set_state("done", psnr=metrics.get("psnr"))
