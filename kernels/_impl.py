@@ -1,14 +1,57 @@
-"""Choosing an implementation for an op (`impl=` argument of every public kernel)."""
+"""Choosing an implementation for an op (`impl=` argument of every public kernel).
+
+- 'torch': the PyTorch reference (the specification), any device.
+- 'triton': the Triton kernel; needs CUDA tensors, or CPU tensors with TRITON_INTERPRET=1 set
+  before triton is first imported (the interpreter: slow, for tests).
+- 'cuda': the CUDA C++ kernel (compositing only), JIT-built on first use; needs CUDA tensors.
+- 'auto': 'triton' when the inputs are CUDA tensors and triton imports, else 'torch'.
+
+Helper ops that are index arithmetic (ray-box, marching, corner indices, neighbour lookup) have
+only the reference: they accept 'auto'/'torch' and reject the others with a ValueError naming
+what exists. Nothing here imports triton or builds anything until a fast impl is asked for.
+"""
 
 from __future__ import annotations
+
+import functools
+import os
+
+import torch
 
 IMPLS = ("auto", "torch", "triton", "cuda")
 
 
-def resolve_impl(impl: str, op: str) -> str:
-    """The implementation to run for `op`; only the PyTorch reference exists for now."""
-    if impl in ("auto", "torch"):
-        return "torch"
-    if impl in ("triton", "cuda"):
-        raise NotImplementedError(f"kernels.{op}: impl='{impl}' is not built yet (use impl='torch')")
-    raise ValueError(f"kernels.{op}: unknown impl {impl!r} (allowed: {', '.join(IMPLS)})")
+@functools.lru_cache(maxsize=None)
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+        import triton.language  # noqa: F401
+    except Exception:  # ImportError, or a broken install: fall back to the reference
+        return False
+    return True
+
+
+def triton_interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def resolve_impl(impl: str, op: str, device: torch.device | str | None = None,
+                 provides: tuple[str, ...] = ("torch",)) -> str:
+    """The implementation to run for `op` on tensors on `device`, among those it `provides`."""
+    if impl not in IMPLS:
+        raise ValueError(f"kernels.{op}: unknown impl {impl!r} (allowed: {', '.join(IMPLS)})")
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    if impl == "auto":
+        return "triton" if "triton" in provides and dev.type == "cuda" and triton_available() else "torch"
+    if impl not in provides:
+        raise ValueError(f"kernels.{op}: impl={impl!r} is not provided for this op "
+                         f"(it has: {', '.join(provides)}; see kernels/__init__.py)")
+    if impl == "triton":
+        if not triton_available():
+            raise RuntimeError(f"kernels.{op}: impl='triton' but triton does not import")
+        if dev.type != "cuda" and not triton_interpreted():
+            raise RuntimeError(f"kernels.{op}: impl='triton' needs CUDA tensors (got {dev}); on the "
+                               "CPU set TRITON_INTERPRET=1 before importing triton")
+    if impl == "cuda" and dev.type != "cuda":
+        raise RuntimeError(f"kernels.{op}: impl='cuda' needs CUDA tensors (got {dev})")
+    return impl

@@ -103,19 +103,43 @@ class _Interpolate(torch.autograd.Function):
         return grad_features, None, grad_weight
 
 
+class _InterpolateTriton(torch.autograd.Function):
+    """The same op by Triton kernels: gathers forward, atomic scatter-add backward."""
+
+    @staticmethod
+    def forward(ctx, features, index, weight):
+        from kernels.triton.grid import interpolate_forward
+
+        ctx.save_for_backward(features, index, weight)
+        return interpolate_forward(features, index, weight)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        from kernels.triton.grid import interpolate_backward
+
+        features, index, weight = ctx.saved_tensors
+        d_feat, d_weight = interpolate_backward(features, index, weight, grad_out.contiguous(),
+                                                ctx.needs_input_grad[0], ctx.needs_input_grad[2])
+        return d_feat, None, d_weight
+
+
 def interpolate(features: torch.Tensor, index: torch.Tensor, weight: torch.Tensor,
                 impl: str = "auto") -> torch.Tensor:
     """Weighted sum of feature rows: features (N, C), index (K, S) int, weight (K, S) -> (S, C).
 
     With the output of `trilinear_corners` this is trilinear interpolation. Gradients flow to
-    `features` (and to `weight` when it requires grad)."""
-    resolve_impl(impl, "grid.interpolate")
+    `features` (and to `weight` when it requires grad). impl: 'torch', 'triton', 'auto'."""
+    impl = resolve_impl(impl, "grid.interpolate", features.device, ("torch", "triton"))
     if features.ndim != 2:
         raise ValueError(f"interpolate: features must be (N, C), got {tuple(features.shape)}")
     if index.shape != weight.shape or index.ndim != 2:
         raise ValueError(f"interpolate: index {tuple(index.shape)} and weight {tuple(weight.shape)} "
                          "must both be (K, S)")
-    return _Interpolate.apply(features, index.contiguous(), weight.contiguous())
+    fn = _Interpolate if impl == "torch" else _InterpolateTriton
+    if impl == "triton":
+        weight = weight.to(features.dtype)
+    return fn.apply(features.contiguous() if impl == "triton" else features, index.contiguous(),
+                    weight.contiguous())
 
 
 def sample_dense(grid: torch.Tensor, coords: torch.Tensor, impl: str = "auto") -> torch.Tensor:

@@ -38,13 +38,40 @@ def tv_neighbours(resolution, links: torch.Tensor | None, voxels: torch.Tensor,
     return row, torch.stack(nbs)
 
 
+class _TVTriton(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, values, row, neighbours, l2, eps):
+        from kernels.triton.tv import tv_sum
+
+        n = int((row >= 0).sum()) * values.shape[1]
+        ctx.save_for_backward(values, row, neighbours)
+        ctx.l2, ctx.eps, ctx.n = l2, eps, n
+        if n == 0:
+            return values.new_zeros(())
+        return tv_sum(values, row, neighbours, l2, eps) / n
+
+    @staticmethod
+    def backward(ctx, grad):
+        from kernels.triton.tv import tv_backward
+
+        values, row, neighbours = ctx.saved_tensors
+        if ctx.n == 0:
+            return torch.zeros_like(values), None, None, None, None
+        g = (grad / ctx.n).reshape(1).to(values.dtype).contiguous()
+        return tv_backward(values, row, neighbours, ctx.l2, ctx.eps, g), None, None, None, None
+
+
 def tv_from_rows(values: torch.Tensor, row: torch.Tensor, neighbours: torch.Tensor,
                  norm: str = "l2", eps: float = 1e-12, impl: str = "auto") -> torch.Tensor:
     """Mean TV of `values` (N, C) over centre rows `row` (M,) with neighbour rows (3, M)
-    (-1: no difference along that axis); centres with row -1 are ignored."""
-    resolve_impl(impl, "tv.tv_from_rows")
+    (-1: no difference along that axis); centres with row -1 are ignored.
+    impl: 'torch' (reference), 'triton' (one kernel, atomic scatter backward), 'auto'."""
+    impl = resolve_impl(impl, "tv.tv_from_rows", values.device, ("torch", "triton"))
     if norm not in NORMS:
         raise ValueError(f"total_variation: norm must be one of {NORMS}, got {norm!r}")
+    if impl == "triton":
+        return _TVTriton.apply(values.contiguous(), row.contiguous(), neighbours.contiguous(),
+                               norm == "l2", float(eps))
     present = row >= 0
     row, neighbours = row[present], neighbours[:, present]
     if row.numel() == 0:
@@ -68,9 +95,9 @@ def total_variation(values: torch.Tensor, resolution, links: torch.Tensor | None
     Dense grid: `links` None and N = X*Y*Z rows in flat voxel order (see kernels.grid).
     Sparse grid: `links` (X*Y*Z,) gives each voxel's row in `values`, or -1 when absent.
     `voxels` (M,) flat voxel indices to evaluate (default: all present voxels); absent ones are
-    ignored. For 'l2', sums of squares below `eps` count as `eps` (finite gradients) and a
+    ignored (neighbours are found by the reference `tv_neighbours`, the sum by `impl`). For 'l2', sums of squares below `eps` count as `eps` (finite gradients) and a
     constant grid has TV exactly 0."""
-    resolve_impl(impl, "tv.total_variation")
+    resolve_impl(impl, "tv.total_variation", values.device, ("torch", "triton"))
     X, Y, Z = as_resolution(resolution)
     n_vox = X * Y * Z
     if links is None and values.shape[0] != n_vox:
@@ -79,4 +106,4 @@ def total_variation(values: torch.Tensor, resolution, links: torch.Tensor | None
         voxels = (torch.arange(n_vox, device=values.device) if links is None
                   else torch.nonzero(links >= 0)[:, 0])
     row, neighbours = tv_neighbours((X, Y, Z), links, voxels)
-    return tv_from_rows(values, row, neighbours, norm=norm, eps=eps)
+    return tv_from_rows(values, row, neighbours, norm=norm, eps=eps, impl=impl)

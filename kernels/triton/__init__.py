@@ -1,0 +1,21 @@
+"""Triton kernels behind `impl='triton'`. Importing any submodule imports triton; the public ops
+in `kernels.*` import these lazily, only when a Triton implementation is asked for.
+
+Block sizes: the interpreter (TRITON_INTERPRET=1, CPU tensors) runs each program as vectorised
+NumPy, so it wants few, large programs; a GPU wants many small ones. `block(name, device)` picks.
+"""
+
+from __future__ import annotations
+
+# (interpreter, GPU) block sizes; tests shrink the interpreter ones to exercise multi-chunk loops
+BLOCKS = {
+    "composite_rays": (256, 16),   # rays per program
+    "composite_samples": (64, 64),  # samples per chunk of a ray
+    "samples": (1024, 128),        # samples per program (grid sampling, interpolate)
+    "tv": (1024, 256),             # voxels per program
+}
+
+
+def block(name: str, device) -> int:
+    interp, gpu = BLOCKS[name]
+    return gpu if getattr(device, "type", device) == "cuda" else interp
