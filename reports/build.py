@@ -1,67 +1,194 @@
-"""Build the HTML report of one or more experiments from their records only."""
+"""Build the HTML report of one or more experiments from their records only.
+
+Writes <out>/index.html (+ assets/ with the figures and images, or everything inlined as data URIs
+with embed=True), trials.csv, views.csv, summary.csv, differences.csv, results.tex and bench.csv.
+"""
 
 from __future__ import annotations
 
+import base64
 import logging
 import math
+import shutil
+import tempfile
+import time
 from pathlib import Path
 
 import pandas as pd
-from jinja2 import Environment, FileSystemLoader, select_autoescape
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
-from harness.errors import HarnessError
+from harness.paths import PROJECT_ROOT
 from harness.records import atomic_write_bytes, now_iso
-from reports import collect, figures
+from reports import aggregate, bench, collect, figures, images, provenance, tables
 
 log = logging.getLogger(__name__)
 TEMPLATES = Path(__file__).parent / "templates"
+MIME = {".png": "image/png", ".svg": "image/svg+xml"}
 
 
-def _fmt(value, digits: int) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
+def default_bench_paths() -> list[Path]:
+    """bench.json in the project root, as `make bench` writes it, when present."""
+    p = PROJECT_ROOT / "bench.json"
+    return [p] if p.is_file() else []
 
 
-def _experiment_section(runs_dir: Path, experiment: str, assets: Path) -> dict:
-    df = collect.collect_trials(runs_dir, experiment)
-    if df.empty:
-        raise HarnessError(f"{Path(runs_dir) / experiment}: no trial records (run `make sweep EXP={experiment}` first)")
-    axes = collect.axis_columns(df, runs_dir, experiment)
-    metrics = [m for m in collect.METRICS if df[m].notna().any()]
-    best = {}
-    for m in metrics:
-        col = df.loc[df["state"] == "done", m]
-        if col.notna().any():
-            best[m] = col.min() if m == "lpips" else col.max()
+def _results_rows(summary: pd.DataFrame, metrics: list[str]) -> dict[str, list[dict]]:
+    by_scene: dict[str, list[dict]] = {}
+    for _, r in summary.iterrows():
+        states = {k: v for k, v in r["states"].items() if k != "done"}
+        cells = []
+        for m in metrics:
+            n = int(r[f"{m}_n"])
+            cells.append({"text": tables.mean_ci(r[f"{m}_mean"], r[f"{m}_ci"], tables.DIGITS[m]),
+                          "best": bool(r[f"{m}_best"]), "metric": m, "n": n,
+                          "missing": n < r["n_done"], "mean": r[f"{m}_mean"], "ci": r[f"{m}_ci"]})
+        by_scene.setdefault(r["scene"], []).append({
+            "variant": str(r["variant"]), "n_done": int(r["n_done"]), "n_total": int(r["n_total"]),
+            "others": ", ".join(f"{v} {k}" for k, v in states.items()), "cells": cells,
+            "time": tables.mean_ci(r["train_time_mean"], r["train_time_ci"], 1),
+            "seeds": ", ".join(map(str, r["seeds"]))})
+    return by_scene
+
+
+def _diff_rows(diffs: pd.DataFrame, metrics: list[str]) -> list[dict]:
     rows = []
-    for _, r in df.iterrows():
-        rows.append({"id": r["id"], "state": r["state"], "axes": [_fmt(r.get(a), 6) for a in axes],
-                     "seed": r.get("seed", ""),
-                     "metrics": [(_fmt(r[m], 4 if m != "psnr" else 2), m in best and r[m] == best[m]) for m in metrics],
-                     "train_time": _fmt(r["train_time"], 1), "error": r.get("error") or "",
-                     "current": bool(r.get("current", True))})
-    figs = [f for a in axes for m in metrics if (f := figures.metric_vs_axis(df, a, m, assets))]
-    curves = collect.training_curves(runs_dir, experiment)
-    labels = dict(zip(df["id"], df["label"]))
-    if (f := figures.training_curves(curves, labels, assets)):
+    for _, r in diffs.iterrows():
+        cells = []
+        for m in metrics:
+            d = tables.DIGITS[m]
+            delta = r[f"{m}_delta"]
+            sign = "+" if isinstance(delta, float) and delta > 0 else ""
+            text = tables.mean_ci(delta, r[f"{m}_ci"], d)
+            p = r[f"{m}_p"]
+            cells.append({"text": (sign + text) if text != "–" else text, "verdict": r[f"{m}_verdict"],
+                          "test": r[f"{m}_test"], "p": tables.num(p, 3) if not math.isnan(p) else "–"})
+        rows.append({"scene": r["scene"], "variant": str(r["variant"]), "cells": cells})
+    return rows
+
+
+def _trial_rows(trials: pd.DataFrame, axes: list[str], metrics: list[str]) -> list[dict]:
+    rows = []
+    for r in trials.to_dict("records"):
+        state = r["state"]
+        shown = state
+        if state == "running" and isinstance(r.get("progress"), str):
+            shown = f"running ({r['progress']})"
+        cells = []
+        for m in metrics:
+            v = r[m]
+            if state == "done" and (v is None or math.isnan(v)):
+                cells.append({"text": "missing", "cls": "missing"})
+            else:
+                cells.append({"text": tables.num(v, tables.DIGITS[m]), "cls": ""})
+        rows.append({"id": r["id"], "experiment": r["experiment"], "state": state, "shown": shown,
+                     "variant": str(r["variant"]), "scene": r["scene"], "seed": r["seed"],
+                     "axes": [_value(r.get(a)) for a in axes],
+                     "cells": cells, "time": tables.num(r["train_time"], 1),
+                     "error": (r["error"] or "").splitlines()[0][:200] if isinstance(r["error"], str) else "",
+                     "stale": not bool(r["current"])})
+    return rows
+
+
+def _value(v) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def _figures(col: collect.Collected, summary: pd.DataFrame, assets: Path) -> list[figures.Figure]:
+    metrics = col.metrics
+    figs: list[figures.Figure] = []
+    for exp, exp_axes in col.axes.items():
+        sub = col.trials[col.trials["experiment"] == exp]
+        for axis in exp_axes:
+            for m in metrics:
+                if (f := figures.metric_vs_axis(sub, axis, m, assets, exp_axes)):
+                    figs.append(f)
+    primary = metrics[0] if metrics else None
+    if primary and (f := figures.quality_vs_time(summary, primary, assets)):
         figs.append(f)
-    counts = df["state"].value_counts().to_dict()
-    return {"name": experiment, "axes": axes, "metrics": metrics, "rows": rows, "figures": figs,
-            "counts": counts, "n": len(df), "table": df}
+    for m in metrics:
+        if (f := figures.per_view(col.views, m, assets)):
+            figs.append(f)
+    if (f := figures.training_curves(col.curves, assets)):
+        figs.append(f)
+    if primary and (f := figures.block_map(col.trials, assets, primary)):
+        figs.append(f)
+    return figs
 
 
-def build_report(experiments: list[str], runs_dir: Path, out_dir: Path | None = None) -> Path:
-    out_dir = Path(out_dir) if out_dir else Path(runs_dir) / experiments[0] / "report"
-    assets = out_dir / "assets"
-    sections = [_experiment_section(Path(runs_dir), e, assets) for e in experiments]
-    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html"]))
-    html = env.get_template("report.html.j2").render(sections=sections, generated=now_iso(),
-                                                      title=" vs ".join(experiments))
-    out = out_dir / "index.html"
-    atomic_write_bytes(out, html.encode())
-    table = pd.concat([s["table"] for s in sections], ignore_index=True)
-    atomic_write_bytes(out_dir / "trials.csv", table.to_csv(index=False).encode())
+class _Assets:
+    """Turns an asset path into what the page links to: 'assets/x' or a data URI."""
+
+    def __init__(self, folder: Path, embed: bool):
+        self.folder, self.embed = folder, embed
+
+    def __call__(self, rel: str) -> str:
+        if not self.embed:
+            return f"assets/{rel}"
+        data = (self.folder / rel).read_bytes()
+        return f"data:{MIME.get(Path(rel).suffix, 'application/octet-stream')};base64,{base64.b64encode(data).decode()}"
+
+
+def build_report(experiments: list[str], runs_dir: Path, out_dir: Path | None = None, *, embed: bool = False,
+                 baseline: str | None = None, views: list[str] | None = None,
+                 bench_paths: list[Path] | None = None) -> Path:
+    """Write the report of `experiments` (records under `runs_dir`) and return the HTML path.
+
+    bench_paths None: the project's bench.json when present; [] for none.
+    """
+    t0 = time.perf_counter()
+    runs_dir = Path(runs_dir)
+    out_dir = Path(out_dir) if out_dir else runs_dir / experiments[0] / "report"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    col = collect.collect(runs_dir, experiments)
+    trials, metrics = col.trials, col.metrics
+    summary = aggregate.summarize(trials, metrics)
+    variants = [str(v) for v in trials["variant"].cat.categories]
+    base = aggregate.pick_baseline(variants, baseline)
+    diffs = aggregate.baseline_differences(trials, metrics, base)
+    log.info("collected %d trials in %.1f s", len(trials), time.perf_counter() - t0)
+
+    tmp = Path(tempfile.mkdtemp(prefix=".report-", dir=out_dir)) if embed else None
+    assets = tmp if embed else out_dir / "assets"
+    if not embed and assets.exists():
+        shutil.rmtree(assets)  # the report's own folder: no figure of an older build survives
+    assets.mkdir(parents=True, exist_ok=True)
+    try:
+        figs = _figures(col, summary, assets)
+        grids = images.comparison_grids(trials, col.views, col.configs, assets, views,
+                                        metrics[0] if metrics else None)
+        paths = default_bench_paths() if bench_paths is None else list(bench_paths)
+        bench_section = bench.section(paths, assets) if paths else None
+        all_axes = col.all_axes
+        env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html", "j2"]),
+                          undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+        env.filters["num"] = tables.num
+        html = env.get_template("report.html.j2").render(
+            title=" vs ".join(experiments), generated=now_iso(), asset=_Assets(assets, embed), embed=embed,
+            metrics=metrics, headers={m: tables.metric_header(m) for m in metrics},
+            overview=provenance.overview(trials, col.sweeps),
+            results=_results_rows(summary, metrics), baseline=base,
+            diffs=_diff_rows(diffs, metrics), ranking=aggregate.ranking(summary, metrics),
+            n_scenes=trials["scene"].nunique(), figures=figs, grids=grids, bench=bench_section,
+            variants=provenance.per_variant(trials, col.configs), unfinished=provenance.unfinished(trials),
+            protocols=provenance.protocols(trials), axes=all_axes,
+            trials=_trial_rows(trials, all_axes, metrics), n_trials=len(trials),
+            counts=trials["state"].value_counts().to_dict())
+        out = out_dir / "index.html"
+        atomic_write_bytes(out, html.encode())
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    tables.write_csv(out_dir / "trials.csv", trials[tables.trial_columns(trials, all_axes, metrics)])
+    if len(col.views):
+        tables.write_csv(out_dir / "views.csv", col.views)
+    tables.write_csv(out_dir / "summary.csv", summary.drop(columns=["states"]))
+    if len(diffs):
+        tables.write_csv(out_dir / "differences.csv", diffs.assign(baseline=base))
+    atomic_write_bytes(out_dir / "results.tex", tables.latex_results(summary, metrics).encode())
+    if bench_section is not None and len(bench_section["frame"]):
+        tables.write_csv(out_dir / "bench.csv", bench_section["frame"])
+    log.info("report of %d trials written in %.1f s: %s", len(trials), time.perf_counter() - t0, out)
     return out

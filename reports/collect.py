@@ -1,17 +1,28 @@
-"""Collect trial records into pandas DataFrames; tolerant of running/failed/missing records."""
+"""Collect trial records into pandas DataFrames; tolerant of running/failed/missing records.
+
+Everything here reads `runs/<exp>/<id>/{status,metrics,progress}.json`, `config.gin` and
+`train.jsonl` only. A record that cannot be read becomes a row with the state it has (or
+'unknown'), never a dropped one.
+"""
 
 from __future__ import annotations
 
+import ast
 import logging
+import math
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from harness.errors import RecordError
+from harness.errors import HarnessError, RecordError
 from harness.records import TrialRecord, read_json
 
 log = logging.getLogger(__name__)
 METRICS = ("psnr", "ssim", "lpips")
+HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "lpips": False}
+_BINDING = re.compile(r"^([A-Za-z_][\w./]*)\s*=\s*(.*)$")
 
 
 def _read(path: Path) -> dict | None:
@@ -29,67 +40,195 @@ def _as_float(value):
         return float("nan")
 
 
+def parse_gin_bindings(text: str) -> dict[str, str]:
+    """`Selector.param = value` lines of a saved config.gin, value text kept as written
+    (continuation lines of long values are joined); imports/includes/comments are left out."""
+    out: dict[str, str] = {}
+    key = None
+    for line in text.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        if line[0].isspace() and key is not None:
+            out[key] += " " + line.strip()
+            continue
+        m = _BINDING.match(line)
+        key = m.group(1) if m else None
+        if m:
+            out[key] = m.group(2).strip()
+    return {k: " ".join(v.split()) for k, v in out.items()}
+
+
+def _literal(text: str | None):
+    if text is None:
+        return None
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
 def _trial_dirs(exp_dir: Path) -> list[Path]:
     sweep = _read(exp_dir / "sweep.json")
     if sweep:  # the sweep's own order; trials of an older version of the sweep are kept after it
-        ordered = [exp_dir / t["id"] for t in sweep["trials"]]
-        extra = sorted(p.parent for p in exp_dir.glob("*/status.json") if p.parent not in ordered)
+        ordered = [exp_dir / t["id"] for t in sweep.get("trials", [])]
+        known = set(ordered)
+        extra = sorted(p.parent for p in exp_dir.glob("*/status.json") if p.parent not in known)
         return [d for d in ordered if d.exists()] + extra
     return sorted(p.parent for p in exp_dir.glob("*/status.json"))
 
 
-def collect_trials(runs_dir: Path, experiment: str) -> pd.DataFrame:
-    """One row per trial: id, experiment, state, each swept binding, metrics, times, error."""
-    exp_dir = Path(runs_dir) / experiment
-    current = {t["id"] for t in (_read(exp_dir / "sweep.json") or {}).get("trials", [])}
-    rows = []
-    for d in _trial_dirs(exp_dir):
-        status = _read(d / "status.json") or {"state": "unknown"}
-        metrics = _read(d / "metrics.json") or {}
-        progress = _read(d / "progress.json") or {}
-        row = {"experiment": experiment, "id": d.name, "state": status.get("state", "unknown"),
-               "label": status.get("label", ""), "attempts": status.get("attempts", 0),
-               "current": (d.name in current) if current else True,
-               "error": status.get("error"), "host": status.get("host"),
-               "git_commit": status.get("git_commit"), "started": status.get("started"),
-               "finished": status.get("finished"), "slurm_job_id": status.get("slurm_job_id")}
-        for key, value in (status.get("bindings") or {}).items():
-            row[key] = value
-        for m in METRICS:
-            row[m] = _as_float(metrics.get(m))
-        row["train_time"] = _as_float(metrics.get("train_time"))
-        row["iterations"] = metrics.get("iterations")
-        if progress and row["state"] == "running":
-            row["progress"] = f"{progress.get('phase', '')} {progress.get('step')}/{progress.get('total')}"
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def collect_views(runs_dir: Path, experiment: str) -> pd.DataFrame:
-    """One row per (trial, test view) with the per-view metrics."""
-    exp_dir = Path(runs_dir) / experiment
-    rows = []
-    for d in _trial_dirs(exp_dir):
-        per_view = (_read(d / "metrics.json") or {}).get("per_view", {})
-        for view, vals in per_view.items():
-            rows.append({"experiment": experiment, "id": d.name, "view": view,
-                         **{m: _as_float(vals.get(m)) for m in METRICS if m in vals}})
-    return pd.DataFrame(rows)
-
-
-def axis_columns(df: pd.DataFrame, runs_dir: Path, experiment: str) -> list[str]:
-    """The swept bindings of an experiment (from sweep.json), in order, without the seed."""
+def axis_names(runs_dir: Path, experiment: str, trials: pd.DataFrame | None = None) -> list[str]:
+    """The swept bindings of an experiment in sweep order, without the seed and the scene."""
     sweep = _read(Path(runs_dir) / experiment / "sweep.json") or {}
-    keys = []
-    for t in sweep.get("trials", []):
-        for k in t["bindings"]:
-            if k not in keys and k != "seed":
+    keys: list[str] = []
+    entries = sweep.get("trials", [])
+    if not entries and trials is not None and "bindings" in trials:
+        entries = [{"bindings": b} for b in trials["bindings"] if isinstance(b, dict)]
+    for t in entries:
+        for k in t.get("bindings", {}):
+            if k not in keys and k not in ("seed", "scene"):
                 keys.append(k)
-    return [k for k in keys if k in df.columns]
+    return keys
 
 
-def training_curves(runs_dir: Path, experiment: str) -> pd.DataFrame:
-    """train.jsonl of every trial, concatenated (one row per logged step)."""
-    rows = [{"id": d.name, **entry} for d in _trial_dirs(Path(runs_dir) / experiment)
-            for entry in TrialRecord(d).read_log()]
-    return pd.DataFrame(rows)
+def _variant_label(experiment: str, bindings: dict, axes: list[str], several: bool) -> str:
+    parts = [f"{k.split('.')[-1] if _short_ok(k, axes) else k}={bindings[k]}" for k in axes if k in bindings]
+    body = ", ".join(parts)
+    if several:
+        return f"{experiment}: {body}" if body else experiment
+    return body or experiment
+
+
+def _short_ok(key: str, axes: list[str]) -> bool:
+    """`lr` instead of `ToyColour.lr` when no other axis has the same parameter name."""
+    tail = key.split(".")[-1]
+    return sum(1 for a in axes if a.split(".")[-1] == tail) == 1
+
+
+@dataclass
+class Collected:
+    """What a report is built from."""
+
+    trials: pd.DataFrame  # one row per trial
+    views: pd.DataFrame  # one row per (trial, test view)
+    curves: pd.DataFrame  # one row per train.jsonl line
+    axes: dict[str, list[str]]  # experiment -> swept binding names
+    configs: dict[str, dict[str, str]] = field(default_factory=dict)  # trial key -> Gin bindings
+    sweeps: dict[str, dict] = field(default_factory=dict)  # experiment -> sweep.json
+
+    @property
+    def metrics(self) -> list[str]:
+        return [m for m in METRICS if m in self.trials and self.trials[m].notna().any()]
+
+    @property
+    def all_axes(self) -> list[str]:
+        out: list[str] = []
+        for names in self.axes.values():
+            out += [a for a in names if a not in out]
+        return out
+
+
+def _trial_row(d: Path, experiment: str, current: set, status: dict, metrics: dict, config: dict) -> dict:
+    progress = _read(d / "progress.json") or {} if status.get("state") == "running" else {}
+    bindings = status.get("bindings") or {}
+    scene = bindings.get("scene") or metrics.get("scene")
+    if not scene:
+        path = _literal(config.get("load_scene.path"))
+        scene = Path(str(path)).name if path else "?"
+    seed = bindings.get("seed", _literal(config.get("Trainer.seed")))
+    row = {"experiment": experiment, "id": d.name, "key": f"{experiment}/{d.name}",
+           "state": status.get("state", "unknown"), "label": status.get("label", ""),
+           "attempts": status.get("attempts", 0), "current": (d.name in current) if current else True,
+           "error": status.get("error"), "host": status.get("host"),
+           "gpu": status.get("gpu") or metrics.get("gpu") or metrics.get("device"),
+           "git_commit": status.get("git_commit"), "created": status.get("created"),
+           "started": status.get("started"), "finished": status.get("finished"),
+           "updated": status.get("updated"), "slurm_job_id": status.get("slurm_job_id"),
+           "scene": str(scene), "seed": seed, "bindings": bindings, "dir": str(d),
+           "has_metrics": bool(metrics)}
+    for key, value in bindings.items():
+        if key not in ("seed", "scene"):
+            row[key] = value
+    for m in METRICS:
+        row[m] = _as_float(metrics.get(m))
+    for k in ("train_time", "eval_time", "peak_rss_mb"):
+        row[k] = _as_float(metrics.get(k))
+    row["iterations"] = metrics.get("iterations")
+    proto = metrics.get("protocol") or {}
+    row["lpips_net"] = (proto.get("lpips") or {}).get("net") if isinstance(proto.get("lpips"), dict) else None
+    row["protocol"] = repr(sorted(proto.items())) if proto else None
+    row["block"] = metrics.get("block") if isinstance(metrics.get("block"), dict) else None
+    if progress:
+        row["progress"] = f"{progress.get('phase', '')} {progress.get('step')}/{progress.get('total')}".strip()
+    return row
+
+
+def collect(runs_dir: Path, experiments: list[str], with_curves: bool = True) -> Collected:
+    """Every trial record of `experiments` (folders under `runs_dir`)."""
+    runs_dir = Path(runs_dir)
+    rows, view_rows, curve_rows = [], [], []
+    axes, configs, sweeps = {}, {}, {}
+    several = len(experiments) > 1
+    for exp in experiments:
+        exp_dir = runs_dir / exp
+        if not exp_dir.is_dir():
+            raise HarnessError(f"{exp_dir}: no such experiment folder (run `make sweep EXP={exp}` first, "
+                               f"or pass --runs-dir)")
+        sweep = _read(exp_dir / "sweep.json") or {}
+        sweeps[exp] = sweep
+        current = {t["id"] for t in sweep.get("trials", [])}
+        exp_rows = []
+        for d in _trial_dirs(exp_dir):
+            status = _read(d / "status.json") or {"state": "unknown", "error": "status.json unreadable"}
+            metrics = _read(d / "metrics.json") or {}
+            config_path = d / "config.gin"
+            config = parse_gin_bindings(config_path.read_text()) if config_path.exists() else {}
+            row = _trial_row(d, exp, current, status, metrics, config)
+            configs[row["key"]] = config
+            exp_rows.append(row)
+            for view, vals in (metrics.get("per_view") or {}).items():
+                if isinstance(vals, dict):
+                    view_rows.append({"key": row["key"], "view": str(view),
+                                      **{m: _as_float(vals.get(m)) for m in METRICS if m in vals}})
+            if with_curves:
+                curve_rows += [{"key": row["key"], **e} for e in TrialRecord(d).read_log() if "step" in e]
+        frame = pd.DataFrame(exp_rows)
+        axes[exp] = axis_names(runs_dir, exp, frame if len(frame) else None)
+        for r in exp_rows:
+            r["variant"] = _variant_label(exp, r["bindings"], axes[exp], several)
+        rows += exp_rows
+    trials = pd.DataFrame(rows)
+    if trials.empty:
+        raise HarnessError(f"{runs_dir}: no trial records for {', '.join(experiments)} "
+                           f"(run `make sweep EXP={experiments[0]}` first)")
+    for m in METRICS:
+        trials[m] = trials[m].astype(float)
+    trials["variant"] = pd.Categorical(trials["variant"], categories=list(dict.fromkeys(trials["variant"])))
+    views = pd.DataFrame(view_rows, columns=["key", "view", *METRICS]) if not view_rows else pd.DataFrame(view_rows)
+    if len(views):
+        info = trials.set_index("key")[["variant", "scene", "seed", "state"]]
+        views = views.join(info, on="key")
+    curves = pd.DataFrame(curve_rows)
+    if len(curves):
+        curves = curves.join(trials.set_index("key")[["variant", "scene", "seed"]], on="key")
+    return Collected(trials, views, curves, axes, configs, sweeps)
+
+
+# Kept for `harness status` (cli.py) and older callers.
+def collect_trials(runs_dir: Path, experiment: str) -> pd.DataFrame:
+    """One row per trial of one experiment (an empty frame when it has no records)."""
+    try:
+        return collect(Path(runs_dir), [experiment], with_curves=False).trials
+    except HarnessError:
+        return pd.DataFrame()
+
+
+def natural_key(name: str) -> list:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(name))]
+
+
+def finite(x) -> bool:
+    try:
+        return math.isfinite(float(x))
+    except (TypeError, ValueError):
+        return False

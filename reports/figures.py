@@ -1,7 +1,12 @@
-"""Seaborn figures for reports, each saved as PNG (and SVG) and returned as a relative path."""
+"""Seaborn/matplotlib figures of a report, each saved as PNG and SVG; functions return a `Figure`.
+
+Intervals drawn here are the same Student-t 95% intervals over seeds as in the tables
+(reports.aggregate.t_interval), not seaborn's bootstrap.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -12,64 +17,273 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
+from reports.aggregate import pareto_front, t_interval  # noqa: E402
+from reports.collect import HIGHER_IS_BETTER  # noqa: E402
 
-def _save(fig, out_dir: Path, name: str) -> str:
+MAX_HUES = 10  # lines per panel before the rest are left out (said in the caption)
+MAX_BOXES = 40
+
+
+@dataclass
+class Figure:
+    name: str  # file stem under the assets folder
+    title: str
+    caption: str = ""
+
+    @property
+    def png(self) -> str:
+        return f"{self.name}.png"
+
+    @property
+    def svg(self) -> str:
+        return f"{self.name}.svg"
+
+
+def _theme() -> None:
+    sns.set_theme(style="whitegrid", context="notebook", font_scale=0.85)
+
+
+def _safe(text: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in text)[:80]
+
+
+def _save(fig, out_dir: Path, name: str, title: str, caption: str = "") -> Figure:
     out_dir.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_dir / f"{name}.png", dpi=110, bbox_inches="tight")
+    fig.savefig(out_dir / f"{name}.png", dpi=100, bbox_inches="tight")
     fig.savefig(out_dir / f"{name}.svg", bbox_inches="tight")
     plt.close(fig)
-    return f"{out_dir.name}/{name}.png"
+    return Figure(name, title, caption)
+
+
+def _label(metric: str) -> str:
+    return f"{metric.upper()} {'↑' if HIGHER_IS_BETTER.get(metric, True) else '↓'}"
+
+
+def _panels(n: int, width: float = 4.6, height: float = 3.3, cols: int = 3):
+    cols = max(1, min(cols, n))
+    rows = -(-n // cols)
+    fig, axs = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    for ax in axs.flat[n:]:
+        ax.set_visible(False)
+    return fig, list(axs.flat[:n])
 
 
 def _numeric(series: pd.Series) -> bool:
-    return pd.to_numeric(series, errors="coerce").notna().all()
+    return bool(len(series)) and pd.to_numeric(series, errors="coerce").notna().all()
 
 
-def metric_vs_axis(df: pd.DataFrame, axis: str, metric: str, out_dir: Path) -> str | None:
-    """Mean metric against one swept axis, 95% CI band over the other trials (seeds)."""
-    data = df[df["state"] == "done"].dropna(subset=[metric])
-    if data.empty or axis not in data.columns:
+def _mean_band(ax, x, groups, color, label):
+    """Mean line with a t-interval band; `groups` is an iterable of (x value, values)."""
+    pts = [(xv, *t_interval(v)[:2]) for xv, v in groups]
+    pts.sort(key=lambda p: p[0])
+    xs = np.array([p[0] for p in pts], dtype=float)
+    m = np.array([p[1] for p in pts])
+    h = np.nan_to_num(np.array([p[2] for p in pts]), nan=0.0)
+    ax.plot(xs, m, marker="o", ms=4, color=color, label=label, lw=1.5)
+    ax.fill_between(xs, m - h, m + h, color=color, alpha=0.2, lw=0)
+    return float(np.nanmin(m - h)) if len(m) else float("nan")
+
+
+def metric_vs_axis(trials: pd.DataFrame, axis: str, metric: str, out_dir: Path,
+                   axes: list[str] = ()) -> Figure | None:
+    """Mean metric against one swept axis per scene; lines per combination of the other `axes`."""
+    data = trials[(trials["state"] == "done") & trials[metric].notna()]
+    if axis not in data or data[axis].isna().all():
         return None
-    sns.set_theme(style="whitegrid")
-    fig, ax = plt.subplots(figsize=(5, 3.4))
-    if _numeric(data[axis]):
-        x = pd.to_numeric(data[axis])
-        sns.lineplot(x=x, y=data[metric], marker="o", errorbar=("ci", 95), ax=ax)
-        positive = x[x > 0]
-        if len(positive) and positive.max() / positive.min() >= 100:
-            ax.set_xscale("symlog", linthresh=float(positive.min()))
-            ax.set_xlim(left=-0.3 * float(positive.min()) if (x == 0).any() else None)  # no empty negative side
-    else:
-        sns.pointplot(x=data[axis].astype(str), y=data[metric], errorbar=("ci", 95), ax=ax)
-    ax.set_xlabel(axis)
-    ax.set_ylabel(metric.upper())
-    ax.set_title(f"{metric.upper()} vs {axis}")
-    safe = "".join(c if c.isalnum() else "_" for c in f"{metric}_vs_{axis}")
-    return _save(fig, out_dir, safe)
-
-
-def training_curves(curves: pd.DataFrame, labels: dict, out_dir: Path) -> str | None:
-    if curves.empty or "loss" not in curves.columns:
+    data = data[data[axis].notna()]
+    exp_axes = [a for a in axes if a != axis and a in data]
+    data = data.assign(_other=data[exp_axes].astype(str).agg(", ".join, axis=1) if exp_axes else "")
+    scenes = list(dict.fromkeys(data["scene"]))
+    if not scenes:
         return None
-    sns.set_theme(style="whitegrid")
-    fig, ax = plt.subplots(figsize=(6, 3.4))
-    data = curves.dropna(subset=["loss"]).copy()
-    data["trial"] = data["id"].map(lambda i: labels.get(i, i))
-    sns.lineplot(data=data, x="step", y="loss", hue="trial", ax=ax, linewidth=1)
-    ax.set_yscale("log")
-    ax.legend(fontsize=6, loc="upper right")
-    ax.set_title("training loss")
-    return _save(fig, out_dir, "training_loss")
+    _theme()
+    fig, axs = _panels(len(scenes))
+    numeric = _numeric(data[axis])
+    hues = list(dict.fromkeys(data["_other"]))
+    shown = hues[:MAX_HUES]
+    palette = sns.color_palette("colorblind", len(shown))
+    for ax, scene in zip(axs, scenes):
+        d = data[data["scene"] == scene]
+        for color, hue in zip(palette, shown):
+            h = d[d["_other"] == hue]
+            if h.empty:
+                continue
+            if numeric:
+                x = pd.to_numeric(h[axis])
+                _mean_band(ax, x, [(xv, h.loc[x == xv, metric]) for xv in x.unique()], color, hue or None)
+            else:
+                cats = list(dict.fromkeys(data[axis].astype(str)))
+                pos = {c: i for i, c in enumerate(cats)}
+                xs = h[axis].astype(str)
+                pts = [(pos[c], *t_interval(h.loc[xs == c, metric])[:2]) for c in xs.unique()]
+                pts.sort()
+                ax.errorbar([p[0] for p in pts], [p[1] for p in pts],
+                            yerr=np.nan_to_num([p[2] for p in pts]), fmt="o-", color=color, capsize=3,
+                            label=hue or None, ms=4)
+                ax.set_xticks(range(len(cats)), cats, rotation=30 if max(map(len, cats)) > 6 else 0)
+        if numeric:
+            x = pd.to_numeric(d[axis])
+            pos = x[x > 0]
+            if len(pos) and pos.max() / pos.min() >= 100 and (x >= 0).all():
+                ax.set_xscale("symlog", linthresh=float(pos.min()))
+        ax.set_xlabel(axis)
+        ax.set_ylabel(_label(metric))
+        ax.set_title(scene if len(scenes) > 1 else f"{metric.upper()} vs {axis}")
+        if len(shown) > 1:
+            ax.legend(fontsize=7, title=", ".join(a.split(".")[-1] for a in exp_axes), title_fontsize=7)
+    caption = "mean over seeds, band: 95% t-interval"
+    if len(hues) > len(shown):
+        caption += f"; first {len(shown)} of {len(hues)} combinations of the other axes shown"
+    return _save(fig, out_dir, _safe(f"{metric}_vs_{axis}"), f"{metric.upper()} vs {axis}", caption)
 
 
-def mean_ci(values: pd.Series) -> tuple[float, float]:
-    """Mean and the half-width of the 95% t-interval (nan with fewer than 2 values)."""
-    from scipy import stats
+def quality_vs_time(summary: pd.DataFrame, metric: str, out_dir: Path) -> Figure | None:
+    """Variant means of `metric` against training time, per scene, with the Pareto front marked."""
+    s = summary.dropna(subset=[f"{metric}_mean", "train_time_mean"])
+    if s.empty:
+        return None
+    scenes = list(dict.fromkeys(s["scene"]))
+    _theme()
+    fig, axs = _panels(len(scenes), width=5.2, height=3.6)
+    hib = HIGHER_IS_BETTER[metric]
+    for ax, scene in zip(axs, scenes):
+        d = s[s["scene"] == scene].reset_index(drop=True)
+        front = pareto_front(d["train_time_mean"], d[f"{metric}_mean"], hib)
+        ax.errorbar(d["train_time_mean"], d[f"{metric}_mean"], xerr=np.nan_to_num(d["train_time_ci"]),
+                    yerr=np.nan_to_num(d[f"{metric}_ci"]), fmt="none", ecolor="#bbb", lw=1, zorder=1)
+        ax.scatter(d.loc[~front, "train_time_mean"], d.loc[~front, f"{metric}_mean"], s=22, color="#7a8a99",
+                   label="dominated", zorder=2)
+        f = d[front].sort_values("train_time_mean")
+        ax.plot(f["train_time_mean"], f[f"{metric}_mean"], "-o", color="#d1495b", ms=6, lw=1.5,
+                drawstyle="steps-post", label="Pareto front", zorder=3)
+        if len(d) <= 12:
+            for _, r in d.iterrows():
+                ax.annotate(str(r["variant"])[:28], (r["train_time_mean"], r[f"{metric}_mean"]), fontsize=6,
+                            xytext=(3, 3), textcoords="offset points")
+        times = d["train_time_mean"]
+        if (times > 0).all() and times.max() / times.min() > 20:
+            ax.set_xscale("log")
+        else:
+            ax.set_xlim(left=0)
+        ax.set_xlabel("training time (s)")
+        ax.set_ylabel(_label(metric))
+        ax.set_title(scene)
+        ax.legend(fontsize=7)
+    return _save(fig, out_dir, _safe(f"{metric}_vs_train_time"), f"{metric.upper()} vs training time",
+                 "variant means, bars: 95% t-intervals over seeds; red: not dominated in (time, quality)")
 
-    v = pd.to_numeric(values, errors="coerce").dropna().to_numpy()
-    if len(v) == 0:
-        return float("nan"), float("nan")
-    if len(v) < 2:
-        return float(v.mean()), float("nan")
-    half = stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))
-    return float(v.mean()), float(half)
+
+def per_view(views: pd.DataFrame, metric: str, out_dir: Path) -> Figure | None:
+    """Distribution of per-view scores per variant (all seeds' views pooled), one panel per scene."""
+    if views.empty or metric not in views:
+        return None
+    data = views[(views["state"] == "done") & views[metric].notna() & np.isfinite(views[metric])]
+    if data.empty:
+        return None
+    scenes = list(dict.fromkeys(data["scene"]))
+    _theme()
+    variants = [v for v in data["variant"].cat.categories if v in set(data["variant"])]
+    shown = variants[:MAX_BOXES]
+    height = max(2.2, 0.28 * len(shown) + 1.0)
+    fig, axs = plt.subplots(len(scenes), 1, figsize=(7.5, height * len(scenes)), squeeze=False)
+    for ax, scene in zip(axs.flat, scenes):
+        d = data[(data["scene"] == scene) & data["variant"].isin(shown)].copy()
+        d["variant"] = d["variant"].astype(str)
+        order = [v for v in shown if v in set(d["variant"])]
+        sns.boxplot(data=d, y="variant", x=metric, order=order, ax=ax, color="#9ecae1", fliersize=2,
+                    linewidth=0.8)
+        ax.set_xlabel(_label(metric))
+        ax.set_ylabel("")
+        ax.set_title(f"{scene}: per-view {metric.upper()}")
+        ax.tick_params(axis="y", labelsize=7)
+    caption = "each box: the test views of all seeds of a variant"
+    if len(variants) > len(shown):
+        caption += f"; first {len(shown)} of {len(variants)} variants"
+    return _save(fig, out_dir, _safe(f"per_view_{metric}"), f"per-view {metric.upper()}", caption)
+
+
+def training_curves(curves: pd.DataFrame, out_dir: Path) -> Figure | None:
+    """Training loss (and validation PSNR when logged) against step, mean over seeds per variant."""
+    if curves.empty or "step" not in curves:
+        return None
+    panels = [c for c in ("loss", "val_psnr") if c in curves and curves[c].notna().any()]
+    if not panels:
+        return None
+    scenes = list(dict.fromkeys(curves["scene"]))
+    _theme()
+    fig, axs = plt.subplots(len(scenes), len(panels), figsize=(5.4 * len(panels), 3.4 * len(scenes)),
+                            squeeze=False)
+    variants = [v for v in curves["variant"].cat.categories if v in set(curves["variant"])]
+    shown = variants[:MAX_HUES]
+    palette = sns.color_palette("colorblind", len(shown))
+    for row, scene in zip(axs, scenes):
+        for ax, col in zip(row, panels):
+            d = curves[(curves["scene"] == scene) & curves[col].notna()]
+            lows = []
+            for color, v in zip(palette, shown):
+                g = d[d["variant"] == v]
+                if len(g):
+                    lows.append(_mean_band(ax, g["step"], [(s, g.loc[g["step"] == s, col])
+                                                          for s in g["step"].unique()], color, str(v)[:40]))
+            if col == "loss" and lows and min(lows) > 0:  # log only when no band reaches 0
+                ax.set_yscale("log")
+            ax.set_xlabel("step")
+            ax.set_ylabel("training loss" if col == "loss" else "validation PSNR")
+            ax.set_title(scene if len(scenes) > 1 else ("training loss" if col == "loss" else "validation PSNR"))
+            if ax is row[-1] and len(shown) > 1:
+                ax.legend(fontsize=6, loc="best")
+    caption = "mean over seeds, band: 95% t-interval"
+    if len(variants) > len(shown):
+        caption += f"; first {len(shown)} of {len(variants)} variants"
+    return _save(fig, out_dir, "training_curves", "training curves", caption)
+
+
+def block_map(trials: pd.DataFrame, out_dir: Path, metric: str = "psnr") -> Figure | None:
+    """Top-down (x, y) map of Block-NeRF blocks: circles of each block's radius coloured by its
+    mean metric over trials, and the cameras assigned to each block. Needs metrics.json 'block'."""
+    rows = trials[trials["block"].notna()] if "block" in trials else trials.iloc[:0]
+    blocks: dict[tuple, dict] = {}
+    for _, r in rows.iterrows():
+        b = r["block"]
+        try:
+            key = (r["scene"], int(b["index"]))
+            center = [float(c) for c in b["center"]][:2]
+            radius = float(b["radius"])
+        except (KeyError, TypeError, ValueError, IndexError):
+            continue
+        entry = blocks.setdefault(key, {"center": center, "radius": radius, "values": [], "cameras": []})
+        if r["state"] == "done" and np.isfinite(r[metric]):
+            entry["values"].append(r[metric])
+        if not entry["cameras"]:
+            entry["cameras"] = [c[:2] for c in b.get("cameras") or [] if isinstance(c, (list, tuple)) and len(c) >= 2]
+    if not blocks:
+        return None
+    scenes = list(dict.fromkeys(k[0] for k in blocks))
+    _theme()
+    sns.set_style("white")
+    fig, axs = _panels(len(scenes), width=5.6, height=5.0, cols=2)
+    means = [np.mean(b["values"]) for b in blocks.values() if b["values"]]
+    norm = matplotlib.colors.Normalize(min(means, default=0), max(means, default=1) + 1e-9)
+    cmap = matplotlib.colormaps["viridis"]
+    for ax, scene in zip(axs, scenes):
+        for (sc, idx), b in sorted(blocks.items()):
+            if sc != scene:
+                continue
+            val = np.mean(b["values"]) if b["values"] else None
+            face = cmap(norm(val)) if val is not None else (0.85, 0.85, 0.85, 1)
+            ax.add_patch(plt.Circle(b["center"], b["radius"], facecolor=(*face[:3], 0.35), edgecolor=face,
+                                    lw=1.5))
+            cams = np.asarray(b["cameras"], dtype=float).reshape(-1, 2)
+            if len(cams):
+                ax.scatter(cams[:, 0], cams[:, 1], s=6, color="#333", zorder=3)
+            ax.annotate(f"{idx}\n{val:.2f}" if val is not None else f"{idx}\n–", b["center"], ha="center",
+                        va="center", fontsize=8, weight="bold")
+        ax.set_aspect("equal")
+        ax.autoscale_view()
+        ax.set_xlabel("x")
+        ax.set_ylabel("y")
+        ax.set_title(f"{scene}: blocks (top view)")
+    fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), ax=axs, label=f"block {metric.upper()}",
+                 shrink=0.8)
+    return _save(fig, out_dir, "block_map", "Block-NeRF blocks",
+                 f"circles: block centre and radius coloured by mean {metric.upper()} over done trials; dots: cameras")

@@ -1,0 +1,88 @@
+"""Where the numbers come from: the Gin bindings that tell variants apart, code versions, machines,
+dates, evaluation protocols, and the trials that did not finish (with their error line)."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+UNSET = "(unset)"
+
+
+def differing_bindings(trials: pd.DataFrame, configs: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+    """{variant: {binding: value}} with only the bindings whose value differs between variants.
+
+    A variant's config is that of its trials with the bindings that vary between its own trials
+    (the seed) left out; a binding absent from a variant counts as a value of its own.
+    """
+    per_variant: dict[str, dict[str, str]] = {}
+    for variant, g in trials.groupby("variant", observed=True, sort=False):
+        cfgs = [configs.get(k, {}) for k in g["key"] if configs.get(k)]
+        if not cfgs:
+            per_variant[str(variant)] = {}
+            continue
+        keys = set().union(*cfgs)
+        per_variant[str(variant)] = {k: cfgs[0][k] for k in keys
+                                     if all(c.get(k) == cfgs[0].get(k) for c in cfgs)}
+    keys = sorted(set().union(*per_variant.values())) if per_variant else []
+    differing = [k for k in keys if len({v.get(k, UNSET) for v in per_variant.values()}) > 1]
+    return {v: {k: b.get(k, UNSET) for k in differing} for v, b in per_variant.items()}
+
+
+def _short(commit) -> str:
+    return str(commit)[:10] if isinstance(commit, str) and commit else "–"
+
+
+def _join(values, fmt=str) -> str:
+    vals = sorted({fmt(v) for v in values if isinstance(v, str) and v})
+    return ", ".join(vals) if vals else "not recorded"
+
+
+def per_variant(trials: pd.DataFrame, configs: dict) -> list[dict]:
+    diff = differing_bindings(trials, configs)
+    out = []
+    for variant, g in trials.groupby("variant", observed=True, sort=False):
+        started = [s for s in g["started"] if isinstance(s, str)]
+        finished = [s for s in g["finished"] if isinstance(s, str)]
+        out.append({"variant": str(variant), "bindings": diff.get(str(variant), {}),
+                    "experiments": ", ".join(dict.fromkeys(g["experiment"])),
+                    "commits": _join(g["git_commit"], _short), "hosts": _join(g["host"]),
+                    "gpus": _join(g["gpu"]), "started": min(started) if started else "–",
+                    "finished": max(finished) if finished else "–",
+                    "trials": len(g)})
+    return out
+
+
+def unfinished(trials: pd.DataFrame) -> list[dict]:
+    """Trials that are not done, plus done ones without metrics, with what is known about them."""
+    rows = []
+    for _, r in trials.iterrows():
+        if r["state"] == "done" and r["has_metrics"]:
+            continue
+        what = r["error"] if isinstance(r["error"], str) and r["error"] else ""
+        if r["state"] == "done":
+            what = "done but metrics.json is missing or unreadable"
+        elif r["state"] == "running" and isinstance(r.get("progress"), str):
+            what = f"in progress: {r['progress']}"
+        rows.append({"id": r["id"], "experiment": r["experiment"], "variant": str(r["variant"]),
+                     "scene": r["scene"], "seed": r["seed"], "state": r["state"], "attempts": r["attempts"],
+                     "when": r["finished"] or r["updated"] or r["started"] or r["created"] or "–",
+                     "host": r["host"] or "–", "what": (what or "–").splitlines()[0][:300]})
+    return rows
+
+
+def protocols(trials: pd.DataFrame) -> list[str]:
+    """Distinct evaluation protocols among done trials (more than one means scores are not comparable)."""
+    done = trials[(trials["state"] == "done") & trials["protocol"].notna()]
+    return list(dict.fromkeys(done["protocol"]))
+
+
+def overview(trials: pd.DataFrame, sweeps: dict) -> list[dict]:
+    out = []
+    for exp, g in trials.groupby("experiment", sort=False):
+        sw = sweeps.get(exp) or {}
+        out.append({"experiment": exp, "file": sw.get("file", "–"),
+                    "user_bindings": "; ".join(sw.get("user_bindings") or []) or "none",
+                    "updated": sw.get("updated", "–"), "trials": len(g),
+                    "states": ", ".join(f"{n} {s}" for s, n in g["state"].value_counts().items()),
+                    "stale": int((~g["current"].astype(bool)).sum())})
+    return out
