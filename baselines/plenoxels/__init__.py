@@ -1,6 +1,7 @@
-"""Plenoxels baseline: importing registers the Gin configurables `Plenoxels` and `TVLoss`."""
+"""Plenoxels baseline: importing registers the Gin configurables `Plenoxels` and its loss terms
+`Reconstruction`, `TVLoss`, `Sparsity`, `Smoothness`."""
 
-from baselines.plenoxels.losses import TVLoss
+from baselines.plenoxels.losses import Reconstruction, Smoothness, Sparsity, TVLoss
 from baselines.plenoxels.method import Plenoxels
 
-__all__ = ["Plenoxels", "TVLoss"]
+__all__ = ["Plenoxels", "Reconstruction", "Smoothness", "Sparsity", "TVLoss"]

@@ -1,4 +1,17 @@
-"""Losses: photometric MSE and the total-variation prior on density and SH (Plenoxels Eq. 3)."""
+"""The Plenoxels loss family, each term a Gin configurable that a sweep can vary.
+
+- `Reconstruction`: L2 (the paper's Eq. 2) or L1 on the ray colours, plus an optional SSIM term
+  computed by the evaluation module's SSIM (harness.metrics.ssim, differentiable) on square
+  patches of rays (the trainer then samples patches, see RaySampler.sample).
+- `TVLoss`: total variation on density and SH (Eq. 3), on a random subset of voxels per step.
+- `Sparsity`: Cauchy (the paper's forward-facing / 360 prior, log(1 + 2 sigma^2) over the
+  samples of the batch) or L1 on the activated density of the samples.
+- `Smoothness`: second-order differences (f(v-a) - 2 f(v) + f(v+a))^2 per axis a on random voxels,
+  a curvature prior that, unlike TV, leaves linear ramps of features (consistent gradients) free.
+
+Every term is a mean, so its scale does not depend on batch size, voxel fraction or resolution;
+a weight of 0 disables a term (nothing is computed).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +23,75 @@ import torch
 from kernels.tv import NORMS, tv_from_rows, tv_neighbours
 
 from baselines.plenoxels.grid import SparseGrid
+
+RECONSTRUCTIONS = ("l2", "l1")
+SPARSITIES = ("cauchy", "l1")
+
+
+def _check_weight(owner: str, **weights: float) -> None:
+    for name, w in weights.items():
+        if not (w >= 0 and math.isfinite(w)):
+            raise ValueError(f"{owner}.{name} must be a finite number >= 0, got {w}")
+
+
+def _check_fraction(owner: str, fraction: float) -> None:
+    if not 0 < fraction <= 1:
+        raise ValueError(f"{owner}.fraction must be in (0, 1], got {fraction}")
+
+
+def draw_voxels(grid: SparseGrid, fraction: float, generator: torch.Generator) -> torch.Tensor:
+    """Flat voxel indices (M,) of randomly drawn allocated voxels (with replacement)."""
+    n = max(1, math.ceil(fraction * grid.n_rows))
+    rows = torch.randint(0, grid.n_rows, (n,), generator=generator).to(grid.voxels.device)
+    return grid.voxels[rows]
+
+
+def mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return torch.mean((pred - target) ** 2)
+
+
+@gin.configurable
+class Reconstruction:
+    """Photometric loss: `weight` * (L2 | L1) + `ssim_weight` * (1 - SSIM over p x p patches).
+
+    With ssim_weight > 0 the batch must be patch-major p x p patches (`patch_size` p >= 11, the
+    SSIM window)."""
+
+    def __init__(self, kind: str = "l2", weight: float = 1.0, ssim_weight: float = 0.0,
+                 patch_size: int = 16):
+        if kind not in RECONSTRUCTIONS:
+            raise ValueError(f"Reconstruction.kind must be one of {RECONSTRUCTIONS}, got {kind!r}")
+        _check_weight("Reconstruction", weight=weight, ssim_weight=ssim_weight)
+        from harness.evaluation.image import SSIM_WINDOW
+
+        if ssim_weight > 0 and patch_size < SSIM_WINDOW:
+            raise ValueError(f"Reconstruction.patch_size must be >= {SSIM_WINDOW} (the SSIM window) "
+                             f"when ssim_weight > 0, got {patch_size}")
+        self.kind, self.weight, self.ssim_weight = kind, float(weight), float(ssim_weight)
+        self.patch_size = int(patch_size) if ssim_weight > 0 else 1
+
+    def __call__(self, pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Weighted terms; the L2 term is named 'mse' (the value logged for every trial)."""
+        out = {}
+        if self.weight > 0:
+            if self.kind == "l2":
+                out["mse"] = self.weight * mse(pred, target)
+            else:
+                out["l1"] = self.weight * torch.mean((pred - target).abs())
+        if self.ssim_weight > 0:
+            out["ssim"] = self.ssim_weight * (1.0 - self.ssim(pred, target))
+        return out
+
+    def ssim(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Mean SSIM over the batch's patches (rays (n * p * p, 3), patch-major)."""
+        from harness.metrics import ssim
+
+        p = self.patch_size
+        n = pred.shape[0] // (p * p)
+        if n == 0 or n * p * p != pred.shape[0]:
+            raise ValueError(f"Reconstruction: SSIM needs a batch of whole {p}x{p} patches, got "
+                             f"{pred.shape[0]} rays")
+        return ssim(pred.view(n, p, p, 3), target.view(n, p, p, 3)).mean()
 
 
 @gin.configurable
@@ -24,11 +106,8 @@ class TVLoss:
 
     def __init__(self, weight_density: float = 0.0, weight_sh: float = 0.0, fraction: float = 0.05,
                  norm: str = "l2"):
-        if weight_density < 0 or weight_sh < 0:
-            raise ValueError(f"TVLoss weights must be >= 0, got weight_density={weight_density}, "
-                             f"weight_sh={weight_sh}")
-        if not 0 < fraction <= 1:
-            raise ValueError(f"TVLoss.fraction must be in (0, 1], got {fraction}")
+        _check_weight("TVLoss", weight_density=weight_density, weight_sh=weight_sh)
+        _check_fraction("TVLoss", fraction)
         if norm not in NORMS:
             raise ValueError(f"TVLoss.norm must be one of {NORMS}, got {norm!r}")
         self.weight_density = float(weight_density)
@@ -43,9 +122,7 @@ class TVLoss:
     def draw(self, grid: SparseGrid, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Rows of randomly drawn allocated voxels (M,) (with replacement) and of their +x, +y, +z
         neighbours (3, M), -1 where absent."""
-        n = max(1, math.ceil(self.fraction * grid.n_rows))
-        rows = torch.randint(0, grid.n_rows, (n,), generator=generator).to(grid.voxels.device)
-        return tv_neighbours(grid.resolution, grid.links, grid.voxels[rows])
+        return tv_neighbours(grid.resolution, grid.links, draw_voxels(grid, self.fraction, generator))
 
     def __call__(self, density: torch.Tensor, sh: torch.Tensor, rows: tuple[torch.Tensor, torch.Tensor],
                  sh_rows: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
@@ -59,5 +136,83 @@ class TVLoss:
         return out
 
 
-def mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return torch.mean((pred - target) ** 2)
+@gin.configurable
+class Sparsity:
+    """Sparsity prior on the activated density sigma of the batch's samples:
+    'cauchy' mean log(1 + 2 sigma^2) (Plenoxels, Sec. 4), or 'l1' mean |sigma|."""
+
+    def __init__(self, weight: float = 0.0, kind: str = "cauchy"):
+        _check_weight("Sparsity", weight=weight)
+        if kind not in SPARSITIES:
+            raise ValueError(f"Sparsity.kind must be one of {SPARSITIES}, got {kind!r}")
+        self.weight, self.kind = float(weight), kind
+
+    @property
+    def active(self) -> bool:
+        return self.weight > 0
+
+    def __call__(self, sigma: torch.Tensor) -> dict[str, torch.Tensor]:
+        if not self.active:
+            return {}
+        if sigma.numel() == 0:
+            return {"sparsity": sigma.sum() * 0.0}
+        value = torch.log1p(2 * sigma * sigma) if self.kind == "cauchy" else sigma.abs()
+        return {"sparsity": self.weight * value.mean()}
+
+
+def axis_neighbours(resolution: int, links: torch.Tensor, voxels: torch.Tensor) -> torch.Tensor:
+    """Rows (3, 2, M) of the -a and +a neighbours of `voxels` (M,) along each axis a; -1 where
+    outside the grid or not allocated."""
+    r = int(resolution)
+    voxels = voxels.long()
+    coords = (voxels // (r * r), voxels // r % r, voxels % r)
+    out = []
+    for coord, stride in zip(coords, (r * r, r, 1)):
+        pair = []
+        for sign, inside in ((-1, coord > 0), (1, coord < r - 1)):
+            nb = torch.where(inside, voxels + sign * stride, voxels)
+            pair.append(torch.where(inside, links[nb].long(), -1))
+        out.append(torch.stack(pair))
+    return torch.stack(out)
+
+
+@gin.configurable
+class Smoothness:
+    """Second-order smoothness: mean over drawn voxels, axes with both neighbours allocated and
+    channels of (f(v-a) - 2 f(v) + f(v+a))^2; separate weights for density and SH."""
+
+    def __init__(self, weight_density: float = 0.0, weight_sh: float = 0.0, fraction: float = 0.05):
+        _check_weight("Smoothness", weight_density=weight_density, weight_sh=weight_sh)
+        _check_fraction("Smoothness", fraction)
+        self.weight_density, self.weight_sh = float(weight_density), float(weight_sh)
+        self.fraction = float(fraction)
+
+    @property
+    def active(self) -> bool:
+        return self.weight_density > 0 or self.weight_sh > 0
+
+    def draw(self, grid: SparseGrid, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows (M,) of drawn voxels and (3, 2, M) of their -a/+a neighbours (see axis_neighbours)."""
+        voxels = draw_voxels(grid, self.fraction, generator)
+        return grid.links[voxels].long(), axis_neighbours(grid.resolution, grid.links, voxels)
+
+    @staticmethod
+    def second_difference(values: torch.Tensor, row: torch.Tensor, neighbours: torch.Tensor) -> torch.Tensor:
+        """Mean squared second difference of `values` (N, C) over the complete stencils."""
+        complete = (neighbours >= 0).all(dim=1) & (row >= 0)  # (3, M)
+        axis, idx = torch.nonzero(complete, as_tuple=True)
+        if idx.numel() == 0:
+            return values.sum() * 0.0
+        lo, hi = neighbours[axis, 0, idx], neighbours[axis, 1, idx]
+        d2 = values[lo] - 2 * values[row[idx]] + values[hi]
+        return (d2 * d2).mean()
+
+    def __call__(self, density: torch.Tensor, sh: torch.Tensor,
+                 rows: tuple[torch.Tensor, torch.Tensor],
+                 sh_rows: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        out = {}
+        if self.weight_density > 0:
+            out["smooth_density"] = self.weight_density * self.second_difference(density, *rows)
+        if self.weight_sh > 0:
+            out["smooth_sh"] = self.weight_sh * self.second_difference(sh, *(sh_rows or rows))
+        return out

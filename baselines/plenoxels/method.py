@@ -1,16 +1,19 @@
 """Plenoxels (Fridovich-Keil, Yu et al., CVPR 2022) as a harness Method, in plain PyTorch.
 
 A voxel grid of density and SH coefficients, trilinearly interpolated at fixed-step samples
-inside the box, volume-rendered with early termination; trained with MSE + total variation by
-Adam or RMSProp with per-group learning rates. Coarse-to-fine: the grid is resampled at twice
-the resolution at `upsample_steps`; voxels that never carried rendering weight are freed at
-`prune_steps` and at each upsampling (svox2's weight-threshold resample). Colour is
+inside the box, volume-rendered with early termination; trained with the loss family of
+losses.py (L2/L1 + SSIM reconstruction, TV, sparsity, second-order smoothness) by RMSProp or
+Adam with per-group learning rates and svox2's delayed exponential schedule. Coarse-to-fine: the
+grid is resampled at twice the resolution at `upsample_steps`; voxels whose maximum rendering
+weight since the last resample stayed below `prune_weight` (or whose density is below
+`prune_density`) are freed at `prune_steps` and at each upsampling (svox2's resample). Colour is
 sigmoid(SH . basis(view direction)), as in svox2.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 
 import gin
 import torch
@@ -22,13 +25,15 @@ from kernels.sh import check_degree, num_coeffs, sh_basis
 
 from baselines.plenoxels.compact import lookup, remap, touched_rows
 from baselines.plenoxels.grid import SparseGrid
-from baselines.plenoxels.losses import TVLoss, mse
+from baselines.plenoxels.losses import Reconstruction, Smoothness, Sparsity, TVLoss, mse
 from baselines.plenoxels.optim import GridOptimizer, lr_factor
 from baselines.plenoxels.sampling import Occupancy, sample_rays
 
 log = logging.getLogger(__name__)
 
 ACTIVATIONS = ("relu", "softplus")
+PRUNE_BY = ("weight", "density")
+BACKGROUNDS = ("scene", "learned")
 STATE_VERSION = 1
 
 
@@ -53,12 +58,16 @@ class Plenoxels:
     def __init__(self, scene, seed: int, *, resolution: int = 128, upsample_steps=(400, 1500),
                  sh_degree: int = 2, batch_size: int = 4096, optimizer: str = "rmsprop",
                  lr_density: float = 3.0, lr_sh: float = 0.05, lr_final_factor: float = 0.1,
-                 lr_decay_steps: int = 3000, step_size: float = 1.0,
+                 lr_decay_steps: int = 3000, lr_density_delay_steps: int = 0,
+                 lr_density_delay_mult: float = 1e-2, rms_beta: float = 0.99, step_size: float = 1.0,
                  density_activation: str = "relu", init_density: float = 0.1,
-                 prune_steps=(100, 250, 800, 2000), prune_weight: float = 0.01,
-                 prune_dilation: int = 1, occupancy_every: int = 100, occupancy_threshold: float = 3.0,
+                 prune_steps=(100, 250, 800, 2000), prune_by: str = "weight", prune_weight: float = 0.01,
+                 prune_density: float = 5.0, prune_dilation: int = 1, occupancy_every: int = 100, occupancy_threshold: float = 3.0,
                  train_stop_transmittance: float = 1e-4, stop_transmittance: float = 1e-4,
-                 render_chunk: int = 16384, tv: TVLoss | None = None, device: str = "cpu"):
+                 render_chunk: int = 16384, background: str = "scene", lr_background: float = 0.01,
+                 reconstruction: Reconstruction | None = None, tv: TVLoss | None = None,
+                 sparsity: Sparsity | None = None, smoothness: Smoothness | None = None,
+                 device: str = "cpu"):
         check_degree(sh_degree)
         self.upsample_steps = _steps("upsample_steps", upsample_steps)
         self.prune_steps = _steps("prune_steps", prune_steps)
@@ -73,6 +82,11 @@ class Plenoxels:
         _check(init_density > 0, f"init_density must be > 0, got {init_density}")
         _check(occupancy_every > 0, f"occupancy_every must be > 0, got {occupancy_every}")
         _check(prune_weight >= 0 and prune_dilation >= 0, "prune_weight and prune_dilation must be >= 0")
+        _check(prune_by in PRUNE_BY, f"prune_by must be one of {PRUNE_BY}, got {prune_by!r}")
+        _check(background in BACKGROUNDS, f"background must be one of {BACKGROUNDS}, got {background!r}")
+        _check(0 < rms_beta < 1, f"rms_beta must be in (0, 1), got {rms_beta}")
+        _check(lr_density_delay_steps >= 0 and 0 < lr_density_delay_mult <= 1,
+               "lr_density_delay_steps must be >= 0 and lr_density_delay_mult in (0, 1]")
         _check(0 <= stop_transmittance < 1 and 0 <= train_stop_transmittance < 1,
                "stop_transmittance and train_stop_transmittance must be in [0, 1)")
         self.seed, self.batch_size = int(seed), int(batch_size)
@@ -80,10 +94,16 @@ class Plenoxels:
         self.step_size, self.activation = float(step_size), density_activation
         self.lr_final_factor, self.lr_decay_steps = lr_final_factor, int(lr_decay_steps)
         self.prune_weight, self.prune_dilation = float(prune_weight), int(prune_dilation)
+        self.prune_by, self.prune_density = prune_by, float(prune_density)
+        self.density_delay = (int(lr_density_delay_steps), float(lr_density_delay_mult))
         self.occupancy_every, self.occupancy_threshold = int(occupancy_every), occupancy_threshold
         self.train_stop, self.render_stop = train_stop_transmittance, stop_transmittance
         self.render_chunk = int(render_chunk)
+        self.reconstruction = reconstruction if reconstruction is not None else Reconstruction()
         self.tv = tv if tv is not None else TVLoss()
+        self.sparsity = sparsity if sparsity is not None else Sparsity()
+        self.smoothness = smoothness if smoothness is not None else Smoothness()
+        self.patch_size = self.reconstruction.patch_size  # the trainer samples p x p patches
         self.device = torch.device(device)
         self.near, self.far = float(scene.near), float(scene.far)
         # forward-facing scenes (LLFF) are marched in NDC, as the paper does; the box then is [-1, 1]^3
@@ -91,10 +111,16 @@ class Plenoxels:
         if self.ndc is not None:
             self.near, self.far = 0.0, 1e4  # t along unit NDC directions; the box clips the ray
         bbox = torch.as_tensor(scene.bbox, dtype=torch.float32, device=self.device)
-        self.background = torch.as_tensor(scene.background, dtype=torch.float32, device=self.device)
+        # 'learned': a colour optimised with the grid (scenes whose background is unknown); its
+        # logit starts at the scene's colour
+        self.background_mode = background
+        self.scene_background = torch.as_tensor(scene.background, dtype=torch.float32, device=self.device)
+        self.background_logit = torch.logit(self.scene_background.clamp(0.01, 0.99)).view(1, 3)
         # the initial grid is constant (as svox2's): the seed only drives the per-step TV draws
         self.grid = SparseGrid.dense(start, bbox[0], bbox[1], 3 * self.n_basis, init_density)
-        self.optim = GridOptimizer(optimizer, {"density": lr_density, "sh": lr_sh})
+        self.optim = GridOptimizer(optimizer, {"density": lr_density, "sh": lr_sh,
+                                               "background": lr_background}, beta2=rms_beta)
+        self.timing = {"train_rays": 0, "train_s": 0.0, "render_rays": 0, "render_s": 0.0}
         self.max_weight = torch.zeros(self.grid.n_rows, device=self.device)  # per row, since last resample
         self.n_upsampled = self.n_pruned = 0
         self.refresh_occupancy(step=0)
@@ -115,8 +141,13 @@ class Plenoxels:
 
     def _keep(self) -> torch.Tensor:
         """Voxels (R^3,) bool to keep: max rendering weight since the last resample above
-        prune_weight, dilated by prune_dilation voxels so surfaces can still move."""
-        keep = (self.grid.volume(self.max_weight) > self.prune_weight).float()[None, None]
+        prune_weight (or activated density above prune_density), dilated by prune_dilation voxels
+        so surfaces can still move."""
+        if self.prune_by == "weight":
+            keep = self.grid.volume(self.max_weight) > self.prune_weight
+        else:
+            keep = self._activate(self.grid.density_volume()) > self.prune_density
+        keep = keep.float()[None, None]
         if self.prune_dilation > 0:
             k = 2 * self.prune_dilation + 1
             keep = F.max_pool3d(keep, k, stride=1, padding=self.prune_dilation)
@@ -162,9 +193,18 @@ class Plenoxels:
         rows, weight = self.grid.corners(coords)
         return ray_index, t, rows, weight
 
-    def _sigma(self, density, rows, weight) -> torch.Tensor:
-        raw = interpolate(density, rows, weight)[:, 0]
+    def _activate(self, raw: torch.Tensor) -> torch.Tensor:
         return F.relu(raw) if self.activation == "relu" else F.softplus(raw)
+
+    def _sigma(self, density, rows, weight) -> torch.Tensor:
+        return self._activate(interpolate(density, rows, weight)[:, 0])
+
+    def background(self, logit: torch.Tensor | None = None) -> torch.Tensor:
+        """The background colour (3,): the scene's, or the learned one (from `logit` when given,
+        so gradients reach it)."""
+        if self.background_mode == "scene":
+            return self.scene_background
+        return torch.sigmoid((self.background_logit if logit is None else logit)[0])
 
     @torch.no_grad()
     def _shaded(self, sigma, ray_index, n_rays, stop: float) -> torch.Tensor:
@@ -183,12 +223,12 @@ class Plenoxels:
         basis = sh_basis(directions, self.sh_degree)[ray_index]
         return torch.sigmoid(torch.bmm(coeffs, basis.unsqueeze(2)).squeeze(2))
 
-    def _composite(self, sigma, rgb, t, ray_index, n_rays) -> dict[str, torch.Tensor]:
-        return composite(sigma, rgb, self._step_world(), ray_index, n_rays, t=t,
-                         background=self.background)
+    def _composite(self, sigma, rgb, t, ray_index, n_rays, background) -> dict[str, torch.Tensor]:
+        return composite(sigma, rgb, self._step_world(), ray_index, n_rays, t=t, background=background)
 
     @torch.no_grad()
     def render(self, origins: torch.Tensor, directions: torch.Tensor) -> dict[str, torch.Tensor]:
+        t0 = time.perf_counter()
         outs = []
         for i in range(0, origins.shape[0], self.render_chunk):
             o = origins[i:i + self.render_chunk].to(self.device)
@@ -198,67 +238,114 @@ class Plenoxels:
             sel = self._shaded(sigma, ray_index, o.shape[0], self.render_stop)
             ray_index, rows, weight = ray_index[sel], rows[:, sel], weight[:, sel]
             rgb = self._colour(self.grid.sh, rows, weight, d, ray_index)
-            r = self._composite(sigma[sel], rgb, t[sel], ray_index, o.shape[0])
+            r = self._composite(sigma[sel], rgb, t[sel], ray_index, o.shape[0], self.background())
             outs.append({k: r[k].cpu() for k in ("rgb", "depth", "acc")})
+        self.timing["render_rays"] += origins.shape[0]
+        self.timing["render_s"] += time.perf_counter() - t0
         if not outs:
             return {"rgb": torch.zeros(0, 3), "depth": torch.zeros(0), "acc": torch.zeros(0)}
         return {k: torch.cat([o[k] for o in outs]) for k in ("rgb", "depth", "acc")}
 
     # ---- training --------------------------------------------------------------------------
+    def _draws(self, step: int) -> dict[str, tuple]:
+        """Random voxel draws of the grid regularisers for this step (a pure function of seed and
+        step, so resumed runs draw the same)."""
+        draws = {}
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + int(step))
+        for name, term in (("tv", self.tv), ("smoothness", self.smoothness)):
+            if term.active:
+                draws[name] = term.draw(self.grid, gen)
+        return draws
+
+    @staticmethod
+    def _rows_for(draws: dict, which: str, terms: dict) -> list[torch.Tensor]:
+        """The drawn rows of the terms whose `which` ('density' | 'sh') weight is on."""
+        return [r for name, rows in draws.items() if getattr(terms[name], f"weight_{which}") > 0
+                for r in rows]
+
     def train_step(self, step: int, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        t_start = time.perf_counter()
         self._apply_schedule(step)
         origins = batch["origins"].to(self.device)
         directions = batch["directions"].to(self.device)
         target = batch["rgb"].to(self.device)
         n_rays, n_rows = origins.shape[0], self.grid.n_rows
         ray_index, t, rows, weight = self._samples(*self._march_rays(origins, directions))
-        tv_rows = None
-        if self.tv.active:
-            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + int(step))
-            tv_rows = self.tv.draw(self.grid, gen)
-        tv_d = tv_rows if tv_rows is not None and self.tv.weight_density > 0 else ()
-        tv_s = tv_rows if tv_rows is not None and self.tv.weight_sh > 0 else ()
+        draws = self._draws(step)
+        terms = {"tv": self.tv, "smoothness": self.smoothness}
 
         # density of every sample, computed on the touched rows only (see compact.py)
-        d_rows, d_local = touched_rows(n_rows, rows, *tv_d)
+        d_rows, d_local = touched_rows(n_rows, rows, *self._rows_for(draws, "density", terms))
         density = self.grid.density.index_select(0, d_rows).requires_grad_(True)
         sigma = self._sigma(density, lookup(d_local, rows), weight)
         sel = self._shaded(sigma, ray_index, n_rays, self.train_stop)
         ray_index, t, rows, weight = ray_index[sel], t[sel], rows[:, sel], weight[:, sel]
         # colour of the shaded samples only
-        s_rows, s_local = touched_rows(n_rows, rows, *tv_s)
+        s_rows, s_local = touched_rows(n_rows, rows, *self._rows_for(draws, "sh", terms))
         sh = self.grid.sh.index_select(0, s_rows).requires_grad_(True)
         rgb = self._colour(sh, lookup(s_local, rows), weight, directions, ray_index)
-        out = self._composite(sigma[sel], rgb, t, ray_index, n_rays)
+        bg_logit = self.background_logit.clone().requires_grad_(self.background_mode == "learned")
+        out = self._composite(sigma[sel], rgb, t, ray_index, n_rays, self.background(bg_logit))
 
-        losses = {"mse": mse(out["rgb"], target)}
-        if tv_rows is not None:
-            losses.update(self.tv(density, sh, tuple(remap(d_local, r) for r in tv_rows),
-                                  tuple(remap(s_local, r) for r in tv_rows)))
+        losses = self.reconstruction(out["rgb"], target)
+        losses.update(self.sparsity(sigma))
+        for name, rows_drawn in draws.items():
+            d_idx = tuple(remap(d_local, r) for r in rows_drawn)
+            s_idx = tuple(remap(s_local, r) for r in rows_drawn)
+            losses.update(terms[name](density, sh, d_idx, s_idx))
         total = sum(losses.values())
-        grad_density, grad_sh = torch.autograd.grad(total, [density, sh], allow_unused=True)
-        scale = lr_factor(step, self.lr_final_factor, self.lr_decay_steps)
-        if grad_density is not None:
-            self.optim.step("density", self.grid.density, d_rows, grad_density, scale)
-        if grad_sh is not None:
-            self.optim.step("sh", self.grid.sh, s_rows, grad_sh, scale)
+        params = [density, sh] + ([bg_logit] if self.background_mode == "learned" else [])
+        grads = torch.autograd.grad(total, params, allow_unused=True)
+        self._update(step, grads, d_rows, s_rows)
         self._track_weights(out["weights"].detach(), rows, weight)
         result = {k: float(v.detach()) for k, v in losses.items()}
         result["loss"] = float(total.detach())
+        result.setdefault("mse", float(mse(out["rgb"].detach(), target)))
         result["samples_per_ray"] = sel.numel() / n_rays
+        self.timing["train_rays"] += n_rays
+        self.timing["train_s"] += time.perf_counter() - t_start
         return result
 
-    def _track_weights(self, sample_weight, rows, weight) -> None:
+    def _update(self, step: int, grads, d_rows, s_rows) -> None:
+        decay = (self.lr_final_factor, self.lr_decay_steps)
+        if grads[0] is not None:
+            scale = lr_factor(step, *decay, *self.density_delay)
+            self.optim.step("density", self.grid.density, d_rows, grads[0], scale)
+        if grads[1] is not None:
+            self.optim.step("sh", self.grid.sh, s_rows, grads[1], lr_factor(step, *decay))
+        if len(grads) > 2 and grads[2] is not None:
+            zero = torch.zeros(1, dtype=torch.long, device=self.device)
+            self.optim.step("background", self.background_logit, zero, grads[2], lr_factor(step, *decay))
+
+    def _track_weights(self, sample_weight, rows, weight, into: torch.Tensor | None = None) -> None:
         """Running max of each voxel's rendering weight, over the samples it interpolates."""
         src = (sample_weight.unsqueeze(0) * (weight > 0)).reshape(-1)
-        self.max_weight.scatter_reduce_(0, rows.reshape(-1).long(), src, "amax")
+        target = self.max_weight if into is None else into
+        target.scatter_reduce_(0, rows.reshape(-1).long(), src, "amax")
+
+    @torch.no_grad()
+    def voxel_weights(self, origins: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
+        """Max rendering weight (n_rows,) each allocated voxel carries over these rays, as training
+        tracks it for weight pruning."""
+        out = torch.zeros(self.grid.n_rows, device=self.device)
+        for i in range(0, origins.shape[0], self.render_chunk):
+            o = origins[i:i + self.render_chunk].to(self.device)
+            d = directions[i:i + self.render_chunk].to(self.device)
+            ray_index, t, rows, weight = self._samples(*self._march_rays(o, d))
+            sigma = self._sigma(self.grid.density, rows, weight)
+            sel = self._shaded(sigma, ray_index, o.shape[0], self.train_stop)
+            rgb = torch.zeros(sel.numel(), 3, device=self.device)
+            r = self._composite(sigma[sel], rgb, t[sel], ray_index[sel], o.shape[0], self.background())
+            self._track_weights(r["weights"], rows[:, sel], weight[:, sel], into=out)
+        return out
 
     # ---- state -----------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {"version": STATE_VERSION, "grid": self.grid.state_dict(),
                 "optimizer": self.optim.state_dict(), "max_weight": self.max_weight.clone(),
                 "n_upsampled": self.n_upsampled, "n_pruned": self.n_pruned,
-                "occupancy": self.occupancy.state_dict(), "occupancy_step": self.occupancy_step}
+                "occupancy": self.occupancy.state_dict(), "occupancy_step": self.occupancy_step,
+                "background_logit": self.background_logit.clone()}
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("version") != STATE_VERSION:
@@ -270,10 +357,23 @@ class Plenoxels:
         self.n_upsampled, self.n_pruned = int(state["n_upsampled"]), int(state["n_pruned"])
         self.occupancy = Occupancy.from_state(state["occupancy"], self.device)
         self.occupancy_step = int(state["occupancy_step"])
+        if "background_logit" in state:
+            self.background_logit = state["background_logit"].to(self.device).clone()
 
     def stats(self) -> dict[str, float]:
+        """Grid size against the dense grid of the same resolution, and throughput in this
+        process (rays per second of train_step and render calls)."""
         g = self.grid
         n_params = g.density.numel() + g.sh.numel()
-        return {"resolution": float(g.resolution), "voxels": float(g.n_rows), "params": float(n_params),
-                "grid_bytes": float(g.density.element_size() * n_params
-                                    + g.links.element_size() * g.links.numel())}
+        elem = g.density.element_size()
+        grid_bytes = elem * n_params + g.links.element_size() * g.links.numel()
+        dense_bytes = elem * g.links.numel() * (1 + g.sh.shape[1])
+        out = {"resolution": float(g.resolution), "voxels": float(g.n_rows), "params": float(n_params),
+               "grid_bytes": float(grid_bytes), "dense_bytes": float(dense_bytes),
+               "memory_fraction": grid_bytes / dense_bytes}
+        tm = self.timing
+        if tm["train_s"] > 0:
+            out["train_rays_per_s"] = tm["train_rays"] / tm["train_s"]
+        if tm["render_s"] > 0:
+            out["render_rays_per_s"] = tm["render_rays"] / tm["render_s"]
+        return out

@@ -4,10 +4,13 @@ Updates are lazy: only the rows a step touched are read and written (moments of 
 not decay), as svox2 updates only voxels that received gradient. This keeps a step's cost
 proportional to the rays' footprint instead of the grid. The state follows the grid when it is
 pruned (`select_rows`) and is reset when it is resampled. Learning rates decay log-linearly
-from `lr` to `lr * final_factor` over `decay_steps` (svox2's exponential schedule, no delay).
+from `lr` to `lr * final_factor` over `decay_steps`, optionally after svox2's delayed warm-up
+(`lr_factor`). RMSProp is Adam's second moment without the first (svox2's default, beta 0.95).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -15,11 +18,19 @@ OPTIMIZERS = ("adam", "rmsprop")
 _TINY = 1e-30  # moments below this are flushed to 0: subnormal floats are ~100x slower on x86
 
 
-def lr_factor(step: int, final_factor: float, decay_steps: int) -> float:
-    """Multiplier of the initial learning rate at `step`."""
-    if decay_steps <= 0:
-        return 1.0
-    return float(final_factor) ** (min(step, decay_steps) / decay_steps)
+def lr_factor(step: int, final_factor: float, decay_steps: int, delay_steps: int = 0,
+              delay_mult: float = 1.0) -> float:
+    """Multiplier of the initial learning rate at `step`: log-linear decay to `final_factor` over
+    `decay_steps`, times svox2's warm-up delay, which rises from `delay_mult` to 1 as
+    sin(pi/2 * step / delay_steps) over the first `delay_steps` (svox2 delays lr_sigma 15,000
+    steps with multiplier 1e-2)."""
+    decay = 1.0
+    if decay_steps > 0:
+        decay = float(final_factor) ** (min(step, decay_steps) / decay_steps)
+    if delay_steps > 0:
+        ramp = math.sin(0.5 * math.pi * min(max(step / delay_steps, 0.0), 1.0))
+        decay *= delay_mult + (1.0 - delay_mult) * ramp
+    return decay
 
 
 class GridOptimizer:
@@ -38,9 +49,11 @@ class GridOptimizer:
         """Forget moments and step counts (after the parameters were resampled)."""
         self.state = {}
 
-    def select_rows(self, keep: torch.Tensor) -> None:
-        """Keep the moments of rows `keep` (after the grid was pruned to those rows)."""
-        for st in self.state.values():
+    def select_rows(self, keep: torch.Tensor, groups=("density", "sh")) -> None:
+        """Keep the moments of rows `keep` of `groups` (after the grid was pruned to those rows)."""
+        for name, st in self.state.items():
+            if name not in groups:
+                continue
             for key in ("m", "v"):
                 if key in st:
                     st[key] = st[key][keep].contiguous()
