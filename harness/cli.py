@@ -65,7 +65,11 @@ def cmd_status(args) -> int:
 def cmd_report(args) -> int:
     from reports.build import build_report
 
-    out = build_report(args.experiment.split(","), Path(args.runs_dir), out_dir=args.out)
+    views = [v.strip() for v in args.views.split(",") if v.strip()] if args.views else None
+    bench_paths = None if args.bench is None else [Path(p) for p in args.bench.split(",") if p.strip()]
+    out = build_report([e.strip() for e in args.experiment.split(",") if e.strip()], Path(args.runs_dir),
+                       out_dir=args.out, embed=args.embed, baseline=args.baseline, views=views,
+                       bench_paths=bench_paths)
     print(f"report: {out}")
     return 0
 
@@ -141,6 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("experiment", help="experiment name(s), comma-separated")
     _add_common(p)
     p.add_argument("--out", type=Path, help="output folder (default: <runs-dir>/<exp>/report)")
+    p.add_argument("--embed", action="store_true", help="one self-contained HTML file (images as data URIs)")
+    p.add_argument("--baseline", help="variant the others are compared with (label or a unique part of it; "
+                                      "default: the first)")
+    p.add_argument("--views", help="test views for the image grids: names or positions, comma-separated "
+                                   "(default: 3 spread over the test split)")
+    p.add_argument("--bench", help="pytest-benchmark JSON file(s), comma-separated (default: bench.json in the "
+                                   "project root when present; '' for none)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("evaluate", help="score renders against ground truth (files paired by name)")
