@@ -49,16 +49,71 @@ def cmd_sweep(args) -> int:
     return 0 if not bad else 1
 
 
+def _records(runs_dir: Path, exp: str) -> list:
+    from harness.records import TrialRecord
+
+    return [TrialRecord(p.parent) for p in sorted((Path(runs_dir) / exp).glob("*/status.json"))]
+
+
 def cmd_status(args) -> int:
+    from harness import slurm
     from reports.collect import collect_trials
 
     for exp in args.experiment.split(","):
+        jobs, note = {}, ""
+        records = _records(args.runs_dir, exp)
+        if any(slurm.job_id_of(r) for r in records):  # merge squeue/sacct; mark jobs that died unrecorded
+            try:
+                jobs = slurm.reconcile(records)
+            except slurm.SlurmError as exc:
+                note = f" (SLURM not queried: {exc})"
         df = collect_trials(Path(args.runs_dir), exp)
         counts = df["state"].value_counts().to_dict() if len(df) else {}
-        print(f"{exp}: {len(df)} trials: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
-        cols = [c for c in ("id", "state", "label", "progress", "psnr", "attempts", "error") if c in df.columns]
-        if len(df):
-            print(df[cols].to_string(index=False, na_rep="-", max_colwidth=60))
+        print(f"{exp}: {len(df)} trials: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + note)
+        if not len(df):
+            continue
+        if jobs or "slurm_job_id" in df and df["slurm_job_id"].notna().any():
+            info = [jobs.get(i) for i in df["id"]]
+            df["job"] = df["slurm_job_id"]
+            df["slurm"] = [j.state if j else None for j in info]
+            df["elapsed"] = [j.elapsed if j else None for j in info]
+            df["node"] = [(j.node or None) if j else None for j in info]
+        cols = [c for c in ("id", "state", "label", "progress", "psnr", "attempts", "job", "slurm", "elapsed",
+                            "node", "error") if c in df.columns]
+        print(df[cols].to_string(index=False, na_rep="-", max_colwidth=60))
+        for r in records:
+            status = r.status()
+            if status.get("state") in ("failed", "cancelled", "diverged"):
+                print(f"\n--- {r.dir.name} {status['state']}: {status.get('error')}")
+                print(_log_tail(status))
+    return 0
+
+
+def _log_tail(status: dict, lines: int = 8) -> str:
+    """The end of a trial's job log (SLURM/submitit stderr), else its recorded traceback."""
+    path = status.get("log_stderr")
+    if path and Path(path).is_file():
+        text = Path(path).read_text(errors="replace").rstrip().splitlines()[-lines:]
+        return f"    (tail of {path})\n" + "\n".join("    " + t for t in text)
+    if status.get("traceback"):
+        return "\n".join("    " + t for t in status["traceback"].rstrip().splitlines()[-lines:])
+    return "    (no log)"
+
+
+def cmd_cancel(args) -> int:
+    from harness import slurm
+
+    for exp in args.experiment.split(","):
+        records = _records(args.runs_dir, exp)
+        if not records:
+            raise HarnessError(f"{Path(args.runs_dir) / exp}: no trial records (wrong EXP or --runs-dir?)")
+        open_ = [r for r in records if r.state in slurm.OPEN_RECORD_STATES]
+        arrays = slurm.cancel([j for r in open_ if (j := slurm.job_id_of(r))])
+        marked = slurm.mark_cancelled(open_, arrays)
+        left = [r.dir.name for r in open_ if r.state in slurm.OPEN_RECORD_STATES]
+        print(f"{exp}: cancelled SLURM array(s) {', '.join(arrays) or '(none)'}; {marked} trials marked "
+              f"cancelled; {len(records) - len(open_)} already finished"
+              + (f"; still open (no SLURM job, or its process still runs): {', '.join(left)}" if left else ""))
     return 0
 
 
@@ -136,10 +191,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retry-failed", action="store_true", help="also re-run failed/diverged trials")
     p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser("status", help="counts and a table of an experiment's trials by state")
+    p = sub.add_parser("status", help="counts and a table of an experiment's trials by state "
+                                      "(with SLURM job state, elapsed time and node; log tails of failed trials)")
     p.add_argument("experiment", help="experiment name(s), comma-separated")
     _add_common(p)
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("cancel", help="cancel an experiment's SLURM jobs and mark its unfinished trials cancelled")
+    p.add_argument("experiment", help="experiment name(s), comma-separated")
+    _add_common(p)
+    p.set_defaults(func=cmd_cancel)
 
     p = sub.add_parser("report", help="build the HTML report of one or more experiments")
     p.add_argument("experiment", help="experiment name(s), comma-separated")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import time
 from pathlib import Path
@@ -70,10 +72,25 @@ def run_sweep(experiment: str, user_bindings: list[str], runs_dir: Path, overrid
     log.info("%s: running %d of %d trials on cluster '%s'", experiment, len(todo), len(trials), settings["cluster"])
     folder = Path(runs_dir) / trials[0].experiment / ".submitit"
     if settings["cluster"] == "slurm":
-        jobs = launch.submit_slurm(settings, exp_file, user_bindings, todo, folder)
-        return {p.trial.id: f"submitted as {job.job_id}" for p, job in zip(todo, jobs)}
+        with _submit_lock(folder.parent):  # two sweeps started at once queue each trial once
+            todo, queued = launch.unqueued(todo, settings["retry_failed"])
+            jobs = launch.submit_slurm(settings, exp_file, user_bindings, todo, folder) if todo else []
+        outcome = {**skipped, **queued, **{p.trial.id: f"submitted as {job.job_id}" for p, job in zip(todo, jobs)}}
+        if settings["wait"]:
+            waiting = [r for t, r in zip(trials, records) if outcome[t.id].startswith("submitted")]
+            log.info("%s: waiting for %d trials on SLURM", experiment, len(waiting))
+            outcome.update(launch.wait_slurm(waiting))
+        return outcome
     outcome = launch.run_local(settings, exp_file, user_bindings, todo, folder)
     return {**skipped, **outcome}
+
+
+@contextlib.contextmanager
+def _submit_lock(exp_dir: Path):
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    with open(exp_dir / ".submit.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # released on close, or when the process dies
+        yield
 
 
 def _preflight(experiment: str, user_bindings: list[str], trial: Trial) -> None:

@@ -27,8 +27,13 @@ def launch_settings(cluster: str = "local", parallel: int = 1, threads: int | No
                     slurm_account: str | None = None, slurm_qos: str | None = None,
                     cpus_per_task: int = 2, mem_gb: float | None = None, gpus_per_node: int = 0,
                     slurm_constraint: str | None = None, slurm_array_parallelism: int = 32,
-                    slurm_additional_parameters: dict | None = None, retry_failed: bool = False):
-    """How to run a sweep; none of this changes a trial's result, so none of it is in trial ids."""
+                    slurm_additional_parameters: dict | None = None, retry_failed: bool = False,
+                    wait: bool = False):
+    """How to run a sweep; none of this changes a trial's result, so none of it is in trial ids.
+
+    `wait` (slurm): stay until every submitted trial has finished, noticing through sacct the
+    jobs that ended without a result (cancelled, killed, out of memory); by default the sweep
+    returns once the array is queued (follow it with `make status`)."""
     if cluster not in ("local", "debug", "slurm"):
         raise ConfigError(f"launch.cluster = '{cluster}': expected 'local', 'debug' or 'slurm'")
     if parallel < 1:
@@ -76,8 +81,11 @@ def _job_info() -> dict:
 
 
 class TrialJob:
-    """Callable submitted to submitit; on SLURM it is Checkpointable (requeue resumes from the
-    trial's own checkpoints, so the resubmission is the same call)."""
+    """Callable submitted to submitit; on SLURM it is Checkpointable: on the preemption/timeout
+    signal (USR2) submitit calls checkpoint(), requeues the job and exits; the trial runner records
+    the interruption as `preempted`, and the requeued job resumes from the trial's newest
+    checkpoint (RaySampler is a function of (seed, step), so the result equals an uninterrupted
+    run's). The resubmission is therefore the same call."""
 
     def __call__(self, *args):
         return run_trial_job(*args)
@@ -85,6 +93,10 @@ class TrialJob:
     def checkpoint(self, *args):
         import submitit
 
+        trial_dir = Path(args[4])
+        saved = sorted(p.name for p in (trial_dir / "checkpoints").glob("step_*.pt"))
+        log.warning("trial %s preempted: requeueing; it resumes from %s", trial_dir.name,
+                    saved[-1] if saved else "the start (no checkpoint yet)")
         return submitit.helpers.DelayedSubmission(self, *args)
 
 
@@ -192,15 +204,76 @@ def _finish(p: Pending, job) -> str:
 
 
 def submit_slurm(settings: dict, exp_file: Path, user_bindings, todo: list[Pending], folder: Path) -> list:
-    """One job array for the whole sweep (submitit batches submissions into an array)."""
+    """One job array for the whole sweep (submitit batches submissions into an array).
+
+    The array is submitted held and released once every trial's record has its job id and log
+    paths: a job that started earlier would race with that write (and its `running` state could be
+    overwritten); an array left held by a dead sweep shows in `make status` and goes with `make cancel`."""
+    from harness import slurm
+
     executor = make_executor(settings, folder)
+    extra = dict(settings["slurm_additional_parameters"] or {})
+    executor.update_parameters(slurm_additional_parameters={**extra, "hold": True})
     threads = settings["threads"] or settings["cpus_per_task"]
+    t0 = time.perf_counter()
     with executor.batch():
         jobs = [executor.submit(TrialJob(), *_job_args(exp_file, user_bindings, p, threads)) for p in todo]
-    for p, job in zip(todo, jobs):
-        p.record.update(slurm_job_id=job.job_id, log_stdout=str(job.paths.stdout),
-                        log_stderr=str(job.paths.stderr))
+    t1 = time.perf_counter()
+    try:
+        for p, job in zip(todo, jobs):
+            p.record.update(slurm_job_id=job.job_id, log_stdout=str(job.paths.stdout),
+                            log_stderr=str(job.paths.stderr))
+    finally:
+        slurm.release([job.job_id for job in jobs])
+    log.info("submitted %d trials as SLURM array %s in %.2f s (records %.2f s)", len(jobs),
+             slurm.array_id(jobs[0].job_id) if jobs else "-", t1 - t0, time.perf_counter() - t1)
     return jobs
+
+
+FINAL_STATES = ("done", "failed", "diverged", "cancelled")
+
+
+def unqueued(todo: list[Pending], retry_failed: bool) -> tuple[list[Pending], dict]:
+    """Of the trials to submit, those with no live SLURM job (another sweep of the experiment may
+    have queued them), after marking those whose job ended without a result. Call it under the
+    experiment's submit lock so that two sweeps started at once queue each trial once."""
+    from harness import slurm
+
+    infos = slurm.reconcile([p.record for p in todo])
+    keep, skipped = [], {}
+    for p in todo:
+        info, state = infos.get(p.record.dir.name), p.record.state
+        if info is not None and info.source == "squeue":
+            skipped[p.trial.id] = f"submitted earlier as {info.job_id} (still {info.state.lower()})"
+        elif state == "done" or (state in FINAL_STATES and not retry_failed):
+            skipped[p.trial.id] = state if state == "done" else f"{state}: {p.record.status().get('error')}"
+        else:
+            keep.append(p)
+    return keep, skipped
+
+
+def wait_slurm(records: list[TrialRecord], poll_s: float = 2.0, check_every_s: float = 10.0) -> dict:
+    """Wait until every trial is final; a job that ended without a result (scancel, OOM kill, node
+    failure) is found through sacct and its trial marked, so this never waits forever on a dead job.
+    Returns {trial id: 'done' | '<state>: <error>'}."""
+    from harness import slurm
+
+    open_ = {r.dir.name: r for r in records}
+    outcome, last_check = {}, time.monotonic()
+    while open_:
+        if time.monotonic() - last_check >= check_every_s:
+            slurm.reconcile(list(open_.values()))
+            last_check = time.monotonic()
+        for tid, r in list(open_.items()):
+            status = r.status()
+            state = status.get("state")
+            if state in FINAL_STATES:
+                outcome[tid] = "done" if state == "done" else f"{state}: {status.get('error')}"
+                log.log(logging.INFO if state == "done" else logging.ERROR, "trial %s %s", tid, outcome[tid])
+                del open_[tid]
+        if open_:
+            time.sleep(poll_s)
+    return outcome
 
 
 def check_cluster(settings: dict) -> None:
