@@ -35,7 +35,7 @@ def default_bench_paths() -> list[Path]:
 def _results_rows(summary: pd.DataFrame, metrics: list[str]) -> dict[str, list[dict]]:
     by_scene: dict[str, list[dict]] = {}
     for _, r in summary.iterrows():
-        states = {k: v for k, v in r["states"].items() if k != "done"}
+        states = {k: r["states"][k] for k in sorted(r["states"]) if k != "done"}
         cells = []
         for m in metrics:
             n = int(r[f"{m}_n"])

@@ -128,9 +128,9 @@ class Collected:
         return out
 
 
-def _trial_row(d: Path, experiment: str, current: set, status: dict, metrics: dict, config: dict) -> dict:
+def _trial_row(d: Path, experiment: str, current: dict, status: dict, metrics: dict, config: dict) -> dict:
     progress = _read(d / "progress.json") or {} if status.get("state") == "running" else {}
-    bindings = status.get("bindings") or {}
+    bindings = status.get("bindings") or current.get(d.name) or {}  # sweep.json's when status.json is lost
     scene = bindings.get("scene") or metrics.get("scene")
     if not scene:
         path = _literal(config.get("load_scene.path"))
@@ -176,7 +176,7 @@ def collect(runs_dir: Path, experiments: list[str], with_curves: bool = True) ->
                                f"or pass --runs-dir)")
         sweep = _read(exp_dir / "sweep.json") or {}
         sweeps[exp] = sweep
-        current = {t["id"] for t in sweep.get("trials", [])}
+        current = {t["id"]: t.get("bindings") or {} for t in sweep.get("trials", [])}
         exp_rows = []
         for d in _trial_dirs(exp_dir):
             status = _read(d / "status.json") or {"state": "unknown", "error": "status.json unreadable"}

@@ -6,6 +6,7 @@ Intervals drawn here are the same Student-t 95% intervals over seeds as in the t
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -190,8 +191,10 @@ def per_view(views: pd.DataFrame, metric: str, out_dir: Path) -> Figure | None:
         d = data[(data["scene"] == scene) & data["variant"].isin(shown)].copy()
         d["variant"] = d["variant"].astype(str)
         order = [v for v in shown if v in set(d["variant"])]
-        sns.boxplot(data=d, y="variant", x=metric, order=order, ax=ax, color="#9ecae1", fliersize=2,
-                    linewidth=0.8)
+        with warnings.catch_warnings():  # seaborn 0.13 passes matplotlib's deprecated `vert`
+            warnings.simplefilter("ignore", matplotlib.MatplotlibDeprecationWarning)
+            sns.boxplot(data=d, y="variant", x=metric, order=order, ax=ax, color="#9ecae1", fliersize=2,
+                        linewidth=0.8)
         ax.set_xlabel(_label(metric))
         ax.set_ylabel("")
         ax.set_title(f"{scene}: per-view {metric.upper()}")

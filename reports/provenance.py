@@ -15,15 +15,20 @@ def differing_bindings(trials: pd.DataFrame, configs: dict[str, dict[str, str]])
     (the seed) left out; a binding absent from a variant counts as a value of its own.
     """
     per_variant: dict[str, dict[str, str]] = {}
+    seed_like: set[str] = set()  # bindings that vary between the trials of one variant, or hold its seed
     for variant, g in trials.groupby("variant", observed=True, sort=False):
-        cfgs = [configs.get(k, {}) for k in g["key"] if configs.get(k)]
+        cfgs = [configs[k] for k in g["key"] if configs.get(k)]
         if not cfgs:
             per_variant[str(variant)] = {}
             continue
         keys = set().union(*cfgs)
-        per_variant[str(variant)] = {k: cfgs[0][k] for k in keys
-                                     if all(c.get(k) == cfgs[0].get(k) for c in cfgs)}
-    keys = sorted(set().union(*per_variant.values())) if per_variant else []
+        seed_like |= {k for k in keys if any(c.get(k) != cfgs[0].get(k) for c in cfgs)}
+        per_variant[str(variant)] = {k: cfgs[0][k] for k in keys}
+    if "seed" in trials:
+        pairs = [(configs.get(k) or {}, s) for k, s in zip(trials["key"], trials["seed"])]
+        keys = set().union(*(c for c, _ in pairs)) if pairs else set()
+        seed_like |= {k for k in keys if all(c.get(k) == repr(s) for c, s in pairs if c)}
+    keys = sorted(set().union(*per_variant.values()) - seed_like) if per_variant else []
     differing = [k for k in keys if len({v.get(k, UNSET) for v in per_variant.values()}) > 1]
     return {v: {k: b.get(k, UNSET) for k in differing} for v, b in per_variant.items()}
 
