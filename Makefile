@@ -21,12 +21,13 @@ export HARNESS_LPIPS_WEIGHTS ?= $(abspath $(wildcard ../shared/data/lpips_weight
 
 CLUSTER_ARG := $(if $(CLUSTER),--cluster $(CLUSTER),)
 
-.PHONY: help sweep report status test bench data clean install
+.PHONY: help sweep report status cancel test bench data clean install
 
 help:
 	@echo "make sweep EXP=name [CLUSTER=local|debug|slurm] [ARGS=\"--bind 'X.y=1'\"]  run an experiment"
 	@echo "make report EXP=name[,other]   HTML report of the records in $(RUNS)/"
-	@echo "make status EXP=name           trials by state"
+	@echo "make status EXP=name           trials by state (with SLURM job state, node, failed trials' log tails)"
+	@echo "make cancel EXP=name           cancel the experiment's SLURM jobs, mark unfinished trials cancelled"
 	@echo "make test                      the test suite"
 	@echo "make bench                     pytest-benchmark suite -> bench.json"
 	@echo "make data                      link the shared datasets (lego_200/400/800, fern, LPIPS weights) into data/"
@@ -48,6 +49,9 @@ report: $(DEPS)
 
 status: $(DEPS)
 	$(PYTHON) -m harness status $(EXP) --runs-dir $(RUNS) $(ARGS)
+
+cancel: $(DEPS)
+	$(PYTHON) -m harness cancel $(EXP) --runs-dir $(RUNS) $(ARGS)
 
 test: $(DEPS)
 	$(PYTHON) -m pytest -q $(ARGS)
