@@ -6,7 +6,8 @@ losses.py (L2/L1 + SSIM reconstruction, TV, sparsity, second-order smoothness) b
 Adam with per-group learning rates and svox2's delayed exponential schedule. Coarse-to-fine: the
 grid is resampled at twice the resolution at `upsample_steps`; voxels whose maximum rendering
 weight since the last resample stayed below `prune_weight` (or whose density is below
-`prune_density`) are freed at `prune_steps` and at each upsampling (svox2's resample). Colour is
+`prune_density`) are freed at `prune_steps` and at each upsampling (svox2's resample);
+prune_by='none' keeps every voxel (the unpruned reference). Colour is
 sigmoid(SH . basis(view direction)), as in svox2.
 """
 
@@ -32,7 +33,7 @@ from baselines.plenoxels.sampling import Occupancy, sample_rays
 log = logging.getLogger(__name__)
 
 ACTIVATIONS = ("relu", "softplus")
-PRUNE_BY = ("weight", "density")
+PRUNE_BY = ("weight", "density", "none")
 BACKGROUNDS = ("scene", "learned")
 STATE_VERSION = 1
 
@@ -143,6 +144,8 @@ class Plenoxels:
         """Voxels (R^3,) bool to keep: max rendering weight since the last resample above
         prune_weight (or activated density above prune_density), dilated by prune_dilation voxels
         so surfaces can still move."""
+        if self.prune_by == "none":  # the unpruned baseline: every allocated voxel stays
+            return self.grid.links >= 0
         if self.prune_by == "weight":
             keep = self.grid.volume(self.max_weight) > self.prune_weight
         else:
