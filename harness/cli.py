@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from harness.errors import HarnessError
-from harness.paths import DEFAULT_RUNS_DIR
+from harness.paths import DATA_DIR, DEFAULT_RUNS_DIR
 
 log = logging.getLogger("harness")
 
@@ -45,8 +45,22 @@ def cmd_sweep(args) -> int:
     from harness.config import experiment_name
 
     name = experiment_name(args.experiment)
+    if not bad and not submitted:  # every trial done: run the experiment's compose step, if it declares one
+        from harness.compose import compose_if_declared
+
+        for where, what in compose_if_declared(args.experiment, args.bind, args.runs_dir).items():
+            print(f"compose {where}: {what}")
     print(f"records: {Path(args.runs_dir) / name}   report: make report EXP={name}")
     return 0 if not bad else 1
+
+
+def cmd_compose(args) -> int:
+    from harness.compose import compose_experiment
+
+    outcome = compose_experiment(args.experiment, args.bind, args.runs_dir)
+    for where, what in outcome.items():
+        print(f"{where}: {what}")
+    return 0 if all(not v.startswith("waiting") for v in outcome.values()) else 1
 
 
 def _records(runs_dir: Path, exp: str) -> list:
@@ -169,9 +183,29 @@ def cmd_scene(args) -> int:
 
 def cmd_data(args) -> int:
     from harness.data.fetch import link_shared
+    from harness.data.manifest import MANIFEST_PATH, get_entry, install, list_lines, load_manifest
 
-    for name, outcome in link_shared().items():
-        print(f"data/{name}: {outcome}")
+    data_dir = args.data_dir
+    if args.list or args.download:
+        manifest = load_manifest(args.manifest or MANIFEST_PATH)
+    if args.list:
+        print("\n".join(list_lines(manifest, data_dir)))
+        return 0
+    if args.download:
+        if args.mirror and len(args.download) > 1:
+            raise HarnessError("--mirror names one file's URL: use it with a single --download NAME")
+        for entry in [get_entry(manifest, name) for name in args.download]:
+            for path, outcome in install(entry, data_dir, mirror=args.mirror, keep_archive=args.keep_archive).items():
+                print(f"data/{path}: {outcome}")
+        return 0
+    if args.mirror or args.keep_archive:
+        raise HarnessError("--mirror and --keep-archive go with --download NAME")
+    outcome = link_shared(data_dir)
+    for name, result in outcome.items():
+        print(f"data/{name}: {result}")
+    if all(r.startswith("not found") for r in outcome.values()):
+        print("no shared copies here; with network, download the public datasets: "
+              "python -m harness data --list, then python -m harness data --download NAME")
     return 0
 
 
@@ -190,6 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="torch threads per trial (default: cores / parallel)")
     p.add_argument("--retry-failed", action="store_true", help="also re-run failed/diverged trials")
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("compose", help="evaluate finished trials together (e.g. Block-NeRF blocks), as the "
+                                       "experiment's Sweep.compose declares; runs after `sweep` by itself")
+    p.add_argument("experiment", help="name of experiments/<name>.gin (or a path to a .gin file)")
+    _add_common(p)
+    p.set_defaults(func=cmd_compose)
 
     p = sub.add_parser("status", help="counts and a table of an experiment's trials by state "
                                       "(with SLURM job state, elapsed time and node; log tails of failed trials)")
@@ -235,7 +275,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="make: Gin binding for the generator (repeatable)")
     p.set_defaults(func=cmd_scene)
 
-    p = sub.add_parser("data", help="make the team's shared datasets available under data/ (symlinks)")
+    p = sub.add_parser("data", help="link the team's shared datasets into data/ (default), or list/download the "
+                                    "public ones (harness/data/datasets.toml)")
+    p.add_argument("--list", action="store_true", help="show every dataset and its state (present/linked/missing)")
+    p.add_argument("--download", nargs="+", metavar="NAME", help="download, verify and unpack these manifest entries")
+    p.add_argument("--mirror", metavar="URL", help="with --download NAME: try this URL first")
+    p.add_argument("--keep-archive", action="store_true", help="keep the zip in data/downloads/ after unpacking")
+    p.add_argument("--data-dir", type=Path, default=DATA_DIR, help="where datasets go (default: the project's data/)")
+    p.add_argument("--manifest", type=Path, help="a dataset manifest of your own (default: harness/data/datasets.toml)")
     p.set_defaults(func=cmd_data)
     return parser
 

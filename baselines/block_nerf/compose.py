@@ -1,0 +1,216 @@
+"""Rendering novel views from several blocks (Block-NeRF section 4.3).
+
+For a camera: take the blocks whose centre lies within `select_radius` x their radius of it (the nearest
+one if none), drop those whose mean predicted visibility of the view is below `visibility_threshold`
+(keeping at least the most visible), render the rest and blend them in image space with inverse-distance
+weights w_i ~ |camera - centre_i|^-p (the paper used p = 4 and p = 1 on its two datasets).
+Appearance matching: with the networks frozen, a block's appearance code is optimised so its render of a
+view both blocks see matches its already-matched neighbour's render, starting from a root block and
+propagating breadth-first over overlapping neighbours.
+
+`compose_blocks` is the entry point `harness compose` calls for one variant/seed's finished blocks.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+
+import numpy as np
+import torch
+
+from harness.data.rays import image_rays, rays_for_pixels
+from harness.data.scene import Split
+
+from baselines.block_nerf import protocol as proto
+from baselines.block_nerf.partition import Block
+
+log = logging.getLogger(__name__)
+DEFAULTS = {"power": 4.0, "select_radius": 1.0, "visibility_threshold": 0.1, "visibility_stride": 8,
+            "appearance_matching": True, "root_block": 0, "match_steps": 60, "match_lr": 0.05, "match_rays": 1024,
+            "max_blocks": 0}
+
+
+def idw_weights(distances, power: float, eps: float = 1e-6) -> np.ndarray:
+    """Inverse-distance weights (sum 1) for blocks at `distances` from the camera."""
+    d = np.maximum(np.asarray(distances, dtype=np.float64), eps)
+    w = d ** (-float(power))
+    return w / w.sum()
+
+
+def candidates(position: np.ndarray, blocks: list[Block], select_radius: float) -> list[int]:
+    """Blocks within select_radius x radius of the camera, nearest first (the nearest alone if none)."""
+    dist = np.array([np.linalg.norm(position - b.center) for b in blocks])
+    inside = [i for i in np.argsort(dist) if dist[i] <= select_radius * blocks[i].radius]
+    return inside or [int(np.argmin(dist))]
+
+
+def blend(images: list[np.ndarray], weights: np.ndarray) -> np.ndarray:
+    return np.tensordot(np.asarray(weights, dtype=np.float32), np.stack(images).astype(np.float32), axes=1)
+
+
+def neighbours(blocks: list[Block]) -> dict[int, list[int]]:
+    """Blocks whose regions overlap (centre distance < sum of radii), nearest first."""
+    out = {}
+    for a in blocks:
+        dist = [(float(np.linalg.norm(a.center - b.center)), b.index) for b in blocks if b.index != a.index]
+        out[a.index] = [i for d, i in sorted(dist) if d < a.radius + blocks[i].radius]
+    return out
+
+
+def shared_view(a, b, cameras) -> int:
+    """Index of the camera (of `cameras`) nearest the midpoint of blocks a and b: a view both see."""
+    mid = (a.block.center + b.block.center) / 2
+    return int(np.argmin(np.linalg.norm(cameras.c2w[:, :, 3] - mid, axis=1)))
+
+
+def match_code(target_method, target_code, method, init_code, origins, directions, exposure: float,
+               steps: int, lr: float, rays: int, seed: int) -> tuple[torch.Tensor, dict]:
+    """`method`'s code optimised (networks frozen) so its render of the rays matches `target_method`'s
+    render with `target_code`; returns the code and the mean squared difference before/after."""
+    with torch.no_grad():
+        target = target_method.render_rays(origins, directions, target_code, exposure)["fine"]["rgb"].float()
+
+    def diff(code):
+        with torch.no_grad():
+            rgb = method.render_rays(origins, directions, code, exposure)["fine"]["rgb"].float()
+        return float(((rgb - target) ** 2).mean())
+
+    before = diff(init_code)
+    method.field.eval()
+    with proto.frozen(method.field):
+        code = proto.fit_code(lambda o, d, c: method.render_rays(o, d, c, exposure)["fine"]["rgb"].float(),
+                              init_code, origins, directions, target, steps, lr, rays, seed)
+    after = diff(code)
+    if after > before:  # never make it worse: keep the code it started from
+        code, after = init_code.detach(), before
+    return code, {"mse_before": before, "mse_after": after}
+
+
+def match_appearance(methods: dict, codes: dict, cameras, options: dict) -> tuple[dict, list]:
+    """Propagate appearance from the root block: `codes` {block: code} -> matched codes, and a log of
+    every matched pair. Matching uses a subsample of the shared view's rays."""
+    blocks = [methods[k].block for k in sorted(methods)]
+    adj = neighbours(blocks)
+    root = options["root_block"] if options["root_block"] in methods else min(methods)
+    matched, order, log_rows = {root: codes[root]}, deque([root]), []
+    while order:
+        a = order.popleft()
+        for b in adj[a]:
+            if b in matched or b not in methods:
+                continue
+            cam = shared_view(methods[a], methods[b], cameras)
+            o, d = image_rays(cameras, cam)
+            pick = torch.arange(0, o.shape[0], max(1, o.shape[0] // options["match_rays"]))
+            code, info = match_code(methods[a], matched[a], methods[b], codes[b], o[pick], d[pick], 1.0,
+                                    options["match_steps"], options["match_lr"], options["match_rays"], seed=a * 97 + b)
+            matched[b] = code
+            log_rows.append({"from": a, "to": b, "view": cam, **info})
+            order.append(b)
+    for k in methods:  # blocks not connected to the root keep their own code
+        matched.setdefault(k, codes[k])
+    return matched, log_rows
+
+
+def _left_rays(split: Split, i: int):
+    w, h = split.cameras.width, split.cameras.height
+    pix = proto.half_pixels(w, h, "left")
+    o, d = rays_for_pixels(split.cameras, np.full(pix.shape, i), (pix % w).astype(np.float32) + 0.5,
+                           (pix // w).astype(np.float32) + 0.5)
+    return o, d, torch.from_numpy(split.images[i].reshape(-1, 3)[pix])
+
+
+def compose_view(methods: dict, split: Split, i: int, options: dict, matched: dict | None) -> tuple[np.ndarray, dict]:
+    """The composed render of view i (full image; the caller crops for the left-half protocol)."""
+    pos = split.cameras.c2w[i, :, 3].astype(np.float64)
+    blocks = [methods[k].block for k in sorted(methods)]
+    chosen = candidates(pos, blocks, options["select_radius"])
+    if options["max_blocks"] > 0:
+        chosen = chosen[:options["max_blocks"]]
+    o, d = image_rays(split.cameras, i)
+    vis = {}
+    if options["visibility_threshold"] > 0 and len(chosen) > 1:
+        pick = torch.arange(0, o.shape[0], options["visibility_stride"])
+        vis = {k: methods[k].mean_visibility(o[pick], d[pick]) for k in chosen
+               if methods[k].field.visibility is not None}
+        if vis:
+            kept = [k for k in chosen if vis.get(k, 1.0) >= options["visibility_threshold"]]
+            chosen = kept or [max(vis, key=vis.get)]
+    exposure = float(split.exposure[i]) if split.exposure is not None else 1.0
+    images = []
+    for k in chosen:
+        m = methods[k]
+        if m.protocol == "appearance_id":
+            code = (matched or {}).get(k, {}).get(int(split.appearance_id[i]), m.codes.detach()[int(split.appearance_id[i])])
+        elif m.protocol == "left_half":
+            lo, ld, target = _left_rays(split, i)
+            with proto.frozen(m.field):
+                code = proto.fit_code(lambda oo, dd, c: m.render_rays(oo, dd, c, exposure if m.use_exposure else 1.0)
+                                      ["fine"]["rgb"].float(), m.default_code(), lo, ld, target, m.fit["steps"],
+                                      m.fit["lr"], m.fit["rays"], seed=k * 1009 + i)
+        else:
+            code = None
+        m.view = {"code": code, "exposure": exposure if m.use_exposure else 1.0}
+        try:
+            rgb = m.render(o, d)["rgb"].reshape(split.cameras.height, split.cameras.width, 3).numpy()
+        finally:
+            m.view = {"code": None, "exposure": 1.0}
+        images.append(rgb)
+    dist = [np.linalg.norm(pos - methods[k].block.center) for k in chosen]
+    w = idw_weights(dist, options["power"])
+    info = {"blocks": [int(k) for k in chosen], "weights": [round(float(x), 4) for x in w],
+            "visibility": {str(k): round(v, 4) for k, v in vis.items()},
+            "in_blocks": int(sum(np.linalg.norm(pos - b.center) <= b.radius for b in blocks))}
+    return blend(images, w), info
+
+
+def compose_blocks(methods: dict, scene, evaluation, options: dict, renders_dir=None) -> dict:
+    """Compose the finished blocks `methods` {block index: BlockNeRF} over every test view of `scene`,
+    score through harness.metrics, and return the record (variant facts, per-view blocks, seam check)."""
+    from harness.evaluate import save_png
+    from harness.metrics import score_images, to_8bit
+
+    opts = {**DEFAULTS, **options}
+    unknown = set(options) - set(DEFAULTS)
+    if unknown:
+        raise ValueError(f"compose options: unknown {sorted(unknown)} (known: {sorted(DEFAULTS)})")
+    split = scene.split("test")
+    first = methods[min(methods)]
+    t0 = time.perf_counter()
+    matched, match_log = None, []
+    if opts["appearance_matching"] and first.protocol == "appearance_id" and len(methods) > 1:
+        ids = sorted(set(int(a) for a in split.appearance_id))
+        matched = {k: {} for k in methods}
+        for a_id in ids:
+            codes = {k: m.codes.detach()[a_id] for k, m in methods.items()}
+            out, rows = match_appearance(methods, codes, scene.split("train").cameras, opts)
+            for k, c in out.items():
+                matched[k][a_id] = c
+            match_log += [{"appearance_id": a_id, **r} for r in rows]
+    infos = {}
+
+    def views():
+        for i in range(len(split)):
+            img, info = compose_view(methods, split, i, opts, matched)
+            infos[split.names[i]] = info
+            pred = to_8bit(first.scored_part(img))
+            if renders_dir is not None and evaluation.save_renders:
+                save_png(renders_dir / f"{split.names[i]}.png", pred)
+            yield split.names[i], pred, first.scored_part(split.images[i])
+
+    result = score_images(views(), metrics=evaluation.metrics, lpips_net=evaluation.lpips_net,
+                          weights_dir=evaluation.lpips_weights_dir, background=tuple(scene.background))
+    per_view = result["per_view"]
+    for name, info in infos.items():
+        per_view[name].update(info)
+    overlap = [v["psnr"] for v in per_view.values() if v["in_blocks"] >= 2]
+    interior = [v["psnr"] for v in per_view.values() if v["in_blocks"] == 1]
+    result.update(
+        options=opts, appearance_protocol=first.protocol_record(split), appearance_matching=match_log,
+        blocks=[methods[k].block.as_record() for k in sorted(methods)],
+        blocks_rendered_mean=float(np.mean([len(v["blocks"]) for v in infos.values()])),
+        seam={"psnr_overlap": float(np.mean(overlap)) if overlap else None, "n_overlap": len(overlap),
+              "psnr_interior": float(np.mean(interior)) if interior else None, "n_interior": len(interior)},
+        compose_time=round(time.perf_counter() - t0, 3))
+    return result

@@ -1,0 +1,352 @@
+"""Block-NeRF (Tancik et al., CVPR 2022), one block per trial, as a harness Method.
+
+The method is built with the whole scene and a block index; it partitions the scene's training
+cameras (baselines.block_nerf.partition), keeps the images of its block and the test views of its
+block, and exposes them as `trial_scene` (the runner trains, validates and evaluates on that). Its
+`evaluate` hook renders each test view with the view's conditioning (appearance code by protocol,
+exposure from the metadata) and scores through harness.metrics; it adds the "block", pose and
+visibility facts to metrics.json.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import gin
+import numpy as np
+import torch
+
+from harness.data.rays import image_rays, rays_for_pixels
+from harness.data.scene import Scene, Split
+
+from baselines.block_nerf import protocol as proto
+from baselines.block_nerf.field import BlockField
+from baselines.block_nerf.model import MipMLP, VisibilityMLP, exposure_input, init_codes, param_count, pixel_radius
+from baselines.block_nerf.partition import BlockPartition
+from baselines.block_nerf.pose import PoseRefinement, perturb_poses, pose_errors
+from baselines.block_nerf.training import ComponentOptimisers, Schedule, autocast
+
+log = logging.getLogger(__name__)
+APPEARANCE_MODES = ("appearance_id", "image", "none")
+STATE_VERSION = 1
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ValueError(f"BlockNeRF: {msg}")
+
+
+def subset_split(split: Split, index: np.ndarray, c2w: np.ndarray | None = None) -> Split:
+    cams = split.cameras.subset(index)
+    if c2w is not None:
+        cams.c2w = c2w.astype(np.float32)
+    return Split(split.images[index], cams, [split.names[i] for i in index],
+                 None if split.exposure is None else split.exposure[index],
+                 None if split.appearance_id is None else split.appearance_id[index])
+
+
+@gin.configurable
+class BlockNeRF:
+    """See the module docstring and docs/block_nerf.md for every argument."""
+
+    def __init__(self, scene: Scene, seed: int, *, block: int = 0, partition: BlockPartition | None = None,
+                 batch_size: int = 1024, n_coarse: int = 32, n_fine: int = 32, spacing: str = "log",
+                 near: float | None = None, far: float | None = None, coarse_loss_weight: float = 0.1,
+                 pos_freqs: int = 12, dir_freqs: int = 4, depth: int = 4, width: int = 64, skip: int = 2,
+                 colour_width: int = 32, appearance: str = "appearance_id", appearance_dim: int = 32,
+                 exposure: bool = True, exposure_freqs: int = 4, exposure_scale: float = 0.5,
+                 visibility: bool = True, visibility_weight: float = 0.1, visibility_width: int = 32,
+                 visibility_depth: int = 2, visibility_freqs: int = 8,
+                 pose_refinement: bool = True, pose_reg_initial: float = 10.0, pose_reg_final: float = 0.01,
+                 pose_reg_steps: int = 500, pose_noise_deg: float = 0.0, pose_noise_frac: float = 0.0,
+                 lr_mlp: float = 5e-3, lr_appearance: float = 5e-3, lr_visibility: float = 5e-3,
+                 lr_pose: float = 1e-3, optimiser: str = "adam", schedule: Schedule | None = None,
+                 clip_norm: float = 0.0, mixed_precision: bool = True, test_appearance: str = "auto",
+                 fit_steps: int = 64, fit_lr: float = 0.05, fit_rays: int = 512, visibility_eval_stride: int = 4,
+                 render_chunk: int = 4096, device: str = "auto"):
+        _check(appearance in APPEARANCE_MODES, f"appearance must be one of {APPEARANCE_MODES}, got {appearance!r}")
+        _check(batch_size > 0 and n_coarse > 1 and n_fine >= 0, "need batch_size > 0, n_coarse > 1, n_fine >= 0")
+        _check(pose_noise_deg >= 0 and pose_noise_frac >= 0, "pose noise must be >= 0")
+        self.seed, self.block_index, self.batch_size = int(seed), int(block), int(batch_size)
+        self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                                   ("cpu" if device == "auto" else device))
+        self.partition = partition or BlockPartition()
+        self.scene = scene
+        train, test = scene.split("train"), scene.split("test")
+        self.blocks = self.partition.blocks(train.cameras.c2w[:, :, 3].astype(np.float64),
+                                            scene.extras.get("blocks"))
+        _check(0 <= self.block_index < len(self.blocks),
+               f"block = {self.block_index} but the partition has {len(self.blocks)} blocks")
+        self.block = self.blocks[self.block_index]
+        self.train_index = self.partition.assign(self.blocks, train.cameras.c2w)[self.block_index]
+        self.test_index = self.partition.assign(self.blocks, test.cameras.c2w)[self.block_index]
+        _check(len(self.train_index) > 0, f"block {self.block_index} has no training images")
+        _check(len(self.test_index) > 0, f"block {self.block_index} has no test views")
+        self.true_c2w = train.cameras.c2w[self.train_index].astype(np.float64)
+        noise_t = pose_noise_frac * self.block.radius
+        self.noisy_c2w = (perturb_poses(self.true_c2w, pose_noise_deg, noise_t, seed=1_000 + self.seed)
+                          if (pose_noise_deg > 0 or noise_t > 0) else self.true_c2w.copy())
+        self.pose_noise = {"rotation_deg": float(pose_noise_deg), "translation": float(noise_t)}
+        self.trial_scene = Scene(
+            name=scene.name, path=scene.path, format=scene.format, background=scene.background,
+            splits={"train": subset_split(train, self.train_index, self.noisy_c2w),
+                    "test": subset_split(test, self.test_index)},
+            near=scene.near, far=scene.far, bbox=scene.bbox, ndc=scene.ndc,
+            extras={**scene.extras, "block": self.block.as_record()})
+        tr = self.trial_scene.split("train")
+
+        # conditioning
+        self.appearance_mode = appearance
+        self.protocol = proto.choose(appearance, test_appearance)
+        if appearance == "appearance_id":
+            _check(train.appearance_id is not None, "appearance = 'appearance_id' but the scene has no appearance_id "
+                                                    "(use appearance = 'image' or 'none')")
+            ids = np.concatenate([train.appearance_id, test.appearance_id if test.appearance_id is not None else []])
+            n_codes = int(ids.max()) + 1
+        else:
+            n_codes = len(tr) if appearance == "image" else 0
+        self.use_exposure = bool(exposure)
+        _check(not exposure or train.exposure is not None, "exposure = True but the scene has no per-frame exposure")
+        self.exposure_scale = float(exposure_scale)
+        gen = torch.Generator().manual_seed(self.seed)
+        torch.manual_seed(self.seed)
+        a_dim = appearance_dim if appearance != "none" else 0
+        mlp = MipMLP(pos_freqs, dir_freqs, depth, width, skip, colour_width, a_dim,
+                     exposure_freqs if exposure else None)
+        vis = VisibilityMLP(visibility_freqs, dir_freqs, visibility_depth, visibility_width) if visibility else None
+        self.near = float(near if near is not None else scene.near)
+        self.far = float(far if far is not None else scene.far)
+        _check(0 < self.near < self.far, f"need 0 < near < far, got {self.near}, {self.far}")
+        self.field = BlockField(self.block.center, self.block.radius, self.near, self.far,
+                                pixel_radius(float(np.median(train.cameras.fx))), n_coarse, n_fine, spacing,
+                                mlp, vis).to(self.device)
+        self.codes = torch.nn.Parameter(init_codes(n_codes, a_dim, gen).to(self.device))
+        self.pose = PoseRefinement(len(tr), pose_reg_initial, pose_reg_final, pose_reg_steps).to(self.device) \
+            if pose_refinement else None
+        self.visibility_weight, self.coarse_loss_weight = float(visibility_weight), float(coarse_loss_weight)
+        comps = {"mlp": (mlp.parameters(), lr_mlp), "appearance": ([self.codes] if n_codes else [], lr_appearance)}
+        if vis is not None:
+            comps["visibility"] = (vis.parameters(), lr_visibility)
+        if self.pose is not None:
+            comps["pose"] = (self.pose.parameters(), lr_pose)
+        self.opt = ComponentOptimisers(comps, schedule or Schedule(), optimiser, clip_norm)
+        self.mixed = bool(mixed_precision) and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda") if self.mixed else None
+        self.train_exposure = torch.as_tensor(tr.exposure if tr.exposure is not None else np.ones(len(tr)),
+                                              dtype=torch.float32)
+        self.train_app = torch.as_tensor(tr.appearance_id if tr.appearance_id is not None else np.zeros(len(tr)),
+                                         dtype=torch.long)
+        self.fit = {"steps": int(fit_steps), "lr": float(fit_lr), "rays": int(fit_rays)}
+        self.visibility_eval_stride = int(visibility_eval_stride)
+        self.render_chunk = int(render_chunk)
+        self.view = {"code": None, "exposure": 1.0}  # conditioning used by render()
+
+    # ---- conditioning -------------------------------------------------------------------------
+    def code_for(self, image_index: torch.Tensor) -> torch.Tensor | None:
+        if self.appearance_mode == "none":
+            return None
+        rows = image_index if self.appearance_mode == "image" else self.train_app[image_index]
+        return self.codes[rows.to(self.device)]
+
+    def default_code(self) -> torch.Tensor | None:
+        return None if self.appearance_mode == "none" else self.codes.detach().mean(0)
+
+    def exposure_in(self, exposure: torch.Tensor) -> torch.Tensor | None:
+        return exposure_input(exposure.to(self.device), self.exposure_scale) if self.use_exposure else None
+
+    def render_rays(self, origins, directions, code=None, exposure: float | torch.Tensor = 1.0, **kw) -> dict:
+        """Field output for rays with one appearance code (A,) (or per ray (M, A)) and exposure."""
+        m = origins.shape[0]
+        if code is not None and code.dim() == 1:
+            code = code[None].expand(m, -1)
+        exp = torch.as_tensor(exposure, dtype=torch.float32).reshape(-1).expand(m)
+        return self.field(origins.to(self.device), directions.to(self.device), code, self.exposure_in(exp), **kw)
+
+    # ---- protocol -----------------------------------------------------------------------------
+    def train_step(self, step: int, batch: dict) -> dict:
+        self.field.train()
+        idx = batch["image_index"].long()
+        o, d = batch["origins"].to(self.device), batch["directions"].to(self.device)
+        target = batch["rgb"].to(self.device)
+        if self.pose is not None:
+            o, d = self.pose.apply(o, d, idx.to(self.device))
+        gen = torch.Generator().manual_seed(self.seed * 7_919 + step)
+        with autocast(self.device, self.mixed):
+            out = self.field(o, d, self.code_for(idx), self.exposure_in(self.train_exposure[idx]), generator=gen,
+                             want_visibility=self.field.visibility is not None)
+            fine, coarse = out["fine"], out["coarse"]
+            mse_f = ((fine["rgb"].float() - target) ** 2).mean()
+            mse_c = ((coarse["rgb"].float() - target) ** 2).mean()
+            loss = mse_f + self.coarse_loss_weight * mse_c
+            losses = {"mse": float(mse_f.detach()), "psnr_train": float(-10 * torch.log10(mse_f.detach()))}
+            if "visibility" in fine:
+                vis_loss = ((fine["visibility"].float() - fine["trans"].detach().float()) ** 2).mean()
+                loss = loss + self.visibility_weight * vis_loss
+                losses["visibility"] = float(vis_loss.detach())
+            if self.pose is not None:
+                reg = self.pose.regulariser(idx.to(self.device), self.block.radius)
+                loss = loss + self.pose.reg_weight(step) * reg
+                losses["pose_reg"] = float(reg.detach())
+        self.opt.zero_grad()
+        (self.scaler.scale(loss) if self.scaler else loss).backward()
+        grad = self.opt.step(step, self.scaler)
+        losses["loss"] = float(loss.detach())
+        if grad:
+            losses["grad_norm"] = grad
+        return losses
+
+    def render(self, origins: torch.Tensor, directions: torch.Tensor) -> dict:
+        """Rays under the current view conditioning (`self.view`; mean code and exposure 1 by default)."""
+        self.field.eval()
+        outs = []
+        code = self.view["code"] if self.view["code"] is not None else self.default_code()
+        with torch.no_grad():
+            for s in range(0, origins.shape[0], self.render_chunk):
+                fine = self.render_rays(origins[s:s + self.render_chunk], directions[s:s + self.render_chunk], code,
+                                        self.view["exposure"])["fine"]
+                depth, acc = BlockField.depth_acc(fine)
+                outs.append((fine["rgb"].float().cpu(), depth.cpu(), acc.cpu()))
+        rgb, depth, acc = (torch.cat(x) for x in zip(*outs))
+        return {"rgb": rgb.clamp(0, 1), "depth": depth, "acc": acc}
+
+    # ---- evaluation hook (harness.trial calls it instead of rendering whole views) ---------------
+    def view_condition(self, split: Split, i: int) -> tuple[torch.Tensor | None, float]:
+        """(appearance code, exposure) for view i of `split` under the test protocol."""
+        exposure = float(split.exposure[i]) if split.exposure is not None and self.use_exposure else 1.0
+        if self.protocol == "none":
+            return None, exposure
+        if self.protocol == "appearance_id":
+            return self.codes.detach()[int(split.appearance_id[i])], exposure
+        cams, w, h = split.cameras, split.cameras.width, split.cameras.height
+        pix = proto.half_pixels(w, h, "left")
+        o, d = rays_for_pixels(cams, np.full(pix.shape, i), (pix % w).astype(np.float32) + 0.5,
+                               (pix // w).astype(np.float32) + 0.5)
+        target = torch.from_numpy(split.images[i].reshape(-1, 3)[pix])
+        self.field.eval()
+        with proto.frozen(self.field):
+            code = proto.fit_code(lambda oo, dd, c: self.render_rays(oo, dd, c, exposure)["fine"]["rgb"],
+                                  self.default_code(), o, d, target, self.fit["steps"], self.fit["lr"],
+                                  self.fit["rays"], seed=self.seed * 31 + i)
+        return code, exposure
+
+    def render_view(self, split: Split, i: int) -> np.ndarray:
+        """The scored part of view i (H, W or W/2, 3) float32 under the protocol."""
+        code, exposure = self.view_condition(split, i)
+        self.view = {"code": code, "exposure": exposure}
+        try:
+            o, d = image_rays(split.cameras, i)
+            rgb = self.render(o, d)["rgb"].reshape(split.cameras.height, split.cameras.width, 3).numpy()
+        finally:
+            self.view = {"code": None, "exposure": 1.0}
+        return self.scored_part(rgb)
+
+    def scored_part(self, img: np.ndarray) -> np.ndarray:
+        if self.protocol != "left_half":
+            return img
+        return img[:, proto.halves(img.shape[1])[1]]
+
+    def evaluate(self, evaluation, split: Split, indices=None, renders_dir=None, metrics=None, progress=None,
+                 background=(1.0, 1.0, 1.0)) -> dict:
+        from harness.evaluate import save_png
+        from harness.metrics import score_images, to_8bit
+
+        full = indices is None
+        indices = range(len(split)) if indices is None else indices
+
+        def views():
+            for i in indices:
+                pred = to_8bit(self.render_view(split, int(i)))
+                name = split.names[int(i)]
+                if renders_dir is not None and evaluation.save_renders:
+                    save_png(renders_dir / f"{name}.png", pred)
+                if progress is not None:
+                    progress()
+                yield name, pred, self.scored_part(split.images[int(i)])
+
+        result = score_images(views(), metrics=tuple(metrics or evaluation.metrics), lpips_net=evaluation.lpips_net,
+                              weights_dir=evaluation.lpips_weights_dir, background=tuple(background))
+        result["appearance_protocol"] = self.protocol_record(split)
+        if full:
+            result["block"] = {**self.block.as_record(),
+                               "cameras": [[float(x) for x in c] for c in self.true_c2w[:, :, 3]],
+                               "n_blocks": len(self.blocks), "n_train_images": len(self.train_index),
+                               "test_views": list(split.names)}
+            result["pose"] = self.pose_record()
+            vis = self.visibility_error(split)
+            if vis is not None:
+                result["visibility"] = vis
+        return result
+
+    def protocol_record(self, split: Split) -> dict:
+        rec = {"name": self.protocol, "appearance": self.appearance_mode, "exposure_input": self.use_exposure}
+        if self.protocol == "left_half":
+            fit, score = proto.halves(split.cameras.width)
+            rec.update(fit_columns=[fit.start, fit.stop], scored_columns=[score.start, score.stop],
+                       fit_steps=self.fit["steps"], fit_lr=self.fit["lr"])
+        return rec
+
+    def pose_record(self) -> dict:
+        before = pose_errors(self.noisy_c2w, self.true_c2w)
+        after = pose_errors(self.pose.refined_c2w(self.noisy_c2w), self.true_c2w) if self.pose else before
+        return {"noise": self.pose_noise, "refinement": self.pose is not None, "error_before": before,
+                "error_after": after}
+
+    def visibility_error(self, split: Split) -> dict | None:
+        """Mean |predicted visibility - true transmittance| over the fine samples of every
+        `visibility_eval_stride`-th pixel of the test views, truth from the scene's depth maps
+        (transmittance 1 before the first surface, 0 after it); also the density network's own error."""
+        depth = self.scene.extras.get("depth", {}).get("test")
+        if self.field.visibility is None or depth is None:
+            return None
+        errs, errs_density = [], []
+        cams = split.cameras
+        self.field.eval()
+        with torch.no_grad():
+            for k, i in enumerate(self.test_index):
+                o, d = image_rays(cams, k)
+                pick = torch.arange(0, o.shape[0], self.visibility_eval_stride)
+                code, exposure = (self.default_code(), 1.0)
+                fine = self.render_rays(o[pick], d[pick], code, exposure, want_visibility=True)["fine"]
+                true_depth = torch.from_numpy(depth[i].reshape(-1)[pick.numpy()]).to(self.device)
+                truth = (fine["edges"][:, :-1] <= true_depth[:, None]).float()
+                errs.append((fine["visibility"] - truth).abs().mean().item())
+                errs_density.append((fine["trans"] - truth).abs().mean().item())
+        return {"mae": float(np.mean(errs)), "density_transmittance_mae": float(np.mean(errs_density)),
+                "pixel_stride": self.visibility_eval_stride}
+
+    def mean_visibility(self, origins: torch.Tensor, directions: torch.Tensor) -> float:
+        """Mean predicted visibility of what this block renders along the given rays (coarse samples,
+        weighted by the block's rendering weights): low when the view looks at space the block's
+        training cameras did not see."""
+        self.field.eval()
+        with torch.no_grad():
+            c = self.render_rays(origins, directions, self.default_code(), 1.0, want_visibility=True,
+                                 coarse_only=True)["coarse"]
+            w = c["weights"]
+            return float(((w * c["visibility"]).sum() / w.sum().clamp(min=1e-8)).item())
+
+    # ---- state ----------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"version": STATE_VERSION, "field": self.field.state_dict(), "codes": self.codes.detach().cpu(),
+                "pose": None if self.pose is None else self.pose.state_dict(), "opt": self.opt.state_dict(),
+                "scaler": None if self.scaler is None else self.scaler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        _check(state.get("version") == STATE_VERSION, f"checkpoint version {state.get('version')} != {STATE_VERSION}")
+        self.field.load_state_dict(state["field"])
+        with torch.no_grad():
+            self.codes.copy_(state["codes"].to(self.device))
+        if self.pose is not None:
+            self.pose.load_state_dict(state["pose"])
+        self.opt.load_state_dict(state["opt"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+
+    def stats(self) -> dict:
+        vis = self.field.visibility
+        return {"params_mlp": param_count(self.field.mlp), "params_visibility": 0 if vis is None else param_count(vis),
+                "params_codes": int(self.codes.numel()),
+                "params_pose": 0 if self.pose is None else param_count(self.pose),
+                "block": self.block_index, "train_images": int(len(self.train_index)),
+                "device": str(self.device), "mixed_precision": self.mixed}

@@ -1,0 +1,101 @@
+"""Training machinery: per-component optimisers and learning rates, schedules with warm-up, gradient
+clipping, mixed precision (CUDA only)."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import gin
+import torch
+
+from harness.errors import ConfigError
+
+SCHEDULES = ("exponential", "cosine", "step", "constant")
+OPTIMISERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+
+
+@gin.configurable
+class Schedule:
+    """lr(step) = base * warm-up factor * decay factor.
+
+    warm-up: linear from `warmup_start` to 1 over `warmup_steps`.
+    exponential: final_factor ** (step / total); cosine: final + (1 - final)(1 + cos(pi step/total))/2;
+    step: gamma ** (number of `milestones` passed); constant: 1."""
+
+    def __init__(self, kind: str = "exponential", total_steps: int = 1000, final_factor: float = 0.1,
+                 warmup_steps: int = 0, warmup_start: float = 0.01, milestones=(), gamma: float = 0.1):
+        if kind not in SCHEDULES:
+            raise ConfigError(f"Schedule.kind must be one of {SCHEDULES}, got {kind!r}")
+        if total_steps < 1 or warmup_steps < 0 or not 0 < final_factor <= 1:
+            raise ConfigError(f"Schedule: need total_steps >= 1, warmup_steps >= 0, 0 < final_factor <= 1 "
+                              f"(got {total_steps}, {warmup_steps}, {final_factor})")
+        self.kind, self.total, self.final = kind, int(total_steps), float(final_factor)
+        self.warmup, self.warmup_start = int(warmup_steps), float(warmup_start)
+        self.milestones, self.gamma = tuple(int(m) for m in milestones), float(gamma)
+
+    def factor(self, step: int) -> float:
+        f = min(1.0, step / self.total)
+        if self.kind == "exponential":
+            decay = self.final ** f
+        elif self.kind == "cosine":
+            decay = self.final + (1 - self.final) * 0.5 * (1 + math.cos(math.pi * f))
+        elif self.kind == "step":
+            decay = self.gamma ** sum(step >= m for m in self.milestones)
+        else:
+            decay = 1.0
+        if self.warmup and step < self.warmup:
+            decay *= self.warmup_start + (1 - self.warmup_start) * step / self.warmup
+        return decay
+
+
+class ComponentOptimisers:
+    """One optimiser per named component ({name: (parameters, lr)}), all on one schedule."""
+
+    def __init__(self, components: dict, schedule: Schedule, optimiser: str = "adam", clip_norm: float = 0.0,
+                 eps: float = 1e-8):
+        if optimiser not in OPTIMISERS:
+            raise ConfigError(f"BlockNeRF.optimiser must be one of {sorted(OPTIMISERS)}, got {optimiser!r}")
+        self.schedule, self.clip_norm = schedule, float(clip_norm)
+        self.base = {k: float(lr) for k, (_, lr) in components.items()}
+        kw = {"eps": eps} if optimiser != "sgd" else {}
+        lists = {k: (list(params), lr) for k, (params, lr) in components.items()}
+        self.opts = {k: OPTIMISERS[optimiser](params, lr=lr, **kw) for k, (params, lr) in lists.items() if params}
+        self.params = {k: [p for g in o.param_groups for p in g["params"]] for k, o in self.opts.items()}
+
+    def zero_grad(self) -> None:
+        for o in self.opts.values():
+            o.zero_grad(set_to_none=True)
+
+    def step(self, step: int, scaler=None) -> float:
+        """Set learning rates for `step`, clip (per component), step; returns the largest grad norm."""
+        factor = self.schedule.factor(step)
+        worst = 0.0
+        for k, o in self.opts.items():
+            for g in o.param_groups:
+                g["lr"] = self.base[k] * factor
+            if scaler is not None:
+                scaler.unscale_(o)
+            if self.clip_norm > 0:
+                worst = max(worst, float(torch.nn.utils.clip_grad_norm_(self.params[k], self.clip_norm)))
+            if scaler is not None:
+                scaler.step(o)
+            else:
+                o.step()
+        if scaler is not None:
+            scaler.update()
+        return worst
+
+    def state_dict(self) -> dict:
+        return {k: o.state_dict() for k, o in self.opts.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k, o in self.opts.items():
+            o.load_state_dict(state[k])
+
+
+def autocast(device: torch.device, enabled: bool):
+    """bfloat16/float16 autocast on CUDA when enabled; a no-op elsewhere (CPU training stays float32)."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    return contextlib.nullcontext()
