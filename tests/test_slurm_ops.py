@@ -129,13 +129,13 @@ def test_status_counts_merge_squeue_and_cancel_empties_the_queue(tmp_path):
     runs = tmp_path / "runs"
     harness("sweep", TOY, "--runs-dir", runs, "--cluster", "slurm", "--bind", "Sweep.axes = {}",
             "--bind", "Sweep.seeds = [0]", "--bind",
-            "Sweep.zipped = {'ToyColour.fail_at': [-1, 5, -1, -1], 'ToyColour.step_delay': [0.0, 0.0, 3.0, 3.0]}",
+            "Sweep.zipped = {'ToyColour.fail_at': [-1, 5, -1, -1], 'ToyColour.step_delay': [0.0, 0.0, 3.0, 3.1]}",
             *SMALL, check=True)
     st = _statuses(runs)
     fail_at = _by_binding(st, "ToyColour.fail_at")
     failing, done = fail_at[5], next(t for t, s in st.items() if s["bindings"]["ToyColour.step_delay"] == 0.0
                                      and t != fail_at[5])
-    slow = sorted(t for t, s in st.items() if s["bindings"]["ToyColour.step_delay"] == 3.0)
+    slow = sorted(t for t, s in st.items() if s["bindings"]["ToyColour.step_delay"] >= 3.0)
     _wait("one done, one failed, two running",
           lambda: (s := _statuses(runs))[done]["state"] == "done" and s[failing]["state"] == "failed"
           and all(s[t]["state"] == "running" and s[t].get("pid") for t in slow), timeout=240)
