@@ -154,11 +154,12 @@ def _sample_sh(dens_ptr, sh_ptr, links_ptr, coord_ptr, dir_ptr, ray_ptr, out_sig
         dens = tl.zeros([BLOCK_S], dtype=dens_ptr.dtype.element_ty)
         coef = tl.zeros([BLOCK_S, CP], dtype=dens_ptr.dtype.element_ty)
     for corner in tl.static_range(8):
-        ox: tl.constexpr = corner // 4
-        oy: tl.constexpr = (corner // 2) % 2
-        oz: tl.constexpr = corner % 2
-        w = (fx if ox == 1 else 1.0 - fx) * (fy if oy == 1 else 1.0 - fy) * (fz if oz == 1 else 1.0 - fz)
-        flat = flat0 + (ox * Y * Z + oy * Z + oz)
+        # corner = 4 dx + 2 dy + dz, as kernels.grid; static: the loop is unrolled
+        wx = fx if corner // 4 == 1 else 1.0 - fx
+        wy = fy if (corner // 2) % 2 == 1 else 1.0 - fy
+        wz = fz if corner % 2 == 1 else 1.0 - fz
+        w = wx * wy * wz
+        flat = flat0 + ((corner // 4) * Y * Z + ((corner // 2) % 2) * Z + corner % 2)
         if HAS_LINKS:
             row = tl.load(links_ptr + flat, mask=smask, other=-1).to(tl.int64)
             ok = smask & (row >= 0)

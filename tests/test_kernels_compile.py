@@ -1,0 +1,95 @@
+"""The Triton kernels compile for an H100 (sm_90) down to a cubin, without a GPU.
+
+The interpreter (TRITON_INTERPRET=1), which the correctness tests use on the CPU, accepts code
+that the compiler rejects (e.g. a reassigned constexpr); this ahead-of-time compile catches that
+on a CPU-only machine. Marked slow (about a minute on 2 busy cores): `pytest -m slow`.
+The compile runs in a subprocess, since kernels defined under TRITON_INTERPRET are interpreted.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _variants():
+    """(label, kernel, pointer/scalar types, constexprs) for every specialisation the ops launch."""
+    import triton
+
+    from kernels.triton import composite as C, grid as G, tv as T
+
+    f32p, i64p, i32p = "*fp32", "*i64", "*i32"
+
+    def types(fn, **extra):
+        t = {n: f32p for n in fn.arg_names if n.endswith("_ptr")}
+        t.update(extra)
+        return t
+
+    comp = dict(start_ptr=i64p, count_ptr=i64p, delta_val="fp32", n_rays="i32")
+    for has_delta in (True, False):
+        for shade in (True, False):
+            yield (f"composite fwd delta={has_delta} shade={shade}", C._fwd, types(C._fwd, **comp),
+                   dict(HAS_DELTA=has_delta, HAS_T=True, WRITE_W=shade, WRITE_T=not shade, SHADE=shade,
+                        BLOCK_R=16, BLOCK_S=64))
+        yield (f"composite bwd delta={has_delta}", C._bwd, types(C._bwd, **comp),
+               dict(HAS_DELTA=has_delta, HAS_T=True, HAS_GW=True, D_DELTA=has_delta, D_T=True,
+                    BLOCK_R=16, BLOCK_S=64))
+    ints = dict(index_ptr=i64p, S="i32", C="i32")
+    yield "interpolate fwd", G._interp_fwd, types(G._interp_fwd, **ints), dict(K=8, BLOCK_S=128, CP=32)
+    yield ("interpolate bwd", G._interp_bwd, types(G._interp_bwd, **ints),
+           dict(K=8, D_FEAT=True, D_WEIGHT=True, BLOCK_S=128, CP=32))
+    st = types(G._sample_sh, links_ptr=i32p, ray_ptr=i64p, S="i32", X="i32", Y="i32", Z="i32")
+    for nb in (1, 9, 16):
+        for bw in (False, True):
+            yield (f"sample_grid_sh B={nb} backward={bw}", G._sample_sh, st,
+                   dict(NB=nb, HAS_LINKS=True, HAS_RAY=True, SIGMOID=True, BACKWARD=bw, D_DENS=bw,
+                        D_SH=bw, BLOCK_S=128, CP=max(triton.next_power_of_2(3 * nb), 2)))
+    tt = types(T._tv, row_ptr=i64p, nb_ptr=i64p, M="i32", C="i32", eps="fp32")
+    for bw in (False, True):
+        yield f"tv backward={bw}", T._tv, tt, dict(L2=True, BACKWARD=bw, BLOCK_M=256, CP=32)
+
+
+def compile_all() -> list[str]:
+    """Compile every variant for sm_90; returns the failures (label: error)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    target = GPUTarget("cuda", 90, 32)
+    failures = []
+    for label, fn, types, consts in _variants():
+        sig = {n: ("constexpr" if n in consts else types.get(n, "i32")) for n in fn.arg_names}
+        src = ASTSource(fn=fn, signature=sig,
+                        constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()})
+        try:
+            kernel = triton.compile(src, target=target)
+            assert kernel.asm.get("cubin"), "no cubin"
+        except Exception as exc:  # report all kernels, not only the first failure
+            failures.append(f"{label}: {type(exc).__name__}: {str(exc)[-600:]}")
+    return failures
+
+
+@pytest.mark.slow
+def test_triton_kernels_compile_for_sm90():
+    pytest.importorskip("triton")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["OMP_NUM_THREADS"] = "1"
+    proc = subprocess.run([sys.executable, __file__], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "compiled" in proc.stdout
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    errors = compile_all()
+    if errors:
+        print("\n\n".join(errors))
+        sys.exit(1)
+    print("compiled", sum(1 for _ in _variants()), "kernel variants for sm_90")
