@@ -31,6 +31,7 @@ help:
 	@echo "make test                      the test suite"
 	@echo "make bench                     pytest-benchmark suite -> bench.json"
 	@echo "make data                      link the shared datasets (lego_200/400/800, fern, LPIPS weights) into data/"
+	@echo "make data DOWNLOAD=\"nerf_llff_data lpips_vgg\"  download public datasets (checksummed, resumable); ARGS=--list shows them"
 	@echo "experiments: $$(ls experiments/*.gin | xargs -n1 basename | sed 's/.gin$$//' | tr '\n' ' ')"
 
 $(STAMP): pyproject.toml
@@ -59,8 +60,9 @@ test: $(DEPS)
 bench: $(DEPS)
 	$(PYTHON) -m pytest tests/bench -p no:cacheprovider --override-ini addopts= --benchmark-json=bench.json $(ARGS)
 
+# Offline default: link the shared copies. DOWNLOAD="name ..." fetches entries of harness/data/datasets.toml.
 data: $(DEPS)
-	$(PYTHON) -m harness data
+	$(PYTHON) -m harness data $(if $(DOWNLOAD),--download $(DOWNLOAD),) $(ARGS)
 
 clean:
 	rm -rf $(RUNS) .pytest_cache bench.json
