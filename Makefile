@@ -58,7 +58,7 @@ test: $(DEPS)
 	$(PYTHON) -m pytest -q $(ARGS)
 
 bench: $(DEPS)
-	$(PYTHON) -m pytest tests/bench -p no:cacheprovider --override-ini addopts= --benchmark-json=bench.json $(ARGS)
+	$(PYTHON) -m pytest tests/bench -p no:cacheprovider --override-ini addopts= -rs --benchmark-json=bench.json $(ARGS)
 
 # Offline default: link the shared copies. DOWNLOAD="name ..." fetches entries of harness/data/datasets.toml.
 data: $(DEPS)
