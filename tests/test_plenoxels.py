@@ -167,7 +167,7 @@ def test_resume_from_state_dict_is_bit_identical(optimizer):
     losses += [resumed.train_step(s, random_batch(s)) for s in range(4, 12)]
 
     assert losses == full_losses
-    assert resumed.grid.resolution == full.grid.resolution == 32
+    assert resumed.grid.resolution == full.grid.resolution == (32, 32, 32)
     assert torch.equal(resumed.grid.links, full.grid.links)
     assert torch.equal(resumed.grid.density, full.grid.density)
     assert torch.equal(resumed.grid.sh, full.grid.sh)

@@ -48,14 +48,14 @@ def _rays(scene, n=4000):
 def test_upsampling_a_trained_grid_preserves_the_rendered_image(trained):
     m, scene = trained
     before = _render(m, scene)
-    keep_all = torch.ones(m.grid.resolution ** 3, dtype=torch.bool)
+    keep_all = torch.ones(m.grid.links.numel(), dtype=torch.bool)
     m_up = Plenoxels(scene, 0, resolution=64, upsample_steps=(120,), prune_steps=(60,))
     m_up.load_state_dict(m.state_dict())
-    m_up.grid = m_up.grid.upsampled(2 * m.grid.resolution, keep_all & (m.grid.links >= 0))
+    m_up.grid = m_up.grid.upsampled(tuple(2 * r for r in m.grid.resolution), keep_all & (m.grid.links >= 0))
     m_up.refresh_occupancy()
     after = _render(m_up, scene)
     scores = [psnr(a, b) for a, b in zip(after, before)]
-    assert m_up.grid.resolution == 128 and min(scores) >= 40, scores
+    assert m_up.grid.resolution == (128, 128, 128) and min(scores) >= 40, scores
 
 
 @requires_shared("nerf_synthetic", "lego_100")
@@ -84,9 +84,9 @@ def test_pruning_keeps_every_voxel_with_weight_above_the_threshold(trained):
 def test_memory_stats_compare_the_sparse_grid_with_the_dense_one(trained):
     m, _ = trained
     s = m.stats()
-    r, channels = m.grid.resolution, 1 + m.grid.sh.shape[1]
-    assert s["dense_bytes"] == 4 * r ** 3 * channels
-    assert s["grid_bytes"] == 4 * (s["voxels"] * channels + r ** 3)
+    n, channels = m.grid.links.numel(), 1 + m.grid.sh.shape[1]
+    assert s["dense_bytes"] == 4 * n * channels
+    assert s["grid_bytes"] == 4 * (s["voxels"] * channels + n)
     assert s["memory_fraction"] == pytest.approx(s["grid_bytes"] / s["dense_bytes"])
     assert s["memory_fraction"] < 0.5  # lego is mostly empty space after pruning
     assert s["train_rays_per_s"] > 0
@@ -105,3 +105,50 @@ def test_density_pruning_keeps_voxels_above_the_density_threshold():
     assert pruned.n_rows == int((vals > 1.0).sum())
     assert bool((pruned.density > 1.0).all())
     assert np.array_equal(pruned.voxels.numpy(), torch.nonzero(vals > 1.0)[:, 0].numpy())
+
+
+# ---- grids that are not cubes (NDC boxes of forward-facing scenes) ----------------------------------
+def _linear_grid(shape):
+    """A dense grid over [-1, 1]^3 whose density and SH are a linear function of position."""
+    from baselines.plenoxels.grid import SparseGrid
+
+    g = SparseGrid.dense(shape, -torch.ones(3), torch.ones(3), 3, 0.0)
+    idx = torch.nonzero(g.links >= 0)[:, 0]
+    X, Y, Z = shape
+    cells = torch.stack([idx // (Y * Z), idx // Z % Y, idx % Z], 1).float()
+    centres = -1 + (cells + 0.5) * (2 / torch.tensor(shape, dtype=torch.float32))
+    f = centres @ torch.tensor([1.0, -2.0, 3.0]) + 0.5
+    g.density = f.view(-1, 1).clone()
+    g.sh = torch.stack([f, 2 * f, -f], 1)
+    return g, f
+
+
+def test_non_cubic_upsampling_reproduces_a_linear_field_exactly():
+    g, _ = _linear_grid((12, 10, 6))
+    up = g.upsampled((24, 20, 12), torch.ones(g.links.numel(), dtype=torch.bool))
+    ref, f_ref = _linear_grid((24, 20, 12))
+    assert up.resolution == (24, 20, 12) and up.n_rows == 24 * 20 * 12
+    # away from the border (where interpolation clamps) the resampled field is the linear one
+    X, Y, Z = up.resolution
+    c = torch.cartesian_prod(torch.arange(X), torch.arange(Y), torch.arange(Z))
+    interior = ((c >= 1) & (c <= torch.tensor([X - 2, Y - 2, Z - 2]))).all(1)
+    torch.testing.assert_close(up.density[interior, 0], f_ref[interior], atol=1e-5, rtol=0)
+    torch.testing.assert_close(up.sh[interior, 1], 2 * f_ref[interior], atol=1e-5, rtol=0)
+
+
+def test_non_cubic_model_trains_upsamples_and_resumes():
+    from tests.test_plenoxels import random_batch, synthetic_scene
+
+    def model():
+        return Plenoxels(synthetic_scene(), 0, resolution=(32, 32, 16), upsample_steps=(4,), prune_steps=(2,),
+                         batch_size=256, occupancy_every=3)
+    m = model()
+    assert m.grid.resolution == (16, 16, 8)
+    losses = [m.train_step(s, random_batch(s, 256)) for s in range(6)]
+    assert m.grid.resolution == (32, 32, 16) and all(np.isfinite(l["loss"]) for l in losses)
+    resumed = model()
+    resumed.load_state_dict(m.state_dict())
+    assert resumed.grid.resolution == (32, 32, 16)
+    assert resumed.train_step(6, random_batch(6, 256)) == m.train_step(6, random_batch(6, 256))
+    with pytest.raises(ValueError, match="3 ints"):
+        Plenoxels(synthetic_scene(), 0, resolution=(32, 30, 16), upsample_steps=(4, 8))

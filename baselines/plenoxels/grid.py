@@ -1,7 +1,7 @@
 """The Plenoxels voxel grid: density and SH coefficients stored only for allocated voxels.
 
-`links` maps every voxel of the (R, R, R) grid to its row in the data tensors or -1, like svox2's
-SparseGrid; absent voxels read as zeros (density 0, SH 0). A dense grid is the case where every
+`links` maps every voxel of the (X, Y, Z) grid to its row in the data tensors or -1, like svox2's
+SparseGrid (whose LLFF grids are not cubic either, e.g. 1408 x 1156 x 128); absent voxels read as zeros (density 0, SH 0). A dense grid is the case where every
 voxel is allocated. Rows are always in increasing flat-voxel order, so `links` alone fixes them.
 """
 
@@ -9,23 +9,24 @@ from __future__ import annotations
 
 import torch
 
-from kernels.grid import interpolate, trilinear_corners, world_to_grid
+from kernels.grid import as_resolution, interpolate, trilinear_corners, world_to_grid
 
 
 class SparseGrid:
-    def __init__(self, resolution: int, bbox_min: torch.Tensor, bbox_max: torch.Tensor,
+    def __init__(self, resolution, bbox_min: torch.Tensor, bbox_max: torch.Tensor,
                  links: torch.Tensor, density: torch.Tensor, sh: torch.Tensor):
-        self.resolution = int(resolution)
+        self.resolution = as_resolution(resolution)  # (X, Y, Z)
         self.bbox_min, self.bbox_max = bbox_min, bbox_max
-        self.links = links  # (R^3,) int32, row or -1
+        self.links = links  # (X*Y*Z,) int32, row or -1
         self.density = density  # (N, 1) raw density, world units (before the activation)
         self.sh = sh  # (N, 3 * n_basis), channel-major: [r coeffs, g coeffs, b coeffs]
         self.voxels = torch.nonzero(links >= 0)[:, 0]  # (N,) flat voxel index of each row
 
     @classmethod
-    def dense(cls, resolution: int, bbox_min: torch.Tensor, bbox_max: torch.Tensor, sh_dim: int,
+    def dense(cls, resolution, bbox_min: torch.Tensor, bbox_max: torch.Tensor, sh_dim: int,
               init_density: float) -> "SparseGrid":
-        n = resolution ** 3
+        x, y, z = as_resolution(resolution)
+        n = x * y * z
         dev = bbox_min.device
         links = torch.arange(n, dtype=torch.int32, device=dev)
         density = torch.full((n, 1), float(init_density), device=dev)
@@ -37,7 +38,12 @@ class SparseGrid:
 
     @property
     def voxel_size(self) -> torch.Tensor:
-        return (self.bbox_max - self.bbox_min) / self.resolution
+        return (self.bbox_max - self.bbox_min) / self.shape_tensor
+
+    @property
+    def shape_tensor(self) -> torch.Tensor:
+        """(X, Y, Z) as a float tensor on the grid's device."""
+        return torch.tensor(self.resolution, dtype=self.bbox_min.dtype, device=self.bbox_min.device)
 
     def to_grid(self, points: torch.Tensor) -> torch.Tensor:
         return world_to_grid(points, self.bbox_min, self.bbox_max, self.resolution)
@@ -53,13 +59,13 @@ class SparseGrid:
         return rows.clamp_(min=0), weight
 
     def volume(self, values: torch.Tensor) -> torch.Tensor:
-        """Per-row `values` (N,) scattered into a dense (R, R, R) tensor, zeros where absent."""
+        """Per-row `values` (N,) scattered into a dense (X, Y, Z) tensor, zeros where absent."""
         vol = torch.zeros(self.links.shape[0], dtype=values.dtype, device=values.device)
         vol[self.voxels] = values.detach()
-        return vol.view((self.resolution,) * 3)
+        return vol.view(self.resolution)
 
     def density_volume(self) -> torch.Tensor:
-        """Raw density as a dense (R, R, R) tensor, zeros where absent."""
+        """Raw density as a dense (X, Y, Z) tensor, zeros where absent."""
         return self.volume(self.density[:, 0])
 
     @staticmethod
@@ -69,7 +75,7 @@ class SparseGrid:
         return links
 
     def pruned(self, keep: torch.Tensor) -> tuple["SparseGrid", torch.Tensor]:
-        """The grid restricted to voxels where `keep` (R^3,) bool is set, and the kept rows (k,)."""
+        """The grid restricted to voxels where `keep` (X*Y*Z,) bool is set, and the kept rows (k,)."""
         keep = keep.reshape(-1) & (self.links >= 0)
         rows = self.links[keep].long()
         grid = SparseGrid(self.resolution, self.bbox_min, self.bbox_max, self._links_for(keep),
@@ -77,25 +83,27 @@ class SparseGrid:
         return grid, rows
 
     @torch.no_grad()
-    def upsampled(self, resolution: int, keep: torch.Tensor) -> "SparseGrid":
-        """The grid resampled at `resolution` over the same box: values trilinearly interpolated
-        at the new voxel centres, allocated where the voxel of the old grid containing the new
-        centre is set in `keep` (R^3,) (svox2's resample)."""
+    def upsampled(self, resolution, keep: torch.Tensor) -> "SparseGrid":
+        """The grid resampled at `resolution` (int or (X, Y, Z)) over the same box: values
+        trilinearly interpolated at the new voxel centres, allocated where the voxel of the old
+        grid containing the new centre is set in `keep` (old X*Y*Z,) (svox2's resample)."""
         dev = self.density.device
-        lin = torch.arange(resolution, device=dev, dtype=torch.float32) + 0.5
-        parent = (lin * (self.resolution / resolution)).long()  # old voxel holding each new centre
-        r = self.resolution
-        keep3 = keep.view(r, r, r)
-        new_keep = keep3[parent][:, parent][:, :, parent].reshape(-1)
+        new = as_resolution(resolution)
+        # old voxel holding each new centre, per axis
+        parent = [((torch.arange(n, device=dev, dtype=torch.float32) + 0.5) * (o / n)).long()
+                  for n, o in zip(new, self.resolution)]
+        keep3 = keep.view(self.resolution)
+        new_keep = keep3[parent[0]][:, parent[1]][:, :, parent[2]].reshape(-1)
         idx = torch.nonzero(new_keep)[:, 0]
-        cells = torch.stack([idx // resolution ** 2, idx // resolution % resolution, idx % resolution], 1)
-        coords = (cells.float() + 0.5) * (self.resolution / resolution) - 0.5  # in old grid units
+        cells = torch.stack([idx // (new[1] * new[2]), idx // new[2] % new[1], idx % new[2]], 1)
+        scale = torch.tensor([o / n for o, n in zip(self.resolution, new)], device=dev)
+        coords = (cells.float() + 0.5) * scale - 0.5  # in old grid units
         rows, weight = self.corners(coords)
-        return SparseGrid(resolution, self.bbox_min, self.bbox_max, self._links_for(new_keep),
+        return SparseGrid(new, self.bbox_min, self.bbox_max, self._links_for(new_keep),
                           interpolate(self.density, rows, weight), interpolate(self.sh, rows, weight))
 
     def state_dict(self) -> dict:
-        return {"resolution": self.resolution, "links": self.links.clone(),
+        return {"resolution": list(self.resolution), "links": self.links.clone(),
                 "density": self.density.detach().clone(), "sh": self.sh.detach().clone()}
 
     @classmethod

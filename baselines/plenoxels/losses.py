@@ -20,6 +20,7 @@ import math
 import gin
 import torch
 
+from kernels.grid import as_resolution
 from kernels.tv import NORMS, tv_from_rows, tv_neighbours
 
 from baselines.plenoxels.grid import SparseGrid
@@ -160,16 +161,16 @@ class Sparsity:
         return {"sparsity": self.weight * value.mean()}
 
 
-def axis_neighbours(resolution: int, links: torch.Tensor, voxels: torch.Tensor) -> torch.Tensor:
-    """Rows (3, 2, M) of the -a and +a neighbours of `voxels` (M,) along each axis a; -1 where
-    outside the grid or not allocated."""
-    r = int(resolution)
+def axis_neighbours(resolution, links: torch.Tensor, voxels: torch.Tensor) -> torch.Tensor:
+    """Rows (3, 2, M) of the -a and +a neighbours of `voxels` (M,) along each axis a of a grid of
+    `resolution` (int or (X, Y, Z)); -1 where outside the grid or not allocated."""
+    X, Y, Z = as_resolution(resolution)
     voxels = voxels.long()
-    coords = (voxels // (r * r), voxels // r % r, voxels % r)
+    coords = (voxels // (Y * Z), voxels // Z % Y, voxels % Z)
     out = []
-    for coord, stride in zip(coords, (r * r, r, 1)):
+    for coord, stride, size in zip(coords, (Y * Z, Z, 1), (X, Y, Z)):
         pair = []
-        for sign, inside in ((-1, coord > 0), (1, coord < r - 1)):
+        for sign, inside in ((-1, coord > 0), (1, coord < size - 1)):
             nb = torch.where(inside, voxels + sign * stride, voxels)
             pair.append(torch.where(inside, links[nb].long(), -1))
         out.append(torch.stack(pair))

@@ -20,7 +20,7 @@ import gin
 import torch
 import torch.nn.functional as F
 
-from kernels.grid import interpolate
+from kernels.grid import as_resolution, interpolate
 from kernels.render import composite, early_termination
 from kernels.sh import check_degree, num_coeffs, sh_basis
 
@@ -53,10 +53,11 @@ def _steps(name: str, steps) -> tuple[int, ...]:
 @gin.configurable
 class Plenoxels:
     """See the module docstring. Lengths are world units except `step_size` (in voxels of the
-    current grid); densities are per world unit, before the activation. `resolution` is the
-    final one: training starts at resolution / 2^len(upsample_steps)."""
+    current grid); densities are per world unit, before the activation. `resolution` (an int,
+    or (X, Y, Z) for boxes that are not cubes, e.g. NDC for forward-facing scenes) is the final
+    one: training starts at resolution / 2^len(upsample_steps) along every axis."""
 
-    def __init__(self, scene, seed: int, *, resolution: int = 128, upsample_steps=(400, 1500),
+    def __init__(self, scene, seed: int, *, resolution=128, upsample_steps=(400, 1500),
                  sh_degree: int = 2, batch_size: int = 4096, optimizer: str = "rmsprop",
                  lr_density: float = 3.0, lr_sh: float = 0.05, lr_final_factor: float = 0.1,
                  lr_decay_steps: int = 3000, lr_density_delay_steps: int = 0,
@@ -72,9 +73,11 @@ class Plenoxels:
         check_degree(sh_degree)
         self.upsample_steps = _steps("upsample_steps", upsample_steps)
         self.prune_steps = _steps("prune_steps", prune_steps)
-        start = resolution // 2 ** len(self.upsample_steps)
-        _check(start >= 8 and start * 2 ** len(self.upsample_steps) == resolution,
-               f"resolution {resolution} must be (>= 8) * 2^len(upsample_steps) "
+        levels = 2 ** len(self.upsample_steps)
+        final = as_resolution(resolution) if isinstance(resolution, int) or len(resolution) == 3 else ()
+        start = tuple(r // levels for r in final)
+        _check(len(final) == 3 and min(start) >= 8 and all(s * levels == r for s, r in zip(start, final)),
+               f"resolution {resolution} must be an int or 3 ints, each (>= 8) * 2^len(upsample_steps) "
                f"(upsample_steps={self.upsample_steps})")
         _check(batch_size > 0, f"batch_size must be > 0, got {batch_size}")
         _check(0 < step_size <= 2, f"step_size must be in (0, 2] voxels, got {step_size}")
@@ -161,10 +164,10 @@ class Plenoxels:
         occupancy_every steps; all depend only on (state, step), so resumed runs repeat them."""
         changed = False
         while self.n_upsampled < len(self.upsample_steps) and step >= self.upsample_steps[self.n_upsampled]:
-            self.grid = self.grid.upsampled(self.grid.resolution * 2, self._keep())
+            self.grid = self.grid.upsampled(tuple(2 * r for r in self.grid.resolution), self._keep())
             self.optim.reset()
             self.n_upsampled, changed = self.n_upsampled + 1, True
-            log.info("step %d: upsampled to %d^3, %d voxels allocated", step, self.grid.resolution,
+            log.info("step %d: upsampled to %s, %d voxels allocated", step, "x".join(map(str, self.grid.resolution)),
                      self.grid.n_rows)
         while self.n_pruned < len(self.prune_steps) and step >= self.prune_steps[self.n_pruned]:
             before = self.grid.n_rows
@@ -371,7 +374,7 @@ class Plenoxels:
         elem = g.density.element_size()
         grid_bytes = elem * n_params + g.links.element_size() * g.links.numel()
         dense_bytes = elem * g.links.numel() * (1 + g.sh.shape[1])
-        out = {"resolution": float(g.resolution), "voxels": float(g.n_rows), "params": float(n_params),
+        out = {"resolution": float(max(g.resolution)), "voxels": float(g.n_rows), "params": float(n_params),
                "grid_bytes": float(grid_bytes), "dense_bytes": float(dense_bytes),
                "memory_fraction": grid_bytes / dense_bytes}
         tm = self.timing

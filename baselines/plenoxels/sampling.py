@@ -28,21 +28,22 @@ BLOCK = 8  # samples per coarse test
 
 @dataclass
 class Occupancy:
-    fine: torch.Tensor  # ((R-1)^3,) bool
+    fine: torch.Tensor  # ((X-1)(Y-1)(Z-1),) bool
     coarse: torch.Tensor  # (Rc^3,) bool
     factor: int  # fine cells per coarse cell along each axis
     box_min: torch.Tensor  # (3,) world box around the occupied cells
     box_max: torch.Tensor
-    resolution: int  # of the grid (cells per axis: resolution - 1)
+    resolution: tuple  # (X, Y, Z) of the grid (cells per axis: resolution - 1)
 
     @classmethod
     def build(cls, grid: SparseGrid, threshold: float, step_voxels: float) -> "Occupancy":
         r = grid.resolution
-        vol = grid.density_volume().view(1, 1, r, r, r)
-        fine = F.max_pool3d(vol, 2, stride=1).view(r - 1, r - 1, r - 1) > threshold
+        cells = tuple(n - 1 for n in r)
+        vol = grid.density_volume().view(1, 1, *r)
+        fine = F.max_pool3d(vol, 2, stride=1).view(cells) > threshold
         # a block's samples lie within BLOCK/2 steps of its midpoint along each axis
         factor = int(math.floor(BLOCK / 2 * step_voxels)) + 1
-        coarse = F.max_pool3d(fine.float().view(1, 1, r - 1, r - 1, r - 1), factor, stride=factor,
+        coarse = F.max_pool3d(fine.float().view(1, 1, *cells), factor, stride=factor,
                               ceil_mode=True)
         coarse = F.max_pool3d(coarse, 3, stride=1, padding=1)[0, 0] > 0
         box_min, box_max = cls._box(fine, grid)
@@ -53,33 +54,39 @@ class Occupancy:
         idx = torch.nonzero(fine)
         if idx.numel() == 0:  # nothing occupied: an empty box that no ray hits
             return grid.bbox_min.clone(), grid.bbox_min.clone()
-        cells = fine.shape[0]
+        cells = torch.tensor(fine.shape, dtype=torch.float32, device=fine.device)
         lo = idx.amin(0).float()
         hi = idx.amax(0).float() + 1
         # border cells also hold the clamped half-voxel margin up to the box face
         lo = torch.where(lo == 0, torch.full_like(lo, -0.5), lo)
-        hi = torch.where(hi == cells, torch.full_like(hi, cells + 0.5), hi)
+        hi = torch.where(hi == cells, cells + 0.5, hi)
         vs = grid.voxel_size
         return grid.bbox_min + (lo + 0.5) * vs, grid.bbox_min + (hi + 0.5) * vs
 
     def occupied(self, coords: torch.Tensor, coarse: bool = False) -> torch.Tensor:
         """Whether grid coordinates (S, 3) fall in an occupied fine (or coarse) cell."""
-        cells = self.resolution - 1
-        base = coords.floor().clamp_(0, cells - 1)
+        cells = tuple(n - 1 for n in self.resolution)
+        top = torch.tensor(cells, dtype=coords.dtype, device=coords.device) - 1
+        base = torch.minimum(coords.floor().clamp_(min=0), top)
         if coarse:
             base = base.div_(self.factor).floor_()
-            cells = -(-cells // self.factor)
+            cells = tuple(-(-c // self.factor) for c in cells)
         return (self.coarse if coarse else self.fine).index_select(0, flat_index(base, cells))
 
     def state_dict(self) -> dict:
         return {"fine": self.fine.clone(), "coarse": self.coarse.clone(), "factor": self.factor,
                 "box_min": self.box_min.clone(), "box_max": self.box_max.clone(),
-                "resolution": self.resolution}
+                "resolution": list(self.resolution)}
 
     @classmethod
     def from_state(cls, state: dict, device) -> "Occupancy":
         return cls(state["fine"].to(device), state["coarse"].to(device), int(state["factor"]),
-                   state["box_min"].to(device), state["box_max"].to(device), int(state["resolution"]))
+                   state["box_min"].to(device), state["box_max"].to(device), _shape(state["resolution"]))
+
+
+def _shape(resolution) -> tuple:
+    """(X, Y, Z) from a stored resolution (an int in checkpoints written before non-cubic grids)."""
+    return (int(resolution),) * 3 if isinstance(resolution, int) else tuple(int(r) for r in resolution)
 
 
 def _packed_arange(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,7 +106,7 @@ def sample_rays(grid: SparseGrid, occ: Occupancy, origins: torch.Tensor, directi
     # blocks of BLOCK samples; a block starts at t_near + BLOCK * j * step
     ray_b, j = _packed_arange((n_fine + BLOCK - 1) // BLOCK)
     g0 = grid.to_grid(origins)  # grid coordinates at t = 0 and per unit of t
-    gd = directions * (grid.resolution / (grid.bbox_max - grid.bbox_min))
+    gd = directions * (grid.shape_tensor / (grid.bbox_max - grid.bbox_min))
     t0 = t_near.index_select(0, ray_b) + (j * (BLOCK * step)).to(t_near.dtype)
     g0, gd = g0.index_select(0, ray_b), gd.index_select(0, ray_b)
     mid = torch.addcmul(g0, gd, (t0 + BLOCK / 2 * step).unsqueeze(1))
