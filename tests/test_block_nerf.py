@@ -1,0 +1,343 @@
+"""Block-NeRF units: IPE, partition, IDW, visibility, conditioning, pose refinement, appearance
+matching, the left/right protocol, and how the ablation expands (docs/block_nerf.md)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from baselines.block_nerf import protocol as proto
+from baselines.block_nerf.compose import compose_view, idw_weights, match_code
+from baselines.block_nerf.encoding import frustum_gaussian, integrated_pos_enc
+from baselines.block_nerf.method import BlockNeRF
+from baselines.block_nerf.model import VisibilityMLP
+from baselines.block_nerf.partition import Block, BlockPartition, overlap_fraction
+from baselines.block_nerf.pose import PoseRefinement, perturb_poses, pose_errors
+from baselines.block_nerf.sampling import coarse_edges, composite
+from tests.test_block_nerf_toy import toy_scene
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def small(scene, **kw):
+    args = dict(batch_size=128, n_coarse=8, n_fine=8, width=32, colour_width=16, pos_freqs=6, spacing="linear",
+                near=0.5, far=8.0, appearance_dim=4, visibility_width=16, render_chunk=4096)
+    args.update(kw)
+    return BlockNeRF(scene, 0, **args)
+
+
+# ---- integrated positional encoding ---------------------------------------------------------------
+def _frustum_samples(o, d, t0, t1, r, n, gen):
+    """Points uniform in the volume of the cone frustum (density ~ t^2 along the axis, uniform in the disc)."""
+    u = torch.rand(n, generator=gen, dtype=torch.float64)
+    t = (t0 ** 3 + u * (t1 ** 3 - t0 ** 3)) ** (1 / 3)
+    rho = r * t * torch.sqrt(torch.rand(n, generator=gen, dtype=torch.float64))
+    th = 2 * math.pi * torch.rand(n, generator=gen, dtype=torch.float64)
+    a = torch.linalg.cross(d, torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64))
+    a = a / a.norm()
+    b = torch.linalg.cross(d, a)
+    return o + t[:, None] * d + rho[:, None] * (torch.cos(th)[:, None] * a + torch.sin(th)[:, None] * b)
+
+
+def _encode(points, n_freqs):
+    scales = 2.0 ** torch.arange(n_freqs, dtype=points.dtype)
+    y = (points[:, None, :] * scales[:, None]).flatten(1)
+    return torch.cat([torch.sin(y), torch.cos(y)], -1)
+
+
+@pytest.mark.parametrize("t0,t1,r", [(1.0, 2.0, 0.3), (3.0, 3.2, 0.02)])
+def test_ipe_matches_monte_carlo_over_the_frustum(t0, t1, r):
+    gen = torch.Generator().manual_seed(0)
+    o = torch.tensor([0.1, -0.2, 0.3], dtype=torch.float64)
+    d = torch.tensor([0.6, 0.0, 0.8], dtype=torch.float64)
+    mean, cov = frustum_gaussian(o[None], d[None], torch.tensor([[t0, t1]], dtype=torch.float64), r)
+    pts = _frustum_samples(o, d, t0, t1, r, 400_000, gen)
+    # the Gaussian has the frustum's exact mean and (diagonal) variance
+    assert torch.allclose(mean[0, 0], pts.mean(0), atol=3e-3)
+    assert torch.allclose(cov[0, 0], pts.var(0), rtol=0.02, atol=1e-6)
+    n_freqs = 6
+    ipe = integrated_pos_enc(mean, cov, n_freqs)[0, 0]
+    # IPE is exactly the expected encoding under that Gaussian ...
+    gauss = mean[0, 0] + torch.randn(400_000, 3, generator=gen, dtype=torch.float64) * cov[0, 0].sqrt()
+    assert (ipe - _encode(gauss, n_freqs).mean(0)).abs().max() < 0.01
+    # ... and matches the expected encoding over the frustum itself wherever the Gaussian approximation
+    # holds (frequencies 2^l with 2^l * sigma <= 0.5; the frustum is not Gaussian at finer scales,
+    # where both encodings are damped towards 0)
+    mc = _encode(pts, n_freqs).mean(0)
+    err = (ipe - mc).abs().reshape(2, n_freqs, 3).amax(dim=(0, 2))
+    coarse = 2.0 ** torch.arange(n_freqs) * cov[0, 0].max().sqrt() <= 0.5
+    assert coarse.sum() >= 1 and err[coarse].max() < 0.01, err
+    assert err.max() < 0.15, err
+    # a wrong variance (e.g. no cone radius) would not match
+    assert (integrated_pos_enc(mean, cov * 0.25, n_freqs)[0, 0] - mc).abs().max() > 0.05
+
+
+# ---- partition ----------------------------------------------------------------------------------
+def _line_poses(xs, y=0.0):
+    c2w = np.zeros((len(xs), 3, 4))
+    c2w[:, :, :3] = np.eye(3)
+    c2w[:, 0, 3] = xs
+    c2w[:, 1, 3] = y
+    return c2w
+
+
+def test_block_assignment_on_a_hand_made_trajectory():
+    xs = np.arange(0.0, 101.0)
+    c2w = _line_poses(xs)
+    part = BlockPartition(n_blocks=4, reach=0.75)
+    blocks = part.blocks(c2w[:, :, 3])
+    centres = sorted(b.center[0] for b in blocks)
+    assert np.allclose(centres, [12.5, 37.5, 62.5, 87.5], atol=1e-6)
+    assert all(abs(b.radius - 0.75 * 25) < 1e-6 for b in blocks)
+    members = part.assign(blocks, c2w)
+    assert set(np.concatenate(members)) == set(range(len(xs)))  # every image in a block
+    order = np.argsort([b.center[0] for b in blocks])
+    for a, b in zip(order[:-1], order[1:]):
+        assert overlap_fraction(blocks[a], blocks[b]) == pytest.approx(0.5)  # 75% reach -> 50% overlap
+        shared = np.intersect1d(members[a], members[b])
+        assert len(shared) == pytest.approx(0.5 * 25, abs=1.5)  # half the spacing's cameras are in both
+    # a camera off the trajectory, outside every block, goes to the nearest block only with cover_all
+    c2w_out = np.concatenate([c2w, _line_poses([50.0], y=40.0)])
+    assert len(c2w_out) - 1 in np.concatenate(part.assign(blocks, c2w_out))
+    assert len(c2w_out) - 1 not in np.concatenate(part.assign(blocks, c2w_out, cover=False))
+    # the overlap follows `reach`
+    wide = BlockPartition(n_blocks=4, reach=1.0).blocks(c2w[:, :, 3])
+    assert overlap_fraction(wide[0], wide[1]) == pytest.approx(1.0)
+
+
+def test_scene_blocks_and_look_ahead():
+    c2w = _line_poses(np.arange(0.0, 41.0))
+    given = [{"center": [10.0, 0, 0], "radius": 6.0}, {"center": [30.0, 0, 0], "radius": 6.0}]
+    blocks = BlockPartition(source="scene", reach=None).blocks(c2w[:, :, 3], given)
+    assert [b.radius for b in blocks] == [6.0, 6.0]
+    near_only = BlockPartition(source="scene", reach=None, cover_all=False).assign(blocks, c2w)
+    assert list(near_only[0]) == list(range(4, 17))
+    # cameras look down -z (identity rotation): looking 5 ahead adds no x reach, so nothing changes
+    ahead = BlockPartition(source="scene", reach=None, cover_all=False, look_distance=5.0).assign(blocks, c2w)
+    assert list(ahead[0]) == list(range(4, 17))
+    with pytest.raises(Exception, match="no 'blocks'"):
+        BlockPartition(source="scene").blocks(c2w[:, :, 3], None)
+
+
+# ---- inverse distance weighting ----------------------------------------------------------------
+def test_idw_weights_sum_to_one_and_reduce_to_a_single_block():
+    rng = np.random.default_rng(0)
+    for p in (1, 2, 4):
+        d = rng.uniform(0.5, 30, size=5)
+        w = idw_weights(d, p)
+        assert w.sum() == pytest.approx(1.0)
+        assert np.all(np.diff(w[np.argsort(d)]) <= 0)  # nearer blocks weigh more
+        assert w == pytest.approx(d ** -p / (d ** -p).sum())
+    assert idw_weights([7.0], 4) == pytest.approx([1.0])
+    assert idw_weights([0.0, 5.0], 4)[0] > 0.999  # a camera at a block centre
+
+
+def test_composed_view_with_one_block_is_that_blocks_render():
+    scene = toy_scene()
+    m = small(scene, block=0, partition=BlockPartition(n_blocks=2))
+    m2 = small(scene, block=1, partition=BlockPartition(n_blocks=2))
+    test = scene.split("test")
+    i = 0  # at x = 0: inside block 0 only
+    opts = {"power": 4.0, "select_radius": 1.0, "visibility_threshold": 0.0, "max_blocks": 0}
+    img, info = compose_view({0: m, 1: m2}, test, i, opts, None)
+    assert info["blocks"] == [0] and info["weights"] == [1.0]
+    m.view = {"code": m.codes.detach()[int(test.appearance_id[i])], "exposure": float(test.exposure[i])}
+    from harness.data.rays import image_rays
+
+    ref = m.render(*image_rays(test.cameras, i))["rgb"].reshape(img.shape).numpy()
+    assert np.allclose(img, ref, atol=1e-6)
+    # a camera in the overlap blends both, with weights from its distances
+    mid = int(np.argmin(np.abs(test.cameras.c2w[:, 0, 3] - 6.0)))
+    _, info = compose_view({0: m, 1: m2}, test, mid, opts, None)
+    assert sorted(info["blocks"]) == [0, 1] and sum(info["weights"]) == pytest.approx(1.0, abs=1e-3)
+
+
+# ---- visibility ---------------------------------------------------------------------------------
+def test_visibility_trained_against_transmittance_converges():
+    """A slab of density (|y - 2| < 0.5) seen from the origin: the visibility MLP learns its transmittance."""
+    gen = torch.Generator().manual_seed(0)
+    net = VisibilityMLP(pos_freqs=4, dir_freqs=2, depth=2, width=32)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+
+    def batch(n):
+        d = torch.randn(n, 3, generator=gen)
+        d[:, 1] = d[:, 1].abs() + 0.5
+        d = d / d.norm(dim=-1, keepdim=True)
+        o = torch.zeros(n, 3)
+        edges = coarse_edges(n, 16, 0.1, 4.0, "linear", gen)
+        mean, var = frustum_gaussian(o, d, edges, 0.01)
+        density = ((mean[..., 1] - 2.0).abs() < 0.5).float() * 5.0
+        _, trans = composite(density, edges)
+        return mean / 4, var / 16, d, trans
+
+    first = None
+    for step in range(300):
+        mean, var, d, trans = batch(256)
+        loss = ((net(mean, var, d) - trans) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        first = first if first is not None else loss.item()
+    mean, var, d, trans = batch(1024)
+    with torch.no_grad():
+        mae = (net(mean, var, d) - trans).abs().mean().item()
+    assert mae < 0.06 and loss.item() < 0.2 * first
+
+
+# ---- conditioning ---------------------------------------------------------------------------------
+def test_appearance_and_exposure_change_colour_not_density():
+    m = small(toy_scene(), appearance_dim=8)
+    torch.manual_seed(0)
+    o, d = torch.zeros(64, 3), torch.nn.functional.normalize(torch.randn(64, 3), dim=-1)
+    a = m.render_rays(o, d, torch.randn(8), 1.0)
+    b = m.render_rays(o, d, torch.randn(8), 2.0)
+    assert torch.equal(a["coarse"]["density"], b["coarse"]["density"])
+    assert torch.equal(a["fine"]["edges"], b["fine"]["edges"])  # same weights -> same fine samples
+    assert (a["fine"]["rgb"] - b["fine"]["rgb"]).abs().max() > 1e-3
+
+
+def test_exposure_input_changes_radiance_monotonically_after_training():
+    scene = toy_scene(n=32, seed=1)
+    m = small(scene, appearance="none", pose_refinement=False, visibility=False, batch_size=256, lr_mlp=1e-2,
+              partition=BlockPartition(n_blocks=1))
+    from harness.data.rays import RaySampler, image_rays
+
+    tr = m.trial_scene.split("train")
+    sampler = RaySampler(tr.images, tr.cameras, 0)
+    for step in range(250):
+        m.train_step(step, sampler.sample(step, m.batch_size))
+    o, d = image_rays(tr.cameras, 0)
+    means = []
+    for e in (0.5, 0.7, 1.0, 1.4, 2.0):
+        m.view = {"code": None, "exposure": e}
+        means.append(float(m.render(o, d)["rgb"].mean()))
+    assert all(b > a for a, b in zip(means[:-1], means[1:])), means
+    assert means[-1] - means[0] > 0.1, means
+
+
+# ---- pose refinement --------------------------------------------------------------------------------
+def _sphere_colour(o, d, radius=3.0):
+    b = (o * d).sum(-1)
+    t = -b + torch.sqrt(b ** 2 - ((o ** 2).sum(-1) - radius ** 2))
+    p = o + t[:, None] * d
+    return 0.5 + 0.4 * torch.stack([torch.sin(2 * p[:, 0] + p[:, 2]), torch.sin(1.7 * p[:, 1] - 0.6 * p[:, 0]),
+                                    torch.cos(1.3 * p[:, 2] + 0.8 * p[:, 1])], -1)
+
+
+def test_pose_refinement_recovers_a_known_perturbation():
+    """Cameras inside a textured sphere (parallax separates rotation from translation); the offsets are
+    fitted to the true images through the rays of the perturbed poses."""
+    n = 4
+    true = np.zeros((n, 3, 4))
+    true[:, :, :3] = np.eye(3)
+    true[:, :, 3] = np.random.default_rng(0).uniform(-0.5, 0.5, (n, 3))
+    noisy = perturb_poses(true, 2.0, 0.1, seed=3)
+    before = pose_errors(noisy, true)
+    assert before["rotation_deg"] == pytest.approx(2.0) and before["translation"] == pytest.approx(0.1)
+    gen = torch.Generator().manual_seed(0)
+    pose = PoseRefinement(n, reg_initial=0.0, reg_final=0.0)
+    opt = torch.optim.Adam(pose.parameters(), lr=3e-3)
+    for step in range(400):
+        idx = torch.randint(0, n, (512,), generator=gen)
+        cam = torch.nn.functional.normalize(torch.cat([torch.rand(512, 2, generator=gen) * 1.6 - 0.8,
+                                                       -torch.ones(512, 1)], -1), dim=-1).double()
+        rot_t, rot_n = torch.from_numpy(true[:, :, :3])[idx], torch.from_numpy(noisy[:, :, :3])[idx]
+        target = _sphere_colour(torch.from_numpy(true[:, :, 3])[idx], (rot_t @ cam[..., None])[..., 0])
+        o, d = pose.apply(torch.from_numpy(noisy[:, :, 3])[idx].float(), (rot_n @ cam[..., None])[..., 0].float(),
+                          idx)
+        loss = ((_sphere_colour(o.double(), d.double()) - target) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = pose_errors(pose.refined_c2w(noisy), true)
+    assert after["rotation_deg"] < 0.5 * before["rotation_deg"], after
+    assert after["translation"] < 0.5 * before["translation"], after
+
+
+def test_pose_regulariser_is_strong_early():
+    pose = PoseRefinement(3, reg_initial=10.0, reg_final=0.01, reg_steps=100)
+    assert pose.reg_weight(0) == 10.0 and pose.reg_weight(100) == pytest.approx(0.01)
+    assert pose.reg_weight(50) < pose.reg_weight(10)
+
+
+# ---- appearance matching -----------------------------------------------------------------------------
+def test_appearance_matching_reduces_the_difference_between_blocks():
+    scene = toy_scene()
+    a = small(scene, block=0, partition=BlockPartition(n_blocks=2), appearance_dim=8)
+    b = small(scene, block=1, partition=BlockPartition(n_blocks=2), appearance_dim=8)
+    b.field.load_state_dict(a.field.state_dict())  # same networks, different codes: matching must find A's look
+    gen = torch.Generator().manual_seed(1)
+    code_a, code_b = torch.randn(8, generator=gen) * 3, torch.randn(8, generator=gen) * 3
+    from harness.data.rays import image_rays
+
+    o, d = image_rays(scene.split("train").cameras, 5)
+    code, info = match_code(a, code_a, b, code_b, o, d, 1.0, steps=80, lr=0.1, rays=128, seed=0)
+    assert info["mse_after"] < 0.2 * info["mse_before"], info
+    assert all(p.requires_grad for p in b.field.parameters())  # networks unfrozen afterwards
+
+
+# ---- test-time appearance protocol ---------------------------------------------------------------------
+def test_left_and_right_halves_split_the_image():
+    for w, h in ((96, 64), (17, 5)):
+        fit, score = proto.halves(w)
+        assert fit.start == 0 and fit.stop == score.start == w // 2 and score.stop == w
+        left, right = proto.half_pixels(w, h, "left"), proto.half_pixels(w, h, "right")
+        assert len(np.intersect1d(left, right)) == 0 and len(left) + len(right) == w * h
+        assert np.all(left % w < w // 2) and np.all(right % w >= w // 2)
+    assert proto.choose("image", "auto") == "left_half"
+    assert proto.choose("appearance_id", "auto") == "appearance_id"
+    with pytest.raises(ValueError):
+        proto.choose("image", "appearance_id")
+
+
+def test_left_half_protocol_fits_on_left_and_scores_right():
+    scene = toy_scene()
+    m = small(scene, appearance="image", fit_steps=5)
+    test = m.trial_scene.split("test")
+    assert m.protocol == "left_half"
+    code, _ = m.view_condition(test, 0)
+    # the fit sees only the left half: changing the right half of the target changes nothing
+    test.images[0][:, test.cameras.width // 2:] = 1 - test.images[0][:, test.cameras.width // 2:]
+    code2, _ = m.view_condition(test, 0)
+    assert torch.equal(code, code2)
+    test.images[0][:, :2] = 0.0
+    code3, _ = m.view_condition(test, 0)
+    assert not torch.equal(code, code3)
+    pred = m.render_view(test, 0)
+    assert pred.shape == (test.cameras.height, test.cameras.width - test.cameras.width // 2, 3)
+
+    class Eval:
+        metrics, lpips_net, lpips_weights_dir, save_renders = ("psnr",), "vgg", None, False
+
+    rec = m.evaluate(Eval(), test)
+    assert rec["appearance_protocol"]["name"] == "left_half"
+    assert rec["appearance_protocol"]["scored_columns"] == [test.cameras.width // 2, test.cameras.width]
+    assert rec["block"]["index"] == 0 and len(rec["block"]["cameras"]) == len(m.train_index)
+    assert "mae" in rec["visibility"] and rec["pose"]["refinement"] is True
+
+
+# ---- experiment expansion -----------------------------------------------------------------------------
+def test_ablation_expands_into_one_trial_per_block():
+    from harness.compose import declared, groups
+    from harness.sweep import expand, read_spec
+    from harness.config import experiment_path
+
+    trials = expand("block_nerf_ablation")
+    per_variant = groups(trials, "BlockNeRF.block")
+    sizes = sorted(len(v) for v in per_variant.values())
+    assert sizes == [1, 4, 4, 4, 4]
+    for members in per_variant.values():
+        blocks = [t.bindings["BlockNeRF.block"] for t in members]
+        n = members[0].bindings["BlockPartition.n_blocks"]
+        assert sorted(blocks) == list(range(n))
+    assert len({t.id for t in trials}) == len(trials) == 17
+    assert declared(read_spec(experiment_path("block_nerf_ablation"), []))["over"] == "BlockNeRF.block"
+    # the composition settings are not part of any trial's id
+    assert "compose" not in trials[0].config and "visibility_threshold" not in trials[0].config
