@@ -20,17 +20,21 @@ from harness.errors import ConfigError
 
 @gin.configurable("Sweep")
 def sweep_spec(axes: dict | None = None, zipped: dict | None = None, seeds=(0,), scenes=(),
-               seed_binding: str = "Trainer.seed"):
+               seed_binding: str = "Trainer.seed", exclude=(), compose: dict | None = None):
     """What an experiment varies.
 
     axes:   {'Selector.param': [values...]}: cartesian product over all axes.
     zipped: {'Selector.param': [values...]}: varied together (all lists the same length).
     seeds:  seed values, bound to `seed_binding` in every trial.
     scenes: names of experiments/base/scenes/<name>.gin, included one per trial.
+    exclude: [{'Selector.param': [values...], ...}, ...]: a variant matching every key of one of
+            these (its value in the list) is left out (e.g. blocks 1-3 of a one-block variant).
+    compose: how trials that only make sense together are evaluated together (harness/compose.py).
     A string value starting with '@' is bound as a Gin reference (e.g. '@Adam').
     """
     return {"axes": dict(axes or {}), "zipped": dict(zipped or {}), "seeds": list(seeds),
-            "scenes": list(scenes), "seed_binding": seed_binding}
+            "scenes": list(scenes), "seed_binding": seed_binding, "exclude": list(exclude or ()),
+            "compose": compose}
 
 
 @dataclass
@@ -65,7 +69,12 @@ def _variants(spec: dict) -> list[dict]:
     zip_rows = [dict(zip(zipped, row)) for row in zip(*zipped.values())] if zipped else [{}]
     axes = spec["axes"]
     prod = [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())] if axes else [{}]
-    return [{**a, **z} for a in prod for z in zip_rows]
+    rows = [{**a, **z} for a in prod for z in zip_rows]
+    for rule in spec["exclude"]:
+        if not isinstance(rule, dict) or not rule or not all(isinstance(v, (list, tuple)) for v in rule.values()):
+            raise ConfigError(f"Sweep.exclude entries must be non-empty {{key: [values]}} dicts, got {rule!r}")
+        rows = [r for r in rows if not all(k in r and r[k] in v for k, v in rule.items())]
+    return rows
 
 
 def trial_id(config_str: str) -> str:

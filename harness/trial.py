@@ -79,7 +79,7 @@ class Trainer:
             if step % self.progress_every == 0:
                 record.write_progress(step, self.iterations, phase="train", loss=float(losses.get("loss", 0)))
             if self.validate_every and step % self.validate_every == 0 and "test" in scene.splits:
-                val = evaluation.score(method, scene.split("test"), self.validation_views, metrics=("psnr",))
+                val = score(evaluation, method, scene.split("test"), self.validation_views, metrics=("psnr",))
                 record.append_log({"step": step, "time": round(train_time, 3), "val_psnr": val["psnr"]})
             if step % self.checkpoint_every == 0 or step == self.iterations:
                 self._checkpoint(method, record, step, train_time)
@@ -93,6 +93,7 @@ class Trainer:
         np.random.seed(self.seed % 2**32)
         scene = load_scene()
         method = self.method_cls(scene=scene, seed=self.seed)
+        scene = getattr(method, "trial_scene", scene)  # optional: the part of the scene it trains on
         step, train_time = self.train(method, scene, record, evaluation)
         test = scene.split("test")
         record.write_progress(0, len(test), phase="eval")
@@ -104,14 +105,24 @@ class Trainer:
                 record.write_progress(done[0], len(test), phase="eval")
 
         t0 = time.perf_counter()
-        metrics = evaluation.score(method, test, renders_dir=record.renders_dir, progress=tick,
-                                   background=scene.background)
+        metrics = score(evaluation, method, test, renders_dir=record.renders_dir, progress=tick,
+                        background=scene.background)
         metrics.update(iterations=step, train_time=round(train_time, 3),
                        eval_time=round(time.perf_counter() - t0, 3), n_test_views=len(test),
                        model=method.stats(), scene=scene.name, resolution=[test.cameras.width, test.cameras.height],
                        peak_rss_mb=_peak_rss_mb())
         record.write_metrics(metrics)
         return metrics
+
+
+def score(evaluation: Evaluation, method, split, indices=None, **kw) -> dict:
+    """Score views of `split`: through the method's own view protocol when it has one (optional
+    `evaluate(evaluation, split, indices, **kw)`, e.g. per-view appearance codes or scoring half
+    images; it must score through harness.metrics), else by rendering whole views."""
+    custom = getattr(method, "evaluate", None)
+    if custom is not None:
+        return custom(evaluation, split, indices, **kw)
+    return evaluation.score(method, split, indices, **kw)
 
 
 def _peak_rss_mb() -> float:
