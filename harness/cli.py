@@ -126,7 +126,7 @@ def cmd_cancel(args) -> int:
         marked = slurm.mark_cancelled(open_, arrays)
         left = [r.dir.name for r in open_ if r.state in slurm.OPEN_RECORD_STATES]
         print(f"{exp}: cancelled SLURM array(s) {', '.join(arrays) or '(none)'}; {marked} trials marked "
-              f"cancelled; {len(records) - len(open_)} already finished"
+              f"cancelled; {len(records) - marked - len(left)} finished before"
               + (f"; still open (no SLURM job, or its process still runs): {', '.join(left)}" if left else ""))
     return 0
 

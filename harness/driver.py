@@ -6,6 +6,7 @@ import contextlib
 import fcntl
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from harness import config as cfg
@@ -27,10 +28,13 @@ def trial_dir(runs_dir: Path, trial: Trial) -> Path:
 
 
 def prepare(trials: list[Trial], runs_dir: Path, exp_file: Path, user_bindings: list[str]) -> list[TrialRecord]:
-    records = []
-    for t in trials:
+    def create(t: Trial) -> TrialRecord:
         meta = {"trial_id": t.id, "experiment": t.experiment, "bindings": t.bindings, "label": t.label}
-        records.append(create_trial_record(trial_dir(runs_dir, t), meta, t.config))
+        return create_trial_record(trial_dir(runs_dir, t), meta, t.config)
+
+    # threads: each record is a few fsynced writes (waiting on the disk, not the CPU); 100 trials took 2.5 s serially
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        records = list(pool.map(create, trials))
     exp_dir = Path(runs_dir) / trials[0].experiment
     atomic_write_json(exp_dir / "sweep.json", {
         "experiment": trials[0].experiment, "file": str(exp_file), "user_bindings": list(user_bindings),

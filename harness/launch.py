@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -219,10 +220,12 @@ def submit_slurm(settings: dict, exp_file: Path, user_bindings, todo: list[Pendi
     with executor.batch():
         jobs = [executor.submit(TrialJob(), *_job_args(exp_file, user_bindings, p, threads)) for p in todo]
     t1 = time.perf_counter()
-    try:
-        for p, job in zip(todo, jobs):
-            p.record.update(slurm_job_id=job.job_id, log_stdout=str(job.paths.stdout),
-                            log_stderr=str(job.paths.stderr))
+    def record_job(p: Pending, job) -> None:
+        p.record.update(slurm_job_id=job.job_id, log_stdout=str(job.paths.stdout), log_stderr=str(job.paths.stderr))
+
+    try:  # threads: each is an fsync-bound write of one record
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            list(pool.map(record_job, todo, jobs))
     finally:
         slurm.release([job.job_id for job in jobs])
     log.info("submitted %d trials as SLURM array %s in %.2f s (records %.2f s)", len(jobs),
