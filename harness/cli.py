@@ -95,11 +95,12 @@ def cmd_status(args) -> int:
         cols = [c for c in ("id", "state", "label", "progress", "psnr", "attempts", "job", "slurm", "elapsed",
                             "node", "error") if c in df.columns]
         print(df[cols].to_string(index=False, na_rep="-", max_colwidth=60))
-        for r in records:
-            status = r.status()
-            if status.get("state") in ("failed", "cancelled", "diverged"):
-                print(f"\n--- {r.dir.name} {status['state']}: {status.get('error')}")
-                print(_log_tail(status))
+        failed = [(r, s) for r in records if (s := r.status()).get("state") in ("failed", "diverged")]
+        for r, status in failed[:10]:
+            print(f"\n--- {r.dir.name} {status['state']}: {status.get('error')}")
+            print(_log_tail(status))
+        if len(failed) > 10:
+            print(f"\n({len(failed) - 10} more failed trials: their logs are named in their status.json)")
     return 0
 
 

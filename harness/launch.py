@@ -265,7 +265,11 @@ def wait_slurm(records: list[TrialRecord], poll_s: float = 2.0, check_every_s: f
     outcome, last_check = {}, time.monotonic()
     while open_:
         if time.monotonic() - last_check >= check_every_s:
-            slurm.reconcile(list(open_.values()))
+            try:
+                slurm.reconcile(list(open_.values()))
+            except slurm.SlurmError as exc:  # keep waiting on the records; say what cannot be seen
+                log.warning("cannot ask SLURM about the jobs (%s): a job that dies without writing its record "
+                            "will not be noticed until this works again (Ctrl-C is safe; `make status` later)", exc)
             last_check = time.monotonic()
         for tid, r in list(open_.items()):
             status = r.status()
