@@ -1,6 +1,7 @@
 """Checkpoints: atomic, checksummed, newest-valid-wins.
 
-Each checkpoint is `step_<N>.pt` (torch.save of a dict) with `step_<N>.pt.sha256` beside it.
+Each checkpoint is `step_<N>.pt` (torch.save of a dict) with `step_<N>.pt.sha256` beside it
+(written before it).
 Loading verifies the checksum; a truncated or corrupted file is skipped with a warning that
 names it and the previous good one is used.
 """
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from harness.records import atomic_write_bytes
+from harness.records import atomic_write_bytes, remove_temp_files
 
 log = logging.getLogger(__name__)
 _NAME = re.compile(r"^step_(\d+)\.pt$")
@@ -29,27 +30,65 @@ def _checkpoints(directory: Path) -> list[tuple[int, Path]]:
 
 
 def save(directory: Path, step: int, payload: dict, keep: int = 2) -> Path:
-    """Write checkpoint `step` atomically (data first, then its checksum), prune old ones."""
+    """Write checkpoint `step` atomically, prune old ones.
+
+    The checksum is written first and the data second, so a `step_N.pt` never exists without its
+    checksum: a kill in between leaves only a `.sha256` without data, which load ignores and
+    `tidy` removes. A failed write (e.g. disk full) raises records.WriteError naming the file and
+    leaves the older checkpoints as they were."""
     buf = io.BytesIO()
     torch.save(payload, buf)
     data = buf.getvalue()
     path = Path(directory) / f"step_{step:08d}.pt"
-    atomic_write_bytes(path, data)
-    atomic_write_bytes(path.with_name(path.name + ".sha256"), hashlib.sha256(data).hexdigest().encode())
+    sums = _sums(path)
+    atomic_write_bytes(sums, hashlib.sha256(data).hexdigest().encode())
+    try:
+        atomic_write_bytes(path, data)
+    except BaseException:
+        sums.unlink(missing_ok=True)
+        raise
     for _, old in _checkpoints(Path(directory))[:-keep]:
         old.unlink(missing_ok=True)
-        old.with_name(old.name + ".sha256").unlink(missing_ok=True)
+        _sums(old).unlink(missing_ok=True)
     return path
 
 
-def _verified(path: Path) -> dict | None:
-    sums = path.with_name(path.name + ".sha256")
-    if not sums.exists():
-        log.warning("checkpoint %s has no checksum file (killed while saving?): skipped", path)
+def _sums(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def tidy(directory: Path) -> None:
+    """Remove what a killed save can leave behind: temp files and checksums without data.
+    Call only while holding the trial's lock (no save in progress)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return
+    removed = remove_temp_files(directory)
+    for sums in directory.glob("step_*.pt.sha256"):
+        if not sums.with_suffix("").exists():
+            sums.unlink(missing_ok=True)
+            removed.append(sums)
+    if removed:
+        log.info("removed %d leftover(s) of an interrupted checkpoint write in %s", len(removed), directory)
+
+
+def _checked_bytes(path: Path) -> bytes | None:
+    """The file's bytes if they match its checksum; else None, with a warning naming the file."""
+    sums = _sums(path)
+    try:
+        data, expected = path.read_bytes(), sums.read_text().strip()
+    except FileNotFoundError:
+        log.warning("checkpoint %s has no checksum file: skipped", path)
         return None
-    data = path.read_bytes()
-    if hashlib.sha256(data).hexdigest() != sums.read_text().strip():
+    if hashlib.sha256(data).hexdigest() != expected:
         log.warning("checkpoint %s fails its checksum (truncated or corrupted): skipped", path)
+        return None
+    return data
+
+
+def _verified(path: Path) -> dict | None:
+    data = _checked_bytes(path)
+    if data is None:
         return None
     try:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
@@ -64,4 +103,12 @@ def load_latest(directory: Path) -> tuple[int, dict] | None:
         payload = _verified(path)
         if payload is not None:
             return step, payload
+    return None
+
+
+def newest_valid(directory: Path) -> Path | None:
+    """The newest checkpoint file whose checksum verifies (without unpickling it), or None."""
+    for _, path in reversed(_checkpoints(Path(directory))):
+        if _checked_bytes(path) is not None:
+            return path
     return None

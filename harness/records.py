@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import fcntl
 import json
+import logging
 import math
 import os
 import socket
@@ -19,8 +21,12 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from harness import faults
 from harness.errors import RecordError
 
+log = logging.getLogger(__name__)
+
+TEMP_SUFFIX = ".tmp"  # atomic writes go through .<name>.<random>.tmp in the same folder
 STATES = ("pending", "running", "done", "failed", "diverged", "preempted", "cancelled")
 # Allowed status transitions; anything else is a bug in the caller.
 TRANSITIONS = {
@@ -46,22 +52,57 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+class WriteError(RecordError, OSError):
+    """A record or checkpoint write that failed (disk full, quota, permissions): names the file."""
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that readers see the old or the new file, never a partial one."""
+    """Write `data` to `path` so that readers see the old or the new file, never a partial one.
+
+    A failed write (e.g. ENOSPC) removes the temp file, leaves the old file, and raises
+    WriteError naming `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fault = faults.hit("write", path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    except OSError as exc:
+        raise _write_error(path, exc) from exc
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            if fault:
+                fault.write(f, data, path)
+            else:
+                f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        if fault:
+            fault.at("synced", path)
         os.replace(tmp, path)
+        if fault:
+            fault.at("renamed", path)
         _fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and not isinstance(exc, WriteError):
+            raise _write_error(path, exc) from exc
         raise
+
+
+def _write_error(path: Path, exc: OSError) -> WriteError:
+    name = errno.errorcode.get(exc.errno, "")
+    err = WriteError(f"cannot write {path}: {exc.strerror or exc}" + (f" ({name})" if name else ""))
+    err.errno, err.filename = exc.errno, str(path)
+    return err
+
+
+def remove_temp_files(directory: Path) -> list[Path]:
+    """Delete temp files that a killed atomic write left in `directory` (call under the trial lock)."""
+    stale = [p for p in Path(directory).glob(f".*{TEMP_SUFFIX}") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def _json_default(obj):
@@ -202,11 +243,22 @@ class TrialRecord:
     def append_log(self, entry: dict) -> None:
         """One JSON line in train.jsonl; flushed and fsynced so a crash loses at most this line."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        line = json.dumps(_sanitize(entry), sort_keys=True, default=_json_default)
-        with open(self.log_path, "a") as f:
-            f.write(line + "\n")
+        line = (json.dumps(_sanitize(entry), sort_keys=True, default=_json_default) + "\n").encode()
+        fault = faults.hit("log", self.log_path)
+        with open(self.log_path, "ab") as f:
+            if fault:
+                fault.write(f, line, self.log_path)
+            f.write(line)
             f.flush()
             os.fsync(f.fileno())
+
+    def trim_log(self, last_step: int) -> None:
+        """Keep only the train.jsonl lines up to `last_step` (the checkpoint a resume starts from),
+        dropping a torn last line, so that the resumed run's lines follow on as in an uninterrupted run."""
+        rows = [r for r in self.read_log() if int(r.get("step", 0)) <= last_step]
+        text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
+        if self.log_path.exists() and self.log_path.read_text() != text:
+            atomic_write_bytes(self.log_path, text.encode())
 
     def read_log(self) -> list[dict]:
         if not self.log_path.exists():
@@ -220,15 +272,23 @@ class TrialRecord:
         return rows
 
     @contextlib.contextmanager
-    def lock(self):
-        """Exclusive, non-blocking per-trial lock; raises RecordError if another process holds it."""
+    def lock(self, wait: bool = False):
+        """Exclusive per-trial lock (flock: released when the holder exits, even by kill -9).
+        Without `wait`, raises RecordError if another process holds it; with `wait`, blocks until
+        it is free. The holder's host and pid are written into the lock file for messages."""
         self.dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise RecordError(f"{self.dir}: trial is locked by another process") from None
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+                if not wait:
+                    raise RecordError(f"{self.dir}: trial is locked by another process ({holder})") from None
+                log.info("trial %s is being run by %s: waiting for it", self.dir.name, holder)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
             yield
         finally:
             os.close(fd)  # closing releases the flock
@@ -241,5 +301,19 @@ def create_trial_record(directory: Path, meta: dict, config: str) -> TrialRecord
     if not record.config_path.exists() or record.config_path.read_text() != config:
         atomic_write_bytes(record.config_path, config.encode())
     if not record.status_path.exists():
-        atomic_write_json(record.status_path, {"state": "pending", "created": now_iso(), "attempts": 0, **meta})
+        _create_json(record.status_path, {"state": "pending", "created": now_iso(), "attempts": 0, **meta})
     return record
+
+
+def _create_json(path: Path, obj) -> None:
+    """Write a complete JSON file only if `path` does not exist yet (link() refuses to replace),
+    so two sweeps preparing the same trial cannot overwrite a status the other has moved on."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}{TEMP_SUFFIX}")
+    atomic_write_json(tmp, obj)
+    try:
+        os.link(tmp, path)
+        _fsync_dir(path.parent)
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +17,10 @@ import gin
 
 from harness import config as cfg
 from harness.errors import ConfigError
+
+
+_SELECTOR = re.compile(r"[A-Za-z_][\w./]*\.[A-Za-z_]\w*")  # [scope/][module.]Configurable.param
+_SCENE = re.compile(r"[\w-]+(/[\w-]+)*")
 
 
 @gin.configurable("Sweep")
@@ -32,6 +37,20 @@ def sweep_spec(axes: dict | None = None, zipped: dict | None = None, seeds=(0,),
     compose: how trials that only make sense together are evaluated together (harness/compose.py).
     A string value starting with '@' is bound as a Gin reference (e.g. '@Adam').
     """
+    for name, value in (("axes", axes), ("zipped", zipped)):
+        if value is not None and not isinstance(value, dict):
+            raise ConfigError(f"Sweep.{name} = {value!r:.80}: expected a dict {{'Configurable.param': [values]}}")
+        for key in value or {}:
+            if not isinstance(key, str) or not _SELECTOR.fullmatch(key):
+                raise ConfigError(f"Sweep.{name} key {key!r:.80}: expected a binding name like 'Configurable.param'")
+    for name, value in (("seeds", seeds), ("scenes", scenes)):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"Sweep.{name} = {value!r:.80}: expected a list")
+    for scene in scenes:
+        if not isinstance(scene, str) or not _SCENE.fullmatch(scene):
+            raise ConfigError(f"Sweep.scenes entry {scene!r:.80}: expected the name of experiments/base/scenes/<name>.gin")
+    if not isinstance(seed_binding, str) or not _SELECTOR.fullmatch(seed_binding):
+        raise ConfigError(f"Sweep.seed_binding = {seed_binding!r:.80}: expected a binding name like 'Trainer.seed'")
     return {"axes": dict(axes or {}), "zipped": dict(zipped or {}), "seeds": list(seeds),
             "scenes": list(scenes), "seed_binding": seed_binding, "exclude": list(exclude or ()),
             "compose": compose}
@@ -83,7 +102,10 @@ def trial_id(config_str: str) -> str:
 
 def read_spec(exp_file: Path, user_bindings: list[str]) -> dict:
     cfg.parse([exp_file], user_bindings)
-    return sweep_spec()
+    try:
+        return sweep_spec()
+    except ConfigError as exc:  # gin appends "In call to configurable 'Sweep'" lines: keep the first
+        raise ConfigError(f"{exp_file}: {str(exc).splitlines()[0]}") from None
 
 
 def expand(experiment: str, user_bindings: list[str] = ()) -> list[Trial]:
@@ -104,12 +126,22 @@ def expand(experiment: str, user_bindings: list[str] = ()) -> list[Trial]:
                 config = trial_config(exp_file, list(user_bindings), lines)
                 tid = trial_id(config)
                 bindings = {**({"scene": scene} if scene is not None else {}), **variant, "seed": seed}
+                try:
+                    check_settings()
+                except ConfigError as exc:
+                    raise ConfigError(f"{exp_file}, trial {bindings}: {exc}") from None
                 if tid in seen:
                     raise ConfigError(f"{exp_file}: trials {seen[tid]} and {bindings} have the same "
                                       f"config (an axis binds something no trial uses?)")
                 seen[tid] = bindings
                 trials.append(Trial(tid, exp_file.stem, bindings, lines, config))
     return trials
+
+
+def check_settings() -> None:
+    from harness.trial import check_settings as check_trainer  # lazy: trial imports torch
+
+    check_trainer()
 
 
 def trial_config(exp_file: Path, user_bindings: list[str], trial_lines: list[str]) -> str:

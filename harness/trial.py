@@ -15,52 +15,128 @@ import gin
 import numpy as np
 import torch
 
-from harness import checkpoints
+from harness import checkpoints, faults
 from harness.data.load import load_scene
 from harness.data.rays import RaySampler
-from harness.errors import TrialDiverged
+from harness.errors import ConfigError, HarnessError, TrialDiverged
 from harness.evaluate import Evaluation
-from harness.records import TrialRecord
+from harness.records import TrialRecord, remove_temp_files
 
 log = logging.getLogger(__name__)
 
 
+class TrialOutOfMemory(HarnessError):
+    """Training ran out of (GPU) memory even at the smallest batch size allowed."""
+
+
+def _int(name: str, value, minimum: int | None = None) -> int:
+    """A Trainer setting as an int, or a ConfigError line naming the binding and the value."""
+    ok = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+    if isinstance(value, bool) or not ok or (minimum is not None and value < minimum):
+        raise ConfigError(f"Trainer.{name} = {value!r}: expected an integer"
+                          + (f" >= {minimum}" if minimum is not None else ""))
+    return int(value)
+
+
+def _nonfinite(state, prefix: str = "") -> list[str]:
+    """Names of the floating-point tensors in a (nested) state dict that hold NaN or Inf."""
+    if isinstance(state, torch.Tensor):
+        return [prefix or "tensor"] if state.is_floating_point() and not torch.isfinite(state).all() else []
+    items = state.items() if isinstance(state, dict) else enumerate(state) if isinstance(state, (list, tuple)) else ()
+    return [name for k, v in items for name in _nonfinite(v, f"{prefix}.{k}" if prefix else str(k))]
+
+
+def _diverged(message: str, step: int) -> TrialDiverged:
+    exc = TrialDiverged(message)
+    exc.step = step  # the iteration (as in train.jsonl and step_N.pt) at which it was detected
+    return exc
+
+
 @gin.configurable
 class Trainer:
-    """The training loop every baseline runs under; the method is a Gin reference."""
+    """The training loop every baseline runs under; the method is a Gin reference.
+
+    Non-finite losses (every step) or parameters (before each checkpoint, and every
+    `finite_check_every` steps if > 0) stop the trial as `diverged`; no non-finite checkpoint is
+    written. A torch.cuda.OutOfMemoryError in a training step retries the step with the batch
+    size times `oom_factor`, at most `oom_retries` times per trial."""
 
     def __init__(self, method=gin.REQUIRED, iterations: int = 1000, seed: int = 0,
                  checkpoint_every: int = 500, keep_checkpoints: int = 2, log_every: int = 50,
-                 validate_every: int = 0, validation_views=(0,), progress_every: int = 10):
+                 validate_every: int = 0, validation_views=(0,), progress_every: int = 10,
+                 finite_check_every: int = 0, oom_retries: int = 3, oom_factor: float = 0.5):
+        if not callable(method):
+            raise ConfigError(f"Trainer.method = {method!r}: expected a configurable reference such as @ToyColour")
         self.method_cls = method
-        self.iterations = int(iterations)
-        self.seed = int(seed)
-        self.checkpoint_every = int(checkpoint_every)
-        self.keep_checkpoints = int(keep_checkpoints)
-        self.log_every = int(log_every)
-        self.validate_every = int(validate_every)
-        self.validation_views = tuple(validation_views)
-        self.progress_every = int(progress_every)
+        self.iterations = _int("iterations", iterations, 0)
+        self.seed = _int("seed", seed)
+        self.checkpoint_every = _int("checkpoint_every", checkpoint_every, 1)
+        self.keep_checkpoints = _int("keep_checkpoints", keep_checkpoints, 1)
+        self.log_every = _int("log_every", log_every, 1)
+        self.validate_every = _int("validate_every", validate_every, 0)
+        if not isinstance(validation_views, (list, tuple)):
+            raise ConfigError(f"Trainer.validation_views = {validation_views!r}: expected a list of view indices")
+        self.validation_views = tuple(_int("validation_views", v, 0) for v in validation_views)
+        self.progress_every = _int("progress_every", progress_every, 1)
+        self.finite_check_every = _int("finite_check_every", finite_check_every, 0)
+        self.oom_retries = _int("oom_retries", oom_retries, 0)
+        if isinstance(oom_factor, bool) or not isinstance(oom_factor, (int, float)) or not 0 < oom_factor < 1:
+            raise ConfigError(f"Trainer.oom_factor = {oom_factor!r}: expected a number between 0 and 1")
+        self.oom_factor = float(oom_factor)
 
     def _resume(self, method, record: TrialRecord) -> tuple[int, float]:
+        checkpoints.tidy(record.checkpoint_dir)
         found = checkpoints.load_latest(record.checkpoint_dir)
+        step, payload = found if found is not None else (0, {})
+        record.trim_log(step)  # lines past the checkpoint are logged again as training repeats them
         if found is None:
             return 0, 0.0
-        step, payload = found
         method.load_state_dict(payload["method"])
+        if payload.get("batch_size", method.batch_size) != method.batch_size:  # reduced after an OOM
+            method.batch_size = int(payload["batch_size"])
         log.info("resumed %s from step %d", record.dir.name, step)
         return step, float(payload.get("train_time", 0.0))
 
+    def _check_params(self, state: dict, step: int) -> None:
+        bad = _nonfinite(state)
+        if bad:
+            raise _diverged(f"non-finite parameters at step {step}: {', '.join(bad[:5])}", step)
+
     def _checkpoint(self, method, record: TrialRecord, step: int, train_time: float) -> None:
+        state = method.state_dict()
+        self._check_params(state, step)
         checkpoints.save(record.checkpoint_dir, step,
-                         {"step": step, "train_time": train_time, "method": method.state_dict()},
+                         {"step": step, "train_time": train_time, "batch_size": method.batch_size, "method": state},
                          keep=self.keep_checkpoints)
 
     @staticmethod
     def _check_finite(losses: dict, step: int) -> None:
         bad = {k: v for k, v in losses.items() if not math.isfinite(float(v))}
         if bad:
-            raise TrialDiverged(f"non-finite loss at step {step}: {bad}")
+            raise _diverged(f"non-finite loss at step {step}: {bad}", step)
+
+    def _train_step(self, method, sampler: RaySampler, step: int, record: TrialRecord) -> dict:
+        """One training step; on out-of-memory, the same step again with a smaller batch."""
+        patch = getattr(method, "patch_size", 1)
+        while True:
+            try:
+                return method.train_step(step, sampler.sample(step, method.batch_size, patch))
+            except torch.cuda.OutOfMemoryError as exc:
+                error = str(exc).strip().splitlines()[0] if str(exc).strip() else "out of memory"
+            # retried outside the except block, so the traceback's tensors are already freed
+            old = method.batch_size
+            reductions = record.status().get("oom_reductions", [])
+            new = int(old * self.oom_factor) // (patch * patch) * (patch * patch)
+            if len(reductions) >= self.oom_retries or new < max(1, patch * patch):
+                raise TrialOutOfMemory(
+                    f"out of memory at step {step} with batch_size {old} after {len(reductions)} reductions "
+                    f"(Trainer.oom_retries = {self.oom_retries}); lower "
+                    f"{type(method).__name__}.batch_size or the model's size ({error})")
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            log.warning("out of memory at step %d with batch_size %d: retrying with %d", step, old, new)
+            method.batch_size = new
+            record.update(batch_size=new, oom_reductions=reductions + [{"step": step, "from": old, "to": new}])
 
     def train(self, method, scene, record: TrialRecord, evaluation: Evaluation) -> tuple[int, float]:
         split = scene.split("train")
@@ -69,11 +145,14 @@ class Trainer:
         record.write_progress(step, self.iterations, phase="train")
         while step < self.iterations:
             t0 = time.perf_counter()
-            losses = method.train_step(step, sampler.sample(step, method.batch_size,
-                                                                getattr(method, "patch_size", 1)))
+            losses = self._train_step(method, sampler, step, record)
             train_time += time.perf_counter() - t0
-            self._check_finite(losses, step)
             step += 1
+            self._check_finite(losses, step)
+            if self.finite_check_every and step % self.finite_check_every == 0:
+                self._check_params(method.state_dict(), step)
+            if (fault := faults.hit("step")) is not None:
+                fault.fire(record.dir)
             if step % self.log_every == 0 or step == self.iterations:
                 record.append_log({"step": step, "time": round(train_time, 3), **losses})
             if step % self.progress_every == 0:
@@ -125,23 +204,43 @@ def score(evaluation: Evaluation, method, split, indices=None, **kw) -> dict:
     return evaluation.score(method, split, indices, **kw)
 
 
+def check_settings() -> None:
+    """Build the Trainer from the parsed Gin config, so that a bad setting (wrong type, no method)
+    is one ConfigError line when the sweep is expanded rather than a trial failing later."""
+    try:
+        Trainer()
+    except HarnessError as exc:  # gin appends "In call to configurable 'Trainer'": keep the first line
+        raise ConfigError(str(exc).splitlines()[0]) from None
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise ConfigError(f"Trainer: {str(exc).strip().splitlines()[0]}") from None
+
+
 def _peak_rss_mb() -> float:
     import resource
 
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def run_trial(trial_dir: Path, job_info: dict | None = None) -> dict:
-    """Run the trial whose Gin config is already parsed; manages status and the lock."""
+def run_trial(trial_dir: Path, job_info: dict | None = None, wait: bool = True) -> dict:
+    """Run the trial whose Gin config is already parsed; manages status and the lock.
+
+    If another process (a second sweep of the same experiment) holds the trial's lock, wait for
+    it (`wait`) and then return its result instead of training again."""
     record = TrialRecord(trial_dir)
-    with record.lock():
+    with record.lock(wait=wait):
         if record.state == "done":
             return record.metrics() or {}
-        record.begin_attempt(**(job_info or {}))
+        for folder in (record.dir, record.renders_dir):  # leftovers of writes cut by a kill
+            if folder.is_dir():
+                remove_temp_files(folder)
+        _pin_threads(record)
+        record.begin_attempt(torch_threads=torch.get_num_threads(), **(job_info or {}))
         try:
             metrics = Trainer().run(record)
         except TrialDiverged as exc:
-            record.set_state("diverged", error=str(exc))
+            last = checkpoints.newest_valid(record.checkpoint_dir)
+            _record_end(record, "diverged", error=str(exc), diverged_at=exc.step,
+                        last_checkpoint=last.name if last else None)
             raise
         except BaseException as exc:
             import traceback
@@ -149,7 +248,26 @@ def run_trial(trial_dir: Path, job_info: dict | None = None) -> dict:
             tail = "".join(traceback.format_exception(exc))[-2000:]
             # SystemExit: submitit's preemption handler requeues the job, then exits inside training
             state = "preempted" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "failed"
-            record.set_state(state, error=f"{exc.__class__.__name__}: {exc}".splitlines()[0], traceback=tail)
+            _record_end(record, state, error=f"{exc.__class__.__name__}: {exc}".splitlines()[0], traceback=tail)
             raise
         record.set_state("done", psnr=metrics.get("psnr"))
         return metrics
+
+
+def _record_end(record: TrialRecord, state: str, **fields) -> None:
+    """Record how an attempt ended; if even that write fails (disk full), log it and let the
+    original error propagate (the status stays `running`, and a re-run resumes)."""
+    try:
+        record.set_state(state, **fields)
+    except OSError as exc:
+        log.error("could not record state %s for %s: %s", state, record.dir, exc)
+
+
+def _pin_threads(record: TrialRecord) -> None:
+    """Resume with the torch thread count the checkpoints were made with: float reductions (and
+    so the result) depend on it, and a resumed trial must match an uninterrupted one bit for bit."""
+    recorded = record.status().get("torch_threads")
+    if recorded and recorded != torch.get_num_threads() and any(record.checkpoint_dir.glob("step_*.pt")):
+        log.warning("trial %s: using its recorded %d torch threads (not %d) to resume bit-identically",
+                    record.dir.name, recorded, torch.get_num_threads())
+        torch.set_num_threads(int(recorded))
