@@ -149,3 +149,16 @@ def test_auto_is_the_reference_on_cpu_and_bad_impls_are_clear():
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="needs CUDA tensors"):
             composite(sigma, rgb, delta, ray, 2, impl="cuda")
+
+
+@pytest.mark.parametrize("impl", fast_impls())
+def test_fast_with_no_samples_at_all(impl):
+    sigma = torch.zeros(0, device=DEVICE, requires_grad=True)
+    rgb = torch.zeros(0, 3, device=DEVICE, requires_grad=True)
+    ray = torch.zeros(0, dtype=torch.long, device=DEVICE)
+    bg = torch.tensor([0.1, 0.2, 0.3], device=DEVICE)
+    out = composite(sigma, rgb, 0.1, ray, 4, t=torch.zeros(0, device=DEVICE), background=bg, impl=impl)
+    torch.testing.assert_close(out["rgb"].cpu(), bg.cpu().expand(4, 3))
+    assert out["acc"].abs().sum() == 0 and out["depth"].abs().sum() == 0
+    g_sigma, g_rgb = torch.autograd.grad(out["rgb"].sum(), [sigma, rgb])
+    assert g_sigma.shape == (0,) and g_rgb.shape == (0, 3)
