@@ -98,34 +98,45 @@ def pick_baseline(variants: list[str], wanted: str | None) -> str:
                        f"give the full label")
 
 
+def _by_seed(frame: pd.DataFrame, metric: str) -> dict:
+    """{seed: value} of the finite values of `metric` (first trial per seed)."""
+    out = {}
+    for seed, v in zip(frame["seed"].tolist(), frame[metric].tolist()):
+        if seed not in out and v is not None and math.isfinite(v):
+            out[seed] = float(v)
+    return out
+
+
 def difference(base: pd.DataFrame, other: pd.DataFrame, metric: str, level: float = LEVEL) -> dict:
     """other − base for one metric, with its `level` interval.
 
     Paired by seed (t-interval of the per-seed differences) when at least two seeds have a value on
     both sides; otherwise Welch's unequal-variance t-interval (Welch–Satterthwaite degrees of freedom).
     """
-    a = base.dropna(subset=[metric]).drop_duplicates("seed").set_index("seed")[metric].astype(float)
-    b = other.dropna(subset=[metric]).drop_duplicates("seed").set_index("seed")[metric].astype(float)
-    a, b = a[np.isfinite(a)], b[np.isfinite(b)]
-    common = a.index.intersection(b.index)
+    return _difference(_by_seed(base, metric), _by_seed(other, metric), level)
+
+
+def _difference(a: dict, b: dict, level: float = LEVEL) -> dict:
+    common = [s for s in a if s in b]
     out = {"delta": float("nan"), "ci": float("nan"), "p": float("nan"), "n_base": len(a), "n": len(b),
            "test": "–"}
-    if len(a) == 0 or len(b) == 0:
+    if not a or not b:
         return out
     if len(common) >= 2:
-        d = (b[common] - a[common]).to_numpy()
+        d = np.array([b[s] - a[s] for s in common])
         mean, half, n = t_interval(d, level)
         sd = d.std(ddof=1)
         p = float(2 * stats.t.sf(abs(mean) / (sd / math.sqrt(n)), n - 1)) if sd > 0 else (0.0 if mean else 1.0)
         return {**out, "delta": mean, "ci": half, "p": p, "test": f"paired by seed (n={n})"}
-    delta = float(b.mean() - a.mean())
-    if len(a) < 2 or len(b) < 2:
+    va_, vb_ = np.array(list(a.values())), np.array(list(b.values()))
+    delta = float(vb_.mean() - va_.mean())
+    if len(va_) < 2 or len(vb_) < 2:
         return {**out, "delta": delta, "test": "one seed: no interval"}
-    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    va, vb = va_.var(ddof=1) / len(va_), vb_.var(ddof=1) / len(vb_)
     se = math.sqrt(va + vb)
     if se == 0:
         return {**out, "delta": delta, "ci": 0.0, "p": 0.0 if delta else 1.0, "test": "Welch (zero variance)"}
-    dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    dof = (va + vb) ** 2 / (va**2 / (len(va_) - 1) + vb**2 / (len(vb_) - 1))
     half = float(stats.t.ppf(0.5 + level / 2, dof) * se)
     p = float(2 * stats.t.sf(abs(delta) / se, dof))
     return {**out, "delta": delta, "ci": half, "p": p, "test": f"Welch (df={dof:.1f})"}
@@ -134,23 +145,25 @@ def difference(base: pd.DataFrame, other: pd.DataFrame, metric: str, level: floa
 def baseline_differences(trials: pd.DataFrame, metrics: list[str], baseline: str) -> pd.DataFrame:
     """One row per (scene, variant ≠ baseline): per metric delta, ci, p, test; 'better' is direction-aware."""
     done = trials[trials["state"] == "done"]
+    groups: dict[tuple, pd.DataFrame] = {(sc, str(v)): g for (sc, v), g in
+                                         done.groupby(["scene", "variant"], observed=True, sort=False)}
+    per_seed = {k: {m: _by_seed(g, m) for m in metrics} for k, g in groups.items()}
     rows = []
-    for scene, g in done.groupby("scene", sort=False):
-        base = g[g["variant"] == baseline]
-        for variant, o in g.groupby("variant", observed=True, sort=False):
-            if variant == baseline:
-                continue
-            row = {"scene": scene, "variant": variant}
-            for m in metrics:
-                d = difference(base, o, m)
-                sign = 1 if HIGHER_IS_BETTER[m] else -1
-                lo, hi = d["delta"] - d["ci"], d["delta"] + d["ci"]
-                d["verdict"] = ("better" if sign * lo > 0 and sign * hi > 0 else
-                                "worse" if sign * lo < 0 and sign * hi < 0 else "no clear difference")
-                if not math.isfinite(d["ci"]):
-                    d["verdict"] = "–"
-                row.update({f"{m}_{k}": v for k, v in d.items()})
-            rows.append(row)
+    for (scene, variant), values in per_seed.items():
+        if variant == baseline:
+            continue
+        base = per_seed.get((scene, baseline), {m: {} for m in metrics})
+        row = {"scene": scene, "variant": variant}
+        for m in metrics:
+            d = _difference(base[m], values[m])
+            sign = 1 if HIGHER_IS_BETTER[m] else -1
+            lo, hi = d["delta"] - d["ci"], d["delta"] + d["ci"]
+            d["verdict"] = ("better" if sign * lo > 0 and sign * hi > 0 else
+                            "worse" if sign * lo < 0 and sign * hi < 0 else "no clear difference")
+            if not math.isfinite(d["ci"]):
+                d["verdict"] = "–"
+            row.update({f"{m}_{k}": v for k, v in d.items()})
+        rows.append(row)
     return pd.DataFrame(rows)
 
 

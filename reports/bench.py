@@ -97,7 +97,8 @@ def figures(df: pd.DataFrame, out_dir: Path) -> list[Figure]:
         hue_order = sorted(g["impl_dev"].unique(), key=lambda s: _impl_key(s.split(" ")[0]))
         _theme()
         has_speed = g["speedup"].notna().any()
-        fig, axs = plt.subplots(1, 2 if has_speed else 1, figsize=(11 if has_speed else 5.8, 3.4), squeeze=False)
+        fig, axs = plt.subplots(1, 2 if has_speed else 1, figsize=(11 if has_speed else 5.8, 3.4), squeeze=False,
+                                layout="constrained")
         g["size"] = g["size"].fillna("?")
         g["ms"] = g["mean"] * 1e3
         sns.barplot(data=g, x="size", y="ms", hue="impl_dev", order=sizes, hue_order=hue_order, ax=axs[0, 0],

@@ -21,8 +21,8 @@ import seaborn as sns  # noqa: E402
 from reports.aggregate import pareto_front, t_interval  # noqa: E402
 from reports.collect import HIGHER_IS_BETTER  # noqa: E402
 
-MAX_HUES = 10  # lines per panel before the rest are left out (said in the caption)
-MAX_BOXES = 40
+MAX_HUES = 8  # lines per panel before the rest are left out (said in the caption)
+MAX_BOXES = 24
 
 
 @dataclass
@@ -50,8 +50,9 @@ def _safe(text: str) -> str:
 
 def _save(fig, out_dir: Path, name: str, title: str, caption: str = "") -> Figure:
     out_dir.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_dir / f"{name}.png", dpi=100, bbox_inches="tight")
-    fig.savefig(out_dir / f"{name}.svg", bbox_inches="tight")
+    fig.savefig(out_dir / f"{name}.png", dpi=100)
+    fig.set_layout_engine("none")  # laid out (constrained) by the first save; the SVG reuses it
+    fig.savefig(out_dir / f"{name}.svg")
     plt.close(fig)
     return Figure(name, title, caption)
 
@@ -63,7 +64,7 @@ def _label(metric: str) -> str:
 def _panels(n: int, width: float = 4.6, height: float = 3.3, cols: int = 3):
     cols = max(1, min(cols, n))
     rows = -(-n // cols)
-    fig, axs = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    fig, axs = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False, layout="constrained")
     for ax in axs.flat[n:]:
         ax.set_visible(False)
     return fig, list(axs.flat[:n])
@@ -186,7 +187,7 @@ def per_view(views: pd.DataFrame, metric: str, out_dir: Path) -> Figure | None:
     variants = [v for v in data["variant"].cat.categories if v in set(data["variant"])]
     shown = variants[:MAX_BOXES]
     height = max(2.2, 0.28 * len(shown) + 1.0)
-    fig, axs = plt.subplots(len(scenes), 1, figsize=(7.5, height * len(scenes)), squeeze=False)
+    fig, axs = plt.subplots(len(scenes), 1, figsize=(7.5, height * len(scenes)), squeeze=False, layout="constrained")
     for ax, scene in zip(axs.flat, scenes):
         d = data[(data["scene"] == scene) & data["variant"].isin(shown)].copy()
         d["variant"] = d["variant"].astype(str)
@@ -215,7 +216,7 @@ def training_curves(curves: pd.DataFrame, out_dir: Path) -> Figure | None:
     scenes = list(dict.fromkeys(curves["scene"]))
     _theme()
     fig, axs = plt.subplots(len(scenes), len(panels), figsize=(5.4 * len(panels), 3.4 * len(scenes)),
-                            squeeze=False)
+                            squeeze=False, layout="constrained")
     variants = [v for v in curves["variant"].cat.categories if v in set(curves["variant"])]
     shown = variants[:MAX_HUES]
     palette = sns.color_palette("colorblind", len(shown))

@@ -119,11 +119,12 @@ def choose_views(available: list[str], wanted: list[str] | None, n_default: int 
 
 def _representative(g: pd.DataFrame) -> pd.Series | None:
     """The done trial with the lowest seed that has renders."""
-    done = g[g["state"] == "done"].copy()
-    done["_seed"] = done["seed"].map(natural_key)
-    for _, r in done.sort_values("_seed").iterrows():
-        if any((Path(r["dir"]) / "renders").glob("*.png")):
-            return r
+    done = g[g["state"] == "done"]
+    order = sorted(range(len(done)), key=lambda i: natural_key(done["seed"].iat[i]))
+    for i in order:
+        d = Path(done["dir"].iat[i]) / "renders"
+        if d.is_dir() and any(d.glob("*.png")):
+            return done.iloc[i]
     return None
 
 

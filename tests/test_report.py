@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from harness.errors import HarnessError
+from reports.build import build_report
 from tests.conftest import harness
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -214,8 +216,7 @@ def test_report_in_headless_chromium(report, tmp_path):
 def test_embedded_report_is_one_self_contained_file(sweep, tmp_path):
     runs, name = sweep
     out = tmp_path / "embedded"
-    harness("report", name, "--runs-dir", runs, "--out", out, "--embed", "--bench", "", "--views", "0,test_005",
-            check=True)
+    build_report([name], runs, out, embed=True, bench_paths=[], views=["0", "test_005"])
     html = (out / "index.html").read_text()
     assert not (out / "assets").exists() and not [p for p in out.iterdir() if p.name.startswith(".report-")]
     assert 'src="assets/' not in html and html.count('src="data:image/png;base64,') >= 10
@@ -231,33 +232,38 @@ def test_embedded_report_is_one_self_contained_file(sweep, tmp_path):
 def test_report_errors_are_one_clear_line(sweep, tmp_path):
     runs, name = sweep
     proc = harness("report", name, "--runs-dir", runs, "--out", tmp_path / "a", "--baseline", "lr=7", "--bench", "")
-    assert proc.returncode == 2 and "--baseline 'lr=7' matches no variant" in proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: --baseline 'lr=7' matches no variant")
     assert "lr=0.01" in proc.stderr
-    proc = harness("report", name, "--runs-dir", runs, "--out", tmp_path / "b", "--views", "r_999", "--bench", "")
-    assert proc.returncode == 2 and "--views: no test view 'r_999'" in proc.stderr
-    proc = harness("report", "nope", "--runs-dir", runs, "--bench", "")
-    assert proc.returncode == 2 and "nope" in proc.stderr and "make sweep EXP=nope" in proc.stderr
+    with pytest.raises(HarnessError, match="matches 2 variants"):
+        build_report([name], runs, tmp_path / "b", baseline="lr=0", bench_paths=[])
+    with pytest.raises(HarnessError, match="--views: no test view 'r_999'"):
+        build_report([name], runs, tmp_path / "b", views=["r_999"], bench_paths=[])
+    with pytest.raises(HarnessError, match="no such experiment folder.*make sweep EXP=nope"):
+        build_report(["nope"], runs, tmp_path / "b", bench_paths=[])
     bad = tmp_path / "bench.json"
     bad.write_text("{not json")
-    proc = harness("report", name, "--runs-dir", runs, "--out", tmp_path / "c", "--bench", bad)
-    assert proc.returncode == 2 and "not a pytest-benchmark JSON file" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    with pytest.raises(HarnessError, match="not a pytest-benchmark JSON file"):
+        build_report([name], runs, tmp_path / "b", bench_paths=[bad])
+    with pytest.raises(HarnessError, match="no such file"):
+        build_report([name], runs, tmp_path / "b", bench_paths=[tmp_path / "absent.json"])
 
 
 def test_baseline_choice_and_difference(sweep, tmp_path):
     runs, name = sweep
-    out = tmp_path / "b"
-    harness("report", name, "--runs-dir", runs, "--out", out, "--baseline", "lr=0.1", "--bench", "", check=True)
-    rows = parse_tables(out / "index.html").table("diffs")
+    out = build_report([name], runs, tmp_path / "b", baseline="lr=0.1", bench_paths=[])
+    rows = parse_tables(out).table("diffs")
     header, body = rows[0][1], rows[1:]
     assert len(body) == 1 and body[0][1][1] == "lr=0.01"
     per_seed = {}
     for status, metrics in _records(runs, name):
         per_seed.setdefault(status["bindings"]["seed"], {})[status["bindings"]["ToyColour.lr"]] = metrics["psnr"]
-    d = np.array([per_seed[s][0.01] - per_seed[s][0.1] for s in sorted(per_seed)])
+    a = [per_seed[s][0.01] for s in sorted(per_seed)]
+    b = [per_seed[s][0.1] for s in sorted(per_seed)]
+    d = np.subtract(a, b)
     half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
     col = header.index("Δ PSNR ↑")
     mean, ci = _shown(body[0][1][col])
     assert mean == pytest.approx(d.mean(), abs=0.0051) and ci == pytest.approx(half, abs=0.0051)
     assert body[0][1][col + 2] == "paired by seed (n=2)"
-    assert body[0][1][col + 1] == f"{stats.ttest_rel([per_seed[s][0.01] for s in sorted(per_seed)], [per_seed[s][0.1] for s in sorted(per_seed)]).pvalue:.3f}"
+    assert body[0][1][col + 1] == f"{stats.ttest_rel(a, b).pvalue:.3f}"
