@@ -92,7 +92,7 @@ def _trial_rows(trials: pd.DataFrame, axes: list[str], metrics: list[str]) -> li
 def _value(v) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "–"
-    return f"{v:g}" if isinstance(v, float) else str(v)
+    return collect.fmt_value(v)
 
 
 def _figures(col: collect.Collected, summary: pd.DataFrame, assets: Path) -> list[figures.Figure]:

@@ -91,8 +91,15 @@ def axis_names(runs_dir: Path, experiment: str, trials: pd.DataFrame | None = No
     return keys
 
 
+def fmt_value(v) -> str:
+    """A binding value for labels: floats without binary noise (3.0000000000000004e-05 -> 3e-05)."""
+    if isinstance(v, float):
+        return f"{v:.12g}"
+    return str(v)
+
+
 def _variant_label(experiment: str, bindings: dict, axes: list[str], several: bool) -> str:
-    parts = [f"{k.split('.')[-1] if _short_ok(k, axes) else k}={bindings[k]}" for k in axes if k in bindings]
+    parts = [f"{k.split('.')[-1] if _short_ok(k, axes) else k}={fmt_value(bindings[k])}" for k in axes if k in bindings]
     body = ", ".join(parts)
     if several:
         return f"{experiment}: {body}" if body else experiment

@@ -19,7 +19,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from reports.aggregate import pareto_front, t_interval  # noqa: E402
-from reports.collect import HIGHER_IS_BETTER  # noqa: E402
+from reports.collect import HIGHER_IS_BETTER, fmt_value  # noqa: E402
 
 MAX_HUES = 8  # lines per panel before the rest are left out (said in the caption)
 MAX_BOXES = 24
@@ -94,7 +94,7 @@ def metric_vs_axis(trials: pd.DataFrame, axis: str, metric: str, out_dir: Path,
         return None
     data = data[data[axis].notna()]
     exp_axes = [a for a in axes if a != axis and a in data]
-    data = data.assign(_other=data[exp_axes].astype(str).agg(", ".join, axis=1) if exp_axes else "")
+    data = data.assign(_other=data[exp_axes].map(fmt_value).agg(", ".join, axis=1) if exp_axes else "")
     scenes = list(dict.fromkeys(data["scene"]))
     if not scenes:
         return None
@@ -131,8 +131,10 @@ def metric_vs_axis(trials: pd.DataFrame, axis: str, metric: str, out_dir: Path,
         ax.set_xlabel(axis)
         ax.set_ylabel(_label(metric))
         ax.set_title(scene if len(scenes) > 1 else f"{metric.upper()} vs {axis}")
-        if len(shown) > 1:
-            ax.legend(fontsize=7, title=", ".join(a.split(".")[-1] for a in exp_axes), title_fontsize=7)
+    if len(shown) > 1:
+        handles, labels = axs[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside right upper", fontsize=7, title_fontsize=7,
+                   title=", ".join(a.split(".")[-1] for a in exp_axes))
     caption = "mean over seeds, band: 95% t-interval"
     if len(hues) > len(shown):
         caption += f"; first {len(shown)} of {len(hues)} combinations of the other axes shown"
@@ -165,7 +167,7 @@ def quality_vs_time(summary: pd.DataFrame, metric: str, out_dir: Path) -> Figure
         times = d["train_time_mean"]
         if (times > 0).all() and times.max() / times.min() > 20:
             ax.set_xscale("log")
-        else:
+        elif ax.get_xlim()[0] < 0:  # wide intervals of few seeds: no negative times
             ax.set_xlim(left=0)
         ax.set_xlabel("training time (s)")
         ax.set_ylabel(_label(metric))
@@ -234,8 +236,9 @@ def training_curves(curves: pd.DataFrame, out_dir: Path) -> Figure | None:
             ax.set_xlabel("step")
             ax.set_ylabel("training loss" if col == "loss" else "validation PSNR")
             ax.set_title(scene if len(scenes) > 1 else ("training loss" if col == "loss" else "validation PSNR"))
-            if ax is row[-1] and len(shown) > 1:
-                ax.legend(fontsize=6, loc="best")
+    if len(shown) > 1:
+        handles, labels = axs[0, 0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside right upper", fontsize=7)
     caption = "mean over seeds, band: 95% t-interval"
     if len(variants) > len(shown):
         caption += f"; first {len(shown)} of {len(variants)} variants"
