@@ -199,6 +199,7 @@ def _open_and_check(path: Path, shot: Path, n_variants: int) -> dict:
         assert not [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         height = driver.execute_script("return document.documentElement.scrollHeight")
         driver.set_window_size(1400, min(int(height) + 40, 8000))
+        driver.execute_script("window.scrollTo(0, 0)")
         assert driver.save_screenshot(str(shot))
         return {"images": len(images)}
     finally:
