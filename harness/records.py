@@ -55,6 +55,9 @@ def _fsync_dir(directory: Path) -> None:
 class WriteError(RecordError, OSError):
     """A record or checkpoint write that failed (disk full, quota, permissions): names the file."""
 
+    def __str__(self) -> str:  # OSError's would be "[Errno N] strerror: filename"
+        return self.args[0]
+
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` so that readers see the old or the new file, never a partial one.

@@ -237,6 +237,7 @@ def run_trial(trial_dir: Path, job_info: dict | None = None, wait: bool = True) 
         record.begin_attempt(torch_threads=torch.get_num_threads(), **(job_info or {}))
         try:
             metrics = Trainer().run(record)
+            record.set_state("done", psnr=metrics.get("psnr"))
         except TrialDiverged as exc:
             last = checkpoints.newest_valid(record.checkpoint_dir)
             _record_end(record, "diverged", error=str(exc), diverged_at=exc.step,
@@ -250,7 +251,6 @@ def run_trial(trial_dir: Path, job_info: dict | None = None, wait: bool = True) 
             state = "preempted" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "failed"
             _record_end(record, state, error=f"{exc.__class__.__name__}: {exc}".splitlines()[0], traceback=tail)
             raise
-        record.set_state("done", psnr=metrics.get("psnr"))
         return metrics
 
 

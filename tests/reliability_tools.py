@@ -37,6 +37,15 @@ def tiny_scene(tmp_path_factory) -> Path:
     return generate("tiny", tmp_path_factory.mktemp("scene"), **SCENE)
 
 
+@pytest.fixture(scope="module")
+def reference(tiny_scene, tmp_path_factory) -> dict:
+    """final_state of an uninterrupted run of write_experiment(folder, tiny_scene) (no extra lines)."""
+    folder = tmp_path_factory.mktemp("reference")
+    trial = Trial(write_experiment(folder, tiny_scene), folder / "runs")
+    trial.run_here()
+    return final_state(trial)
+
+
 def write_experiment(folder: Path, scene: Path, extra: str = "", name: str = "rel") -> Path:
     """An experiment file: ToyColour on `scene`, 40 iterations, checkpoints every 10; `extra` lines last."""
     path = Path(folder) / f"{name}.gin"
@@ -164,3 +173,42 @@ def final_state(trial: Trial) -> dict:
             "log": trial.log_rows(), "step": step, "table": payload["method"]["table"].tolist(),
             "opt": torch.cat([v.flatten() for s in payload["method"]["opt"]["state"].values()
                               for v in s.values()]).tolist()}
+
+
+def tmpfs_scenario(scene: Path, work: Path) -> dict:
+    """Run inside a private mount namespace (unshare -rm): a trial on a tmpfs that fills up.
+
+    The trial is killed after its step-10 checkpoint, the tmpfs is shrunk to what is used plus
+    48 KiB (less than a checkpoint), the trial is re-run (and must fail on the full disk), the tmpfs
+    is grown again and the trial re-run to the end. Returns what the test checks, as JSON values."""
+    import subprocess
+
+    work = Path(work)
+    mnt = work / "tmpfs"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], check=True)
+    exp = write_experiment(work, scene, "ToyColour.buckets = 64\n")  # checkpoints of ~150 KiB
+    reference = Trial(exp, mnt / "reference")
+    reference.run_here()
+    trial = Trial(exp, mnt / "runs")
+    first = trial.run(fault="action=kill point=step nth=15")
+    stat = os.statvfs(mnt)
+    used = (stat.f_blocks - stat.f_bfree) * stat.f_frsize
+    subprocess.run(["mount", "-o", f"remount,size={used + 48 * 1024}", str(mnt)], check=True)
+    full = trial.run()
+    after_full = {"status": trial.status(), "checkpoints": trial.checkpoints(),
+                  "files": sorted(str(p.relative_to(trial.dir)) for p in trial.dir.rglob("*"))}
+    check_intact(trial.dir)
+    subprocess.run(["mount", "-o", "remount,size=8m", str(mnt)], check=True)
+    last = trial.run()
+    return {"outcomes": [first, full, last], "after_full": after_full, "trial_dir": str(trial.dir),
+            "final_equal": last == "ok" and final_state(trial) == final_state(reference),
+            "state": trial.status()["state"]}
+
+
+if __name__ == "__main__":  # python -m tests.reliability_tools tmpfs SCENE WORK OUT
+    import sys
+
+    _, _, scene_dir, work_dir, out = sys.argv
+    result = tmpfs_scenario(Path(scene_dir), Path(work_dir))
+    Path(out).write_text(json.dumps(result))

@@ -4,7 +4,8 @@ the result of an uninterrupted run, and no record or checkpoint is ever half-wri
 import collections
 import random
 
-from tests.reliability_tools import Trial, check_intact, final_state, temp_files, tiny_scene, write_experiment  # noqa: F401
+from tests.reliability_tools import (Trial, check_intact, final_state, reference, temp_files, tiny_scene,  # noqa: F401
+                                     write_experiment)
 
 KILLS = 24
 # Where a SIGKILL can land, with the HARNESS_FAULT that puts it there (nth/byte/phase drawn per run).
@@ -58,3 +59,17 @@ def test_kill_9_at_random_points_always_resumes_to_the_uninterrupted_result(tiny
         assert final_state(trial) == expected, f"round {rounds} differs from the uninterrupted run"
         assert temp_files(trial.dir) == []  # leftovers of cut writes were removed on resume
     assert min(kills[k] for k in ("step", "checkpoint", "record", "log", "time")) >= 2, dict(kills)
+
+
+def test_resume_uses_the_recorded_torch_thread_count(tiny_scene, tmp_path, reference):
+    trial = Trial(write_experiment(tmp_path, tiny_scene), tmp_path / "runs")
+    assert trial.run(threads=1, fault="action=kill point=step nth=25") == "killed"
+    assert trial.status()["torch_threads"] == 1
+    log = tmp_path / "resume.log"
+    assert trial.run(threads=2, log_file=log) == "ok"  # e.g. re-run with --threads 2
+    assert "using its recorded 1 torch threads (not 2) to resume bit-identically" in log.read_text()
+    assert trial.status()["torch_threads"] == 1 and trial.status()["attempts"] == 2
+    assert final_state(trial) == reference
+    fresh = Trial(write_experiment(tmp_path, tiny_scene, "Trainer.iterations = 20\n", name="fresh"), tmp_path / "runs")
+    assert fresh.run(threads=2) == "ok"  # nothing to resume: the count of this run is recorded
+    assert fresh.status()["torch_threads"] == 2
