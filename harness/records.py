@@ -278,10 +278,12 @@ class TrialRecord:
     def lock(self, wait: bool = False):
         """Exclusive per-trial lock (flock: released when the holder exits, even by kill -9).
         Without `wait`, raises RecordError if another process holds it; with `wait`, blocks until
-        it is free. The holder's host and pid are written into the lock file for messages."""
+        it is free. Yields whether it waited. The holder's host and pid are written into the lock
+        file for messages."""
         self.dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
+            waited = False
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -290,9 +292,10 @@ class TrialRecord:
                     raise RecordError(f"{self.dir}: trial is locked by another process ({holder})") from None
                 log.info("trial %s is being run by %s: waiting for it", self.dir.name, holder)
                 fcntl.flock(fd, fcntl.LOCK_EX)
+                waited = True
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
-            yield
+            yield waited
         finally:
             os.close(fd)  # closing releases the flock
 

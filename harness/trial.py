@@ -18,7 +18,7 @@ import torch
 from harness import checkpoints, faults
 from harness.data.load import load_scene
 from harness.data.rays import RaySampler
-from harness.errors import ConfigError, HarnessError, TrialDiverged
+from harness.errors import ConfigError, HarnessError, RecordError, TrialDiverged
 from harness.evaluate import Evaluation
 from harness.records import TrialRecord, remove_temp_files
 
@@ -225,11 +225,15 @@ def run_trial(trial_dir: Path, job_info: dict | None = None, wait: bool = True) 
     """Run the trial whose Gin config is already parsed; manages status and the lock.
 
     If another process (a second sweep of the same experiment) holds the trial's lock, wait for
-    it (`wait`) and then return its result instead of training again."""
+    it (`wait`) and then return its result (or raise its failure) instead of training again; a
+    trial it left unfinished (killed) is resumed."""
     record = TrialRecord(trial_dir)
-    with record.lock(wait=wait):
-        if record.state == "done":
+    with record.lock(wait=wait) as waited:
+        status = record.status()
+        if status.get("state") == "done":
             return record.metrics() or {}
+        if waited and status.get("state") in ("failed", "diverged", "cancelled"):  # as the other run left it
+            raise RecordError(f"{record.dir}: {status['state']} in another sweep: {status.get('error', '')}")
         for folder in (record.dir, record.renders_dir):  # leftovers of writes cut by a kill
             if folder.is_dir():
                 remove_temp_files(folder)
