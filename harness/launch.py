@@ -243,6 +243,11 @@ def unqueued(todo: list[Pending], retry_failed: bool) -> tuple[list[Pending], di
     from harness import slurm
 
     infos = slurm.reconcile([p.record for p in todo])
+    # held arrays: a sweep died between submitting and releasing; we hold the submit lock, so none is ours
+    orphans = sorted({slurm.array_id(i.job_id) for i in infos.values() if i.source == "squeue" and i.held})
+    if orphans:
+        log.warning("releasing SLURM array(s) %s, left held by an interrupted sweep", ", ".join(orphans))
+        slurm.release(orphans)
     keep, skipped = [], {}
     for p in todo:
         info, state = infos.get(p.record.dir.name), p.record.state

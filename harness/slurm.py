@@ -46,6 +46,10 @@ class JobInfo:
     source: str = ""     # "squeue" (live) or "sacct" (from accounting)
 
     @property
+    def held(self) -> bool:
+        return self.source == "squeue" and self.state == "PENDING" and self.reason == "JobHeldUser"
+
+    @property
     def lost(self) -> bool:
         """Ended without a result of its own: the trial's record must be marked by us."""
         return self.source == "sacct" and self.state in LOST_STATES

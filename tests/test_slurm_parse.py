@@ -38,6 +38,12 @@ def test_squeue_rows_by_task():
     assert not any(j.lost for j in jobs.values())  # live jobs are never lost
 
 
+def test_held_jobs():  # squeue of `sbatch --hold --array=0-1`: what submit_slurm leaves if it dies before release
+    jobs = slurm.parse_squeue("66_0|PENDING|0:00||JobHeldUser\n66_1|PENDING|0:00||JobHeldUser\n")
+    assert all(j.held and not j.lost for j in jobs.values())
+    assert not slurm.parse_squeue(SQUEUE)["1_4"].held
+
+
 def test_collapsed_array_ranges_expand():
     assert sorted(slurm.parse_squeue(SQUEUE_COLLAPSED)) == ["1_0", "1_2", "1_3", "1_4", "1_5"]
     assert slurm._expand("7_[0-2,5,8-12:2%4]") == ["7_0", "7_1", "7_2", "7_5", "7_8", "7_10", "7_12"]
