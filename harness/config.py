@@ -68,8 +68,11 @@ def parse(files: list[Path], bindings: list[str], search_dir: Path = EXPERIMENTS
     except tokenize.TokenError as exc:
         raise ConfigError(f"{where}: Gin syntax error: {exc.args[0]} at line {exc.args[1][0]}") from None
     except SyntaxError as exc:
-        raise ConfigError(f"{exc.filename or where}, line {exc.lineno}: Gin syntax error: {exc.msg}"
-                          f"{' near ' + repr(exc.text.strip()) if exc.text else ''}") from None
+        # gin's msg can span lines ("malformed node ...\n    Failed to parse token 'inf'"): keep one
+        msg = [line.strip() for line in str(exc.msg).splitlines() if line.strip()] or ["invalid syntax"]
+        msg = next((m for m in msg if m.startswith("Failed to parse token")), "; ".join(msg))
+        raise ConfigError(f"{exc.filename or where}, line {exc.lineno}: Gin syntax error: {msg}"
+                          f"{' near ' + repr(exc.text.strip()) if exc.text and ' near ' not in msg else ''}") from None
     except OSError as exc:
         raise ConfigError(f"{where}: {_one_line(exc)}") from None
     except (ValueError, TypeError, AttributeError, ImportError, KeyError, NameError) as exc:
