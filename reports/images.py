@@ -131,8 +131,6 @@ def _representative(g: pd.DataFrame) -> pd.Series | None:
 def comparison_grids(trials: pd.DataFrame, views: pd.DataFrame, configs: dict, out_dir: Path,
                      wanted: list[str] | None, metric: str | None) -> list[dict]:
     """One grid per scene: rows = chosen views; columns = GT then each variant (render over error map)."""
-    from harness.metrics import error_map
-
     gt_source = GroundTruth()
     grids = []
     for s_i, (scene, sg) in enumerate(trials.groupby("scene", sort=False)):
@@ -169,6 +167,8 @@ def comparison_grids(trials: pd.DataFrame, views: pd.DataFrame, configs: dict, o
                         "render": _prefix(_save_pair(pred, scene_dir, f"v{v_i}_c{c_i}"), scene_dir.name),
                         "error": None, "score": ""}
                 if name in gt and gt[name].shape == pred.shape:
+                    from harness.metrics import error_map  # imports torch/lpips: only when drawing maps
+
                     err = error_map(pred, gt[name])
                     cell["error"] = _prefix(_save_pair(err, scene_dir, f"v{v_i}_c{c_i}_err"), scene_dir.name)
                 if metric and len(views):

@@ -251,3 +251,16 @@ def test_bench_speedup_bandwidth_and_section(tmp_path):
     assert t.table("bench-other")[1][1][0] == "test_psnr"
     assert (tmp_path / "rep" / "assets" / "bench_composite.png").exists()
     assert (tmp_path / "rep" / "bench.csv").exists()
+
+
+def test_categorical_and_tuple_axes(tmp_path):
+    runs = tmp_path / "runs"
+    synthetic_experiment(runs, "cat", {"Trainer.optimizer": ["@Adam", "@RMSprop"], "Grid.res": [(64, 64), (128, 128)]},
+                         seeds=(0, 1))
+    out = build_report(["cat"], runs, tmp_path / "rep", bench_paths=[])
+    variants = [a["data-variant"] for a, _ in parse_tables(out).table("results")[1:]]
+    # records are JSON (tuples come back as lists, keys sorted); variants keep the sweep's trial order
+    assert variants == ["res=[64, 64], optimizer=@Adam", "res=[128, 128], optimizer=@Adam",
+                        "res=[64, 64], optimizer=@RMSprop", "res=[128, 128], optimizer=@RMSprop"]
+    assets = tmp_path / "rep" / "assets"
+    assert (assets / "psnr_vs_Trainer_optimizer.png").exists() and (assets / "psnr_vs_Grid_res.png").exists()
