@@ -214,3 +214,24 @@ def test_two_sweeps_started_at_once_run_each_trial_once(tmp_path):
         steps = [e["step"] for e in map(json.loads, (runs / "toy" / tid / "train.jsonl").read_text().splitlines())
                  if "loss" in e]
         assert steps == [10, 20, 30, 40], steps
+
+
+def test_an_array_left_held_is_released_by_the_next_sweep(tmp_path):
+    """submit_slurm holds the array until the records name their jobs; if the sweep dies in between,
+    the next sweep of the experiment releases it instead of waiting on it forever."""
+    runs = tmp_path / "runs"
+    binds = ["--bind", "Sweep.seeds = [0, 1, 2]", "--bind", "launch.slurm_array_parallelism = 1",
+             "--bind", "ToyColour.step_delay = 0.1", *SMALL]
+    harness("sweep", TOY, "--runs-dir", runs, "--cluster", "slurm", *binds, check=True)
+    array = next(iter(_statuses(runs).values()))["slurm_job_id"].split("_")[0]
+    subprocess.run(["scontrol", "uhold", array], check=True)  # held as sbatch --hold does (a user hold)
+    _wait("tasks held", lambda: "JobHeldUser" in subprocess.run(
+        ["squeue", "-h", "-r", "-o", "%i %r", "-j", array], capture_output=True, text=True).stdout, timeout=30)
+    proc = harness("sweep", TOY, "--runs-dir", runs, "--cluster", "slurm", *binds, "--bind", "launch.wait = True",
+                   timeout=400)
+    if proc.returncode != 0:
+        subprocess.run(["scancel", array])
+    assert proc.returncode == 0, (proc.stdout, proc.stderr[-3000:])
+    assert f"releasing SLURM array(s) {array}, left held" in proc.stderr, proc.stderr[-3000:]
+    assert "6 of 6 trials done" in proc.stdout, proc.stdout
+    assert {s["slurm_job_id"].split("_")[0] for s in _statuses(runs).values()} == {array}  # nothing resubmitted
