@@ -141,6 +141,7 @@ status() {
         if alive "$D/run/$d.pid"; then echo "$d: running"; else echo "$d: stopped"; fi
     done
     sinfo 2>/dev/null || true
+    squeue 2>/dev/null || true
 }
 
 case "${1:-}" in
