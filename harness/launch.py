@@ -209,7 +209,7 @@ def submit_slurm(settings: dict, exp_file: Path, user_bindings, todo: list[Pendi
 
     The array is submitted held and released once every trial's record has its job id and log
     paths: a job that started earlier would race with that write (and its `running` state could be
-    overwritten); an array left held by a dead sweep shows in `make status` and goes with `make cancel`."""
+    overwritten). An array left held by a sweep killed in between is released by the next sweep."""
     from harness import slurm
 
     executor = make_executor(settings, folder)
@@ -220,6 +220,7 @@ def submit_slurm(settings: dict, exp_file: Path, user_bindings, todo: list[Pendi
     with executor.batch():
         jobs = [executor.submit(TrialJob(), *_job_args(exp_file, user_bindings, p, threads)) for p in todo]
     t1 = time.perf_counter()
+
     def record_job(p: Pending, job) -> None:
         p.record.update(slurm_job_id=job.job_id, log_stdout=str(job.paths.stdout), log_stderr=str(job.paths.stderr))
 

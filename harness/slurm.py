@@ -54,6 +54,12 @@ class JobInfo:
         """Ended without a result of its own: the trial's record must be marked by us."""
         return self.source == "sacct" and self.state in LOST_STATES
 
+    @property
+    def ended(self) -> bool:
+        """Over (not queued, running or requeued). A COMPLETED job has written its trial's final
+        state before exiting, so an open record under an ended job means no result will come."""
+        return self.lost or (self.source == "sacct" and self.state == "COMPLETED")
+
 
 def array_id(job_id: str) -> str:
     """'123_4' -> '123' (what scancel/sacct -j take for the whole array)."""
@@ -161,7 +167,8 @@ def job_id_of(record: TrialRecord, status: dict | None = None) -> str | None:
 
 def reconcile(records: list[TrialRecord]) -> dict[str, JobInfo]:
     """Mark open trials whose SLURM job ended without a result (CANCELLED -> `cancelled`;
-    FAILED, OUT_OF_MEMORY, NODE_FAIL, TIMEOUT, ... -> `failed`, with the state in the error line).
+    FAILED, OUT_OF_MEMORY, NODE_FAIL, TIMEOUT, ..., or COMPLETED with the record still open ->
+    `failed`, with the state in the error line).
 
     Returns {trial dir name: JobInfo} for every record with a SLURM job id that SLURM knows of.
     A trial whose lock is held (a process still runs it) is left alone."""
@@ -180,7 +187,7 @@ def reconcile(records: list[TrialRecord]) -> dict[str, JobInfo]:
         if info is None:
             continue
         out[name] = info
-        if state in OPEN_RECORD_STATES and info.lost:
+        if state in OPEN_RECORD_STATES and info.ended:
             mark_lost(r, info)
     return out
 
@@ -195,7 +202,7 @@ def mark_lost(record: TrialRecord, info: JobInfo) -> bool:
             new = "cancelled" if info.state == "CANCELLED" else "failed"
             record.set_state(new, slurm_state=info.state,
                              error=f"SLURM job {info.job_id} ended {info.state} (exit {info.reason}) "
-                                   f"without a result; log: {status.get('log_stderr', '?')}")
+                                   f"without writing a result; log: {status.get('log_stderr', '?')}")
     except RecordError as exc:  # locked: a process is still running the trial
         log.debug("%s", exc)
         return False

@@ -128,7 +128,7 @@ def test_jobs_killed_without_a_result_end_the_waiting_sweep(tmp_path):
     assert "ended CANCELLED" in states[by_seed[0]]["error"]
     assert states[by_seed[1]]["state"] == "failed", states[by_seed[1]]
     assert states[by_seed[1]]["slurm_state"] in slurm.LOST_STATES - {"CANCELLED"}
-    assert "without a result" in states[by_seed[1]]["error"]
+    assert "without writing a result" in states[by_seed[1]]["error"]
     assert "0 of 2 trials done" in out and by_seed[0] in out and by_seed[1] in out, out
 
 

@@ -88,18 +88,19 @@ def _record(tmp_path, name, state, job_id):
 def test_reconcile_marks_only_open_trials_with_lost_jobs(tmp_path, monkeypatch):
     answers = {"sacct": slurm.parse_sacct("5_0|CANCELLED by 0|00:00:09|vm|0:0\n5_1|OUT_OF_MEMORY|00:01:00|vm|0:125\n"
                                           "5_2|COMPLETED|00:00:30|vm|0:0\n5_3|FAILED|00:00:01|vm|1:0\n"
-                                          "5_4|RUNNING|00:00:10|vm|0:0\n"),
+                                          "5_4|RUNNING|00:00:10|vm|0:0\n5_5|COMPLETED|00:00:10|vm|0:0\n"),
                "squeue": slurm.parse_squeue("5_4|RUNNING|0:10|vm|None\n")}
     monkeypatch.setattr(slurm, "sacct", lambda arrays: dict(answers["sacct"]) if arrays == ["5"] else {})
     monkeypatch.setattr(slurm, "squeue", lambda arrays: dict(answers["squeue"]) if arrays == ["5"] else {})
     recs = {"a": _record(tmp_path, "a", "running", "5_0"), "b": _record(tmp_path, "b", "pending", "5_1"),
             "c": _record(tmp_path, "c", "done", "5_2"), "d": _record(tmp_path, "d", "failed", "5_3"),
-            "e": _record(tmp_path, "e", "running", "5_4")}
+            "e": _record(tmp_path, "e", "running", "5_4"), "f": _record(tmp_path, "f", "running", "5_5")}
     infos = slurm.reconcile(list(recs.values()))
     assert {k: infos[k].state for k in infos} == {"a": "CANCELLED", "b": "OUT_OF_MEMORY", "c": "COMPLETED",
-                                                  "d": "FAILED", "e": "RUNNING"}
+                                                  "d": "FAILED", "e": "RUNNING", "f": "COMPLETED"}
     assert {k: r.state for k, r in recs.items()} == {"a": "cancelled", "b": "failed", "c": "done", "d": "failed",
-                                                    "e": "running"}
+                                                    "e": "running", "f": "failed"}
+    assert "5_5 ended COMPLETED" in recs["f"].status()["error"]  # exited, yet its record never said how
     assert "5_1 ended OUT_OF_MEMORY" in recs["b"].status()["error"] and "b.err" in recs["b"].status()["error"]
     assert recs["d"].status().get("slurm_state") is None  # its own failure record is kept as written
 
