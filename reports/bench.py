@@ -97,8 +97,9 @@ def figures(df: pd.DataFrame, out_dir: Path) -> list[Figure]:
         hue_order = sorted(g["impl_dev"].unique(), key=lambda s: _impl_key(s.split(" ")[0]))
         _theme()
         has_speed = g["speedup"].notna().any()
-        fig, axs = plt.subplots(1, 2 if has_speed else 1, figsize=(11 if has_speed else 5.8, 3.4), squeeze=False,
-                                layout="constrained")
+        has_bw = g["bandwidth_gbs"].notna().any()
+        n = 1 + has_speed + has_bw
+        fig, axs = plt.subplots(1, n, figsize=(5.4 * n, 3.4), squeeze=False, layout="constrained")
         g["size"] = g["size"].fillna("?")
         g["ms"] = g["mean"] * 1e3
         sns.barplot(data=g, x="size", y="ms", hue="impl_dev", order=sizes, hue_order=hue_order, ax=axs[0, 0],
@@ -114,10 +115,18 @@ def figures(df: pd.DataFrame, out_dir: Path) -> list[Figure]:
             axs[0, 1].set_ylabel("speedup over torch eager")
             axs[0, 1].set_title(f"{op}: speedup")
             axs[0, 1].legend(fontsize=7, title=None)
+        if has_bw:
+            ax = axs[0, n - 1]
+            sns.barplot(data=g, x="size", y="bandwidth_gbs", hue="impl_dev", order=sizes, hue_order=hue_order,
+                        ax=ax, errorbar=None)
+            ax.set_ylabel("effective bandwidth (GB/s)")
+            ax.set_title(f"{op}: bytes moved / time")
+            ax.legend(fontsize=7, title=None)
         for ax in axs.flat:
             ax.tick_params(axis="x", labelrotation=20 if max(map(len, sizes)) > 8 else 0, labelsize=7)
         figs.append(_save(fig, out_dir, _safe(f"bench_{op}"), f"benchmark: {op}",
-                          "mean over rounds; speedup = torch eager time / time (same op and size)"))
+                          "mean over rounds; speedup = torch eager time / time (same op and size); "
+                          "bandwidth = extra_info bytes / mean time"))
     return figs
 
 

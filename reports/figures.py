@@ -272,7 +272,15 @@ def block_map(trials: pd.DataFrame, out_dir: Path, metric: str = "psnr") -> Figu
     scenes = list(dict.fromkeys(k[0] for k in blocks))
     _theme()
     sns.set_style("white")
-    fig, axs = _panels(len(scenes), width=5.6, height=5.0, cols=2)
+    pts = []
+    for b in blocks.values():
+        c, r = np.asarray(b["center"]), b["radius"]
+        pts += [c - r, c + r, *np.asarray(b["cameras"], dtype=float).reshape(-1, 2)]
+    span = np.ptp(np.asarray(pts), axis=0) + 1e-9
+    aspect = float(np.clip(span[1] / span[0], 0.15, 3.0))  # height / width of the map
+    wide = aspect < 0.7
+    width = 8.0 if wide else 5.6
+    fig, axs = _panels(len(scenes), width=width, height=width * aspect + 1.6, cols=1 if wide else 2)
     means = [np.mean(b["values"]) for b in blocks.values() if b["values"]]
     norm = matplotlib.colors.Normalize(min(means, default=0), max(means, default=1) + 1e-9)
     cmap = matplotlib.colormaps["viridis"]
@@ -289,12 +297,12 @@ def block_map(trials: pd.DataFrame, out_dir: Path, metric: str = "psnr") -> Figu
                 ax.scatter(cams[:, 0], cams[:, 1], s=6, color="#333", zorder=3)
             ax.annotate(f"{idx}\n{val:.2f}" if val is not None else f"{idx}\n–", b["center"], ha="center",
                         va="center", fontsize=8, weight="bold")
-        ax.set_aspect("equal")
         ax.autoscale_view()
+        ax.set_aspect("equal", adjustable="datalim")  # fill the panel; the limits grow instead
         ax.set_xlabel("x")
         ax.set_ylabel("y")
         ax.set_title(f"{scene}: blocks (top view)")
     fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), ax=axs, label=f"block {metric.upper()}",
-                 shrink=0.8)
+                 shrink=0.8, location="bottom" if wide else "right", aspect=40 if wide else 20)
     return _save(fig, out_dir, "block_map", "Block-NeRF blocks",
                  f"circles: block centre and radius coloured by mean {metric.upper()} over done trials; dots: cameras")
