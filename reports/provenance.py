@@ -70,8 +70,10 @@ def unfinished(trials: pd.DataFrame) -> list[dict]:
             what = f"in progress: {r['progress']}"
         rows.append({"id": r["id"], "experiment": r["experiment"], "variant": str(r["variant"]),
                      "scene": r["scene"], "seed": r["seed"], "state": r["state"], "attempts": r["attempts"],
-                     "when": r["finished"] or r["updated"] or r["started"] or r["created"] or "–",
-                     "host": r["host"] or "–", "what": (what or "–").splitlines()[0][:300]})
+                     "when": next((t for t in (r["finished"], r["updated"], r["started"], r["created"])
+                                   if isinstance(t, str) and t), "–"),
+                     "host": r["host"] if isinstance(r["host"], str) and r["host"] else "–",
+                     "what": (what or "–").splitlines()[0][:300]})
     return rows
 
 

@@ -156,6 +156,7 @@ def test_failed_running_and_missing_metric_are_shown(tmp_path):
     assert unfinished[failed.dir.name][-1] == "RuntimeError: injected failure at step 7"
     assert unfinished[running.dir.name][-1] == "in progress: train 40/100"
     assert "metrics.json is missing" in unfinished[no_metrics.dir.name][-1]
+    assert unfinished[recs[5].dir.name][-3:] == ["–", "–", "status.json unreadable"]  # when, host: unknown
 
     results = tables.table("results")[1:]
     assert [a["data-variant"] for a, _ in results] == ["lr=0.1", "lr=0.2"]
