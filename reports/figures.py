@@ -139,6 +139,8 @@ def metric_vs_axis(trials: pd.DataFrame, axis: str, metric: str, out_dir: Path,
         handles, labels = axs[0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="outside right upper", fontsize=7, title_fontsize=7,
                    title=", ".join(a.split(".")[-1] for a in exp_axes))
+        w, h = fig.get_size_inches()
+        fig.set_size_inches(w + 0.06 * max(map(len, labels + [""])) + 0.8, h)  # room for the legend
     caption = "mean over seeds, band: 95% t-interval"
     if len(hues) > len(shown):
         caption += f"; first {len(shown)} of {len(hues)} combinations of the other axes shown"
@@ -257,9 +259,11 @@ def block_map(trials: pd.DataFrame, out_dir: Path, metric: str = "psnr") -> Figu
     for _, r in rows.iterrows():
         b = r["block"]
         try:
-            key = (r["scene"], int(b["index"]))
             center = [float(c) for c in b["center"]][:2]
             radius = float(b["radius"])
+            # one panel per scene and partition: blocks of different partitions (n_blocks) differ
+            panel = (str(r["scene"]), str(b.get("n_blocks", "")))
+            key = (panel, int(b["index"]), round(center[0], 3), round(center[1], 3), round(radius, 3))
         except (KeyError, TypeError, ValueError, IndexError):
             continue
         entry = blocks.setdefault(key, {"center": center, "radius": radius, "values": [], "cameras": []})
@@ -269,7 +273,7 @@ def block_map(trials: pd.DataFrame, out_dir: Path, metric: str = "psnr") -> Figu
             entry["cameras"] = [c[:2] for c in b.get("cameras") or [] if isinstance(c, (list, tuple)) and len(c) >= 2]
     if not blocks:
         return None
-    scenes = list(dict.fromkeys(k[0] for k in blocks))
+    panels = list(dict.fromkeys(k[0] for k in blocks))
     _theme()
     sns.set_style("white")
     pts = []
@@ -280,28 +284,29 @@ def block_map(trials: pd.DataFrame, out_dir: Path, metric: str = "psnr") -> Figu
     aspect = float(np.clip(span[1] / span[0], 0.15, 3.0))  # height / width of the map
     wide = aspect < 0.7
     width = 8.0 if wide else 5.6
-    fig, axs = _panels(len(scenes), width=width, height=width * aspect + 1.6, cols=1 if wide else 2)
+    fig, axs = _panels(len(panels), width=width, height=width * aspect + 1.6, cols=1 if wide else 2)
     means = [np.mean(b["values"]) for b in blocks.values() if b["values"]]
     norm = matplotlib.colors.Normalize(min(means, default=0), max(means, default=1) + 1e-9)
     cmap = matplotlib.colormaps["viridis"]
-    for ax, scene in zip(axs, scenes):
-        for (sc, idx), b in sorted(blocks.items()):
-            if sc != scene:
-                continue
+    for ax, panel in zip(axs, panels):
+        mine = sorted((k[1], b) for k, b in blocks.items() if k[0] == panel)
+        for idx, b in mine:
             val = np.mean(b["values"]) if b["values"] else None
             face = cmap(norm(val)) if val is not None else (0.85, 0.85, 0.85, 1)
             ax.add_patch(plt.Circle(b["center"], b["radius"], facecolor=(*face[:3], 0.35), edgecolor=face,
                                     lw=1.5))
             cams = np.asarray(b["cameras"], dtype=float).reshape(-1, 2)
             if len(cams):
-                ax.scatter(cams[:, 0], cams[:, 1], s=6, color="#333", zorder=3)
-            ax.annotate(f"{idx}\n{val:.2f}" if val is not None else f"{idx}\n–", b["center"], ha="center",
-                        va="center", fontsize=8, weight="bold")
+                ax.scatter(cams[:, 0], cams[:, 1], s=7, color=face, edgecolor="#333", linewidth=0.3, zorder=3)
+            ax.annotate(f"block {idx}\n{val:.2f}" if val is not None else f"block {idx}\n–", b["center"],
+                        ha="center", va="center", fontsize=8, weight="bold", zorder=4,
+                        bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "none", "alpha": 0.85})
         ax.autoscale_view()
         ax.set_aspect("equal", adjustable="datalim")  # fill the panel; the limits grow instead
         ax.set_xlabel("x")
         ax.set_ylabel("y")
-        ax.set_title(f"{scene}: blocks (top view)")
+        part = f", {panel[1]}-block partition" if panel[1] else ""
+        ax.set_title(f"{panel[0]}{part}: top view")
     fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), ax=axs, label=f"block {metric.upper()}",
                  shrink=0.8, location="bottom" if wide else "right", aspect=40 if wide else 20)
     return _save(fig, out_dir, "block_map", "Block-NeRF blocks",
