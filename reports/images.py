@@ -148,6 +148,10 @@ def comparison_grids(trials: pd.DataFrame, views: pd.DataFrame, configs: dict, o
             continue
         available = set.intersection(*({p.stem for p in (Path(r["dir"]) / "renders").glob("*.png")} for _, r in reps))
         names = choose_views(sorted(available), wanted)
+        if not names:
+            grids.append({"scene": scene, "rows": [], "variants": [],
+                          "note": "the variants' trials have no rendered test view in common"})
+            continue
         gt = gt_source.views(configs.get(reps[0][1]["key"], {}), names)
         if isinstance(gt, str):
             note.append(gt)
