@@ -20,6 +20,7 @@ import gin
 import torch
 import torch.nn.functional as F
 
+from kernels._impl import IMPLS
 from kernels.grid import as_resolution, interpolate
 from kernels.render import composite, early_termination
 from kernels.sh import check_degree, num_coeffs, sh_basis
@@ -69,7 +70,7 @@ class Plenoxels:
                  render_chunk: int = 16384, background: str = "scene", lr_background: float = 0.01,
                  reconstruction: Reconstruction | None = None, tv: TVLoss | None = None,
                  sparsity: Sparsity | None = None, smoothness: Smoothness | None = None,
-                 device: str = "cpu"):
+                 kernels: str = "auto", device: str = "cpu"):
         check_degree(sh_degree)
         self.upsample_steps = _steps("upsample_steps", upsample_steps)
         self.prune_steps = _steps("prune_steps", prune_steps)
@@ -103,6 +104,9 @@ class Plenoxels:
         self.occupancy_every, self.occupancy_threshold = int(occupancy_every), occupancy_threshold
         self.train_stop, self.render_stop = train_stop_transmittance, stop_transmittance
         self.render_chunk = int(render_chunk)
+        # implementation of the hot ops (kernels/): 'auto' = Triton on CUDA tensors, else PyTorch
+        _check(kernels in IMPLS, f"kernels must be one of {IMPLS}, got {kernels!r}")
+        self.kernels = kernels
         self.reconstruction = reconstruction if reconstruction is not None else Reconstruction()
         self.tv = tv if tv is not None else TVLoss()
         self.sparsity = sparsity if sparsity is not None else Sparsity()
@@ -203,7 +207,7 @@ class Plenoxels:
         return F.relu(raw) if self.activation == "relu" else F.softplus(raw)
 
     def _sigma(self, density, rows, weight) -> torch.Tensor:
-        return self._activate(interpolate(density, rows, weight)[:, 0])
+        return self._activate(interpolate(density, rows, weight, impl=self.kernels)[:, 0])
 
     def background(self, logit: torch.Tensor | None = None) -> torch.Tensor:
         """The background colour (3,): the scene's, or the learned one (from `logit` when given,
@@ -219,18 +223,20 @@ class Plenoxels:
         keep = sigma > 0
         if stop > 0:
             kept = torch.nonzero(keep)[:, 0]
-            alive = early_termination(sigma[kept] * self._step_world(), ray_index[kept], n_rays, stop)
+            alive = early_termination(sigma[kept] * self._step_world(), ray_index[kept], n_rays, stop,
+                                      impl=self.kernels)
             keep[kept[~alive]] = False
         return torch.nonzero(keep)[:, 0]
 
     def _colour(self, sh, rows, weight, directions, ray_index) -> torch.Tensor:
         """sigmoid(SH coefficients . basis(direction)) per sample (S, 3)."""
-        coeffs = interpolate(sh, rows, weight).view(-1, 3, self.n_basis)
+        coeffs = interpolate(sh, rows, weight, impl=self.kernels).view(-1, 3, self.n_basis)
         basis = sh_basis(directions, self.sh_degree)[ray_index]
         return torch.sigmoid(torch.bmm(coeffs, basis.unsqueeze(2)).squeeze(2))
 
     def _composite(self, sigma, rgb, t, ray_index, n_rays, background) -> dict[str, torch.Tensor]:
-        return composite(sigma, rgb, self._step_world(), ray_index, n_rays, t=t, background=background)
+        return composite(sigma, rgb, self._step_world(), ray_index, n_rays, t=t, background=background,
+                         impl=self.kernels)
 
     @torch.no_grad()
     def render(self, origins: torch.Tensor, directions: torch.Tensor) -> dict[str, torch.Tensor]:
