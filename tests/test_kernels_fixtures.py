@@ -21,7 +21,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from kernels import _impl  # noqa: E402
-from kernels.grid import world_to_grid  # noqa: E402
+from kernels.grid import as_resolution, world_to_grid  # noqa: E402
 from kernels.render import march, ray_aabb  # noqa: E402
 from tests.conftest import SHARED_DATA  # noqa: E402
 
@@ -129,7 +129,7 @@ def lego_grid(steps: int = 40):
     sel = torch.linspace(0, o.shape[0] - 1, 256).long()
     step_world = float(gr.voxel_size.min())
     return ({"density": gr.density.detach().clone(), "sh": gr.sh.detach().clone(),
-             "links": gr.links.clone(), "resolution": gr.resolution,
+             "links": gr.links.clone(), "resolution": as_resolution(gr.resolution),
              "bbox_min": gr.bbox_min.clone(), "bbox_max": gr.bbox_max.clone()},
             o[sel].float(), d[sel].float(), step_world)
 
@@ -153,7 +153,7 @@ def test_ball_grid_rays_include_empty_and_early_terminating_rays():
 
 def test_lego_grid_is_trained_and_sparse():
     grid, o, d, step = lego_grid()
-    n_vox = grid["resolution"] ** 3
+    n_vox = math.prod(grid["resolution"])
     assert 0 < grid["density"].shape[0] < n_vox, "pruning at step 30 should leave a sparse grid"
     assert grid["sh"].abs().max() > 0 and grid["density"].std() > 0
     assert math.isfinite(step) and o.shape == d.shape == (256, 3)
