@@ -42,10 +42,14 @@ SchedulerType=sched/backfill
 SchedulerParameters=sched_interval=1
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
-DefMemPerCPU=1024
+DefMemPerCPU=2048
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
-JobAcctGatherType=jobacct_gather/none
+# memory sampled every second; a step over its --mem (DefMemPerCPU by default) is killed (sacct: FAILED,
+# exit code 9:0 - the OUT_OF_MEMORY state needs cgroup memory enforcement, which this host lacks)
+JobAcctGatherType=jobacct_gather/linux
+JobAcctGatherFrequency=task=1
+JobAcctGatherParams=OverMemoryKill
 MpiDefault=none
 ReturnToService=2
 MinJobAge=300
@@ -106,9 +110,21 @@ wait_for() {  # wait_for SECONDS COMMAND...
     return 1
 }
 
+stop_pid() {  # stop_pid PIDFILE: TERM, then wait up to 10 s for the process to go
+    alive "$1" || return 0
+    local pid; pid=$(cat "$1")
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 20); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.5; done
+}
+
 up() {
     install_packages
+    local before; before=$(cat "$D/slurm.conf" "$D/gres.conf" 2>/dev/null | md5sum)
     write_config
+    if [ "$before" != "$(cat "$D/slurm.conf" "$D/gres.conf" | md5sum)" ] && alive "$D/run/slurmctld.pid"; then
+        echo "slurm.conf changed: restarting slurmctld and slurmd" >&2
+        stop_pid "$D/run/slurmd.pid"; stop_pid "$D/run/slurmctld.pid"
+    fi
     start_munge
     start_mariadb
     alive "$D/run/slurmdbd.pid" || slurmdbd

@@ -235,3 +235,22 @@ def test_an_array_left_held_is_released_by_the_next_sweep(tmp_path):
     assert f"releasing SLURM array(s) {array}, left held" in proc.stderr, proc.stderr[-3000:]
     assert "6 of 6 trials done" in proc.stdout, proc.stdout
     assert {s["slurm_job_id"].split("_")[0] for s in _statuses(runs).values()} == {array}  # nothing resubmitted
+
+
+def test_a_trial_killed_for_memory_is_marked_failed_by_status(tmp_path):
+    """A real memory kill (the cluster enforces --mem: JobAcctGatherParams=OverMemoryKill): nothing
+    in the job records it; `harness status` finds it through sacct and shows SLURM's log tail."""
+    runs = tmp_path / "runs"
+    harness("sweep", TOY, "--runs-dir", runs, "--cluster", "slurm", "--bind", "Sweep.axes = {}",
+            "--bind", "Sweep.seeds = [0]", "--bind", "ToyColour.batch_size = 20000000",
+            "--bind", "launch.mem_gb = 1.5", *SMALL, check=True)
+    (tid,) = _statuses(runs)
+    job = _statuses(runs)[tid]["slurm_job_id"]
+    _wait("the job to end", lambda: slurm.sacct([slurm.array_id(job)]).get(job, slurm.JobInfo("", "")).ended,
+          timeout=180)
+    assert _statuses(runs)[tid]["state"] in ("pending", "running"), "the job recorded its own end"
+    out = harness("status", "toy", "--runs-dir", runs, check=True).stdout
+    status = _statuses(runs)[tid]
+    assert status["state"] == "failed" and status["slurm_state"] in slurm.LOST_STATES, status
+    assert "toy: 1 trials: 1 failed" in out, out
+    assert "exceeded memory limit" in out.split(f"--- {tid} failed")[1], out
