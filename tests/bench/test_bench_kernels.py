@@ -65,7 +65,9 @@ def _skip_reason(impl: str, op: str, smallest: bool) -> str | None:
     if not CUDA:
         if impl in ("torch", "compile"):
             return None if smallest else "CPU-only machine: torch and compile run at the smallest size only"
-        return f"impl {impl!r} needs a CUDA GPU (the Triton interpreter checks correctness, not speed)"
+        if impl == "triton":
+            return "impl 'triton' needs a CUDA GPU (the Triton interpreter checks correctness, not speed)"
+        return f"impl {impl!r} needs a CUDA GPU"
     if impl == "triton" and not _impl.triton_available():
         return "triton does not import"
     if impl == "cuda":
