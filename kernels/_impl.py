@@ -35,17 +35,25 @@ def triton_interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+FAST_DTYPES = (torch.float32, torch.float64)  # what the Triton/CUDA kernels compute in
+
+
 def resolve_impl(impl: str, op: str, device: torch.device | str | None = None,
-                 provides: tuple[str, ...] = ("torch",)) -> str:
-    """The implementation to run for `op` on tensors on `device`, among those it `provides`."""
+                 provides: tuple[str, ...] = ("torch",), dtype: torch.dtype | None = None) -> str:
+    """The implementation to run for `op` on tensors of `dtype` on `device`, among those it
+    `provides`. 'auto' keeps the reference for dtypes the fast kernels do not take."""
     if impl not in IMPLS:
         raise ValueError(f"kernels.{op}: unknown impl {impl!r} (allowed: {', '.join(IMPLS)})")
     dev = torch.device(device) if device is not None else torch.device("cpu")
+    fast_dtype = dtype is None or dtype in FAST_DTYPES
     if impl == "auto":
-        return "triton" if "triton" in provides and dev.type == "cuda" and triton_available() else "torch"
+        return ("triton" if "triton" in provides and dev.type == "cuda" and fast_dtype
+                and triton_available() else "torch")
     if impl not in provides:
         raise ValueError(f"kernels.{op}: impl={impl!r} is not provided for this op "
                          f"(it has: {', '.join(provides)}; see kernels/__init__.py)")
+    if impl != "torch" and not fast_dtype:
+        raise ValueError(f"kernels.{op}: impl={impl!r} takes float32 or float64, got {dtype}")
     if impl == "triton":
         if not triton_available():
             raise RuntimeError(f"kernels.{op}: impl='triton' but triton does not import")

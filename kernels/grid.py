@@ -129,7 +129,7 @@ def interpolate(features: torch.Tensor, index: torch.Tensor, weight: torch.Tenso
 
     With the output of `trilinear_corners` this is trilinear interpolation. Gradients flow to
     `features` (and to `weight` when it requires grad). impl: 'torch', 'triton', 'auto'."""
-    impl = resolve_impl(impl, "grid.interpolate", features.device, ("torch", "triton"))
+    impl = resolve_impl(impl, "grid.interpolate", features.device, ("torch", "triton"), features.dtype)
     if features.ndim != 2:
         raise ValueError(f"interpolate: features must be (N, C), got {tuple(features.shape)}")
     if index.shape != weight.shape or index.ndim != 2:

@@ -125,7 +125,7 @@ def composite(sigma: torch.Tensor, rgb: torch.Tensor, delta: torch.Tensor | floa
     'depth' (R,) (sum of w_i t_i, when `t` is given; 0 for empty rays) and 'weights' (S,).
     Gradients flow to sigma, rgb, a tensor delta, t and background, for every impl.
     impl: 'torch' (reference), 'triton', 'cuda' (CUDA C++), 'auto' (triton on CUDA tensors)."""
-    impl = resolve_impl(impl, "render.composite", sigma.device, ("torch", "triton", "cuda"))
+    impl = resolve_impl(impl, "render.composite", sigma.device, ("torch", "triton", "cuda"), sigma.dtype)
     if impl == "torch":
         return _composite_torch(sigma, rgb, delta, ray_index, n_rays, t, background)
     if rgb.ndim != 2 or rgb.shape[1] != 3:
@@ -170,7 +170,7 @@ def early_termination(sigma_delta: torch.Tensor, ray_index: torch.Tensor, n_rays
     The kept samples are a prefix of each ray, so compositing only them changes each ray's colour
     by less than `threshold` (times the largest colour)."""
     impl = resolve_impl(impl, "render.early_termination", sigma_delta.device,
-                        ("torch", "triton", "cuda"))
+                        ("torch", "triton", "cuda"), sigma_delta.dtype)
     with torch.no_grad():
         if impl == "torch":
             return transmittance(sigma_delta, ray_index, n_rays) >= threshold

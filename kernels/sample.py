@@ -90,7 +90,7 @@ def sample_grid_sh(density: torch.Tensor, sh: torch.Tensor, coords: torch.Tensor
     impl: 'torch' (reference: kernels.grid + kernels.sh), 'triton' (one fused kernel), 'auto'."""
     res = as_resolution(resolution)
     _check(density, sh, links, coords, dirs, ray_index, res[0] * res[1] * res[2])
-    impl = resolve_impl(impl, "sample.sample_grid_sh", density.device, ("torch", "triton"))
+    impl = resolve_impl(impl, "sample.sample_grid_sh", density.device, ("torch", "triton"), density.dtype)
     if impl == "torch":
         return _reference(density, sh, links, coords, dirs, ray_index, res, sigmoid)
     dt = density.dtype

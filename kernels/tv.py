@@ -66,7 +66,7 @@ def tv_from_rows(values: torch.Tensor, row: torch.Tensor, neighbours: torch.Tens
     """Mean TV of `values` (N, C) over centre rows `row` (M,) with neighbour rows (3, M)
     (-1: no difference along that axis); centres with row -1 are ignored.
     impl: 'torch' (reference), 'triton' (one kernel, atomic scatter backward), 'auto'."""
-    impl = resolve_impl(impl, "tv.tv_from_rows", values.device, ("torch", "triton"))
+    impl = resolve_impl(impl, "tv.tv_from_rows", values.device, ("torch", "triton"), values.dtype)
     if norm not in NORMS:
         raise ValueError(f"total_variation: norm must be one of {NORMS}, got {norm!r}")
     if impl == "triton":

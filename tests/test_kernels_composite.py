@@ -162,3 +162,21 @@ def test_fast_with_no_samples_at_all(impl):
     assert out["acc"].abs().sum() == 0 and out["depth"].abs().sum() == 0
     g_sigma, g_rgb = torch.autograd.grad(out["rgb"].sum(), [sigma, rgb])
     assert g_sigma.shape == (0,) and g_rgb.shape == (0, 3)
+
+
+def test_impl_switch_rules():
+    from kernels._impl import resolve_impl, triton_available
+
+    both = ("torch", "triton")
+    # 'auto': Triton for float32/float64 CUDA tensors (when triton imports), else the reference
+    assert resolve_impl("auto", "op", "cpu", both, torch.float32) == "torch"
+    assert resolve_impl("auto", "op", "cuda", both, torch.float16) == "torch"
+    assert resolve_impl("auto", "op", "cuda", ("torch",), torch.float32) == "torch"
+    assert resolve_impl("auto", "op", "cuda", both, torch.float32) == ("triton" if triton_available() else "torch")
+    with pytest.raises(ValueError, match="float32 or float64"):
+        resolve_impl("triton", "op", "cuda", both, torch.bfloat16)
+    with pytest.raises(ValueError, match="not provided"):
+        resolve_impl("cuda", "op", "cuda", both, torch.float32)
+    sigma, rgb, delta, t, ray = random_packed([3, 2], dtype=torch.float32)
+    half = composite(sigma.half(), rgb.half(), 0.1, ray, 2, impl="auto")  # reference, in float16
+    assert half["rgb"].dtype == torch.float16
