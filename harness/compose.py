@@ -24,7 +24,7 @@ from pathlib import Path
 from harness import checkpoints
 from harness import config as cfg
 from harness.errors import ConfigError, RecordError
-from harness.records import TrialRecord, atomic_write_json, now_iso
+from harness.records import TrialRecord, atomic_write_json, now_iso, read_json
 from harness.sweep import expand, read_spec
 
 log = logging.getLogger(__name__)
@@ -125,8 +125,10 @@ def compose_experiment(experiment: str, user_bindings: list[str], runs_dir: Path
                 log.info("composed %s %s (%s): %s", trials[0].experiment, key, name, outcome[str(folder)])
             index.append({"id": ident, "variant": name, "group": json.loads(key),
                           "members": {str(t.bindings[comp["over"]]): t.id for t in members}})
+    listed = {r["id"] for r in index}  # keep records of earlier compose runs (other variants or options)
+    earlier = [r for r in (read_json(out_dir / "index.json") or {}).get("records", []) if r.get("id") not in listed]
     atomic_write_json(out_dir / "index.json", {"experiment": trials[0].experiment, "updated": now_iso(),
-                                               "records": index})
+                                               "records": earlier + index})
     return outcome
 
 
