@@ -17,6 +17,7 @@ from harness import faults, sweep
 from harness.records import TEMP_SUFFIX, create_trial_record
 
 SCENE = {"size": 16, "n_train": 8, "n_test": 2}
+HANG_S = 120  # a forked trial still running after this long is killed and reported as 'hung' 
 SETTINGS = """Trainer.method = @ToyColour
 Trainer.iterations = 40
 Trainer.checkpoint_every = 10
@@ -66,7 +67,7 @@ class Trial:
     def run(self, fault: str | None = None, kill_after: float | None = None, threads: int | None = None,
             log_file: Path | None = None) -> str:
         """Run the trial in a forked child; 'ok', 'error' (it raised) or 'killed' (SIGKILL, by a fault
-        or by this parent after `kill_after` seconds)."""
+        or by this parent after `kill_after` seconds); 'hung' if it had to be killed after HANG_S."""
         pid = os.fork()
         if pid == 0:  # child: never returns into pytest
             code = 1
@@ -78,17 +79,16 @@ class Trial:
             finally:
                 logging.shutdown()
                 os._exit(code)
-        if kill_after is not None:
-            deadline = time.monotonic() + kill_after
-            while True:
-                done, status = os.waitpid(pid, os.WNOHANG)
-                if done:
-                    return _outcome(status)
-                if time.monotonic() >= deadline:
-                    os.kill(pid, signal.SIGKILL)
-                    break
-                time.sleep(0.005)
-        return _outcome(os.waitpid(pid, 0)[1])
+        deadline = time.monotonic() + (kill_after if kill_after is not None else HANG_S)
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return _outcome(status)
+            if time.monotonic() >= deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                return "killed" if kill_after is not None else "hung"
+            time.sleep(0.005)
 
     def run_here(self) -> dict:
         """Run the trial in this process (no faults): a reference run, which also imports what the
@@ -109,8 +109,9 @@ class Trial:
             os.environ[faults.ENV] = fault
         else:
             os.environ.pop(faults.ENV, None)
-        if threads:
-            torch.set_num_threads(threads)
+        # first thing: libgomp is not fork-safe, and a child that starts an OpenMP team of the
+        # parent's size (if the parent ever ran one) waits forever for threads that did not fork
+        torch.set_num_threads(threads or 1)
         root = logging.getLogger()
         root.handlers[:] = [logging.FileHandler(log_file)] if log_file else [logging.NullHandler()]
         root.setLevel(logging.INFO)

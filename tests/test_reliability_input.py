@@ -65,7 +65,7 @@ def test_bad_input_loses_nothing_already_computed(tiny_scene, tmp_path):
     png.write_text("not an image\n")
     runs = tmp_path / "runs"
     exp = write_experiment(tmp_path, good, "Sweep.axes = {'ToyColour.lr': [0.01, 0.1]}\n")
-    assert set(run_sweep(str(exp), [], runs, {}).values()) == {"done"}
+    assert set(run_sweep(str(exp), [], runs, {"threads": 1}).values()) == {"done"}
     before = _snapshot(runs)
 
     proc = harness("sweep", exp, "--runs-dir", runs, "--bind", "Trainer.iterations = 'many'")
@@ -76,7 +76,7 @@ def test_bad_input_loses_nothing_already_computed(tiny_scene, tmp_path):
 
     exp = write_experiment(tmp_path, good, f"Sweep.axes = {{'ToyColour.lr': [0.01, 0.1], "
                                            f"'load_scene.path': ['{good}', '{bad}']}}\n")
-    outcome = run_sweep(str(exp), [], runs, {})
+    outcome = run_sweep(str(exp), [], runs, {"threads": 1})
     failed = [v for v in outcome.values() if v != "done"]
     assert len(outcome) == 4 and len(failed) == 2 and len(list(runs.glob("rel/*/status.json"))) == 4 and all(f"{png}: unreadable image" in v for v in failed), failed
     after = _snapshot(runs)
@@ -86,7 +86,7 @@ def test_bad_input_loses_nothing_already_computed(tiny_scene, tmp_path):
             assert status["state"] == "failed" and status["error"].startswith(f"DataError: {png}: unreadable image")
 
     Image.new("RGB", (16, 16), (200, 10, 10)).save(png)  # fixed: a re-run does only the failed trials
-    outcome = run_sweep(str(exp), [], runs, {"retry_failed": True})
+    outcome = run_sweep(str(exp), [], runs, {"retry_failed": True, "threads": 1})
     assert set(outcome.values()) == {"done"}
     assert {k: v for k, v in _snapshot(runs).items() if k in before} == before
     assert sorted(s["attempts"] for s in _statuses(runs)) == [1, 1, 2, 2]

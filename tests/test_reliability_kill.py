@@ -70,6 +70,24 @@ def test_resume_uses_the_recorded_torch_thread_count(tiny_scene, tmp_path, refer
     assert "using its recorded 1 torch threads (not 2) to resume bit-identically" in log.read_text()
     assert trial.status()["torch_threads"] == 1 and trial.status()["attempts"] == 2
     assert final_state(trial) == reference
-    fresh = Trial(write_experiment(tmp_path, tiny_scene, "Trainer.iterations = 20\n", name="fresh"), tmp_path / "runs")
-    assert fresh.run(threads=2) == "ok"  # nothing to resume: the count of this run is recorded
-    assert fresh.status()["torch_threads"] == 2
+
+
+def test_threads_are_pinned_only_when_there_is_something_to_resume(tmp_path):
+    """In-process (no parallel work between the set_num_threads calls): a record with a thread count
+    but no checkpoint keeps this process's count; with a checkpoint, the recorded one is used."""
+    import torch
+
+    from harness.records import create_trial_record
+    from harness.trial import _pin_threads
+
+    record = create_trial_record(tmp_path / "t", {"torch_threads": 3}, "c\n")
+    before = torch.get_num_threads()
+    try:
+        _pin_threads(record)
+        assert torch.get_num_threads() == before
+        (record.checkpoint_dir).mkdir()
+        (record.checkpoint_dir / "step_00000010.pt").write_bytes(b"x")
+        _pin_threads(record)
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
