@@ -321,5 +321,8 @@ def _create_json(path: Path, obj) -> None:
         _fsync_dir(path.parent)
     except FileExistsError:
         pass
+    except FileNotFoundError:  # the trial, running under its lock, already tidied our temp file away
+        if not path.exists():
+            raise
     finally:
         tmp.unlink(missing_ok=True)
