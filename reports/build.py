@@ -78,8 +78,8 @@ def _trial_rows(trials: pd.DataFrame, axes: list[str], metrics: list[str]) -> li
             v = r[m]
             if state == "done" and (v is None or math.isnan(v)):
                 cells.append({"text": "missing", "cls": "missing"})
-            else:
-                cells.append({"text": tables.num(v, tables.DIGITS[m]), "cls": ""})
+            else:  # values of a trial that is not done (e.g. from an earlier attempt) are greyed
+                cells.append({"text": tables.num(v, tables.DIGITS[m]), "cls": "" if state == "done" else "old"})
         rows.append({"id": r["id"], "experiment": r["experiment"], "state": state, "shown": shown,
                      "variant": str(r["variant"]), "scene": r["scene"], "seed": r["seed"],
                      "axes": [_value(r.get(a)) for a in axes],

@@ -162,7 +162,7 @@ def _chrome():
     if not CHROMIUM.exists() or not CHROMEDRIVER.exists():
         pytest.skip(f"headless browser test needs Debian's chromium and chromium-driver ({CHROMIUM}, "
                     f"{CHROMEDRIVER}); .ci/run installs them")
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the project's test extras")
+    from selenium import webdriver  # a test dependency (pyproject [test]): missing is an error, not a skip
     from selenium.webdriver.chrome.service import Service
 
     opts = webdriver.ChromeOptions()
