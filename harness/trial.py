@@ -7,6 +7,7 @@ after Gin has been parsed for this trial (harness.launch.run_trial_job).
 from __future__ import annotations
 
 import logging
+import os
 import math
 import time
 from pathlib import Path
@@ -215,6 +216,13 @@ def check_settings() -> None:
         raise ConfigError(f"Trainer: {str(exc).strip().splitlines()[0]}") from None
 
 
+def _device_name() -> str:
+    """What the trial computes on, for the record and the report's provenance."""
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()} (torch {torch.__version__}, CUDA {torch.version.cuda})"
+    return f"CPU ({os.cpu_count()} cores, torch {torch.__version__})"
+
+
 def _peak_rss_mb() -> float:
     import resource
 
@@ -238,7 +246,7 @@ def run_trial(trial_dir: Path, job_info: dict | None = None, wait: bool = True) 
             if folder.is_dir():
                 remove_temp_files(folder)
         _pin_threads(record)
-        record.begin_attempt(torch_threads=torch.get_num_threads(), **(job_info or {}))
+        record.begin_attempt(torch_threads=torch.get_num_threads(), device=_device_name(), **(job_info or {}))
         try:
             metrics = Trainer().run(record)
             record.set_state("done", psnr=metrics.get("psnr"))

@@ -147,7 +147,7 @@ def _trial_row(d: Path, experiment: str, current: dict, status: dict, metrics: d
            "state": status.get("state", "unknown"), "label": status.get("label", ""),
            "attempts": status.get("attempts", 0), "current": (d.name in current) if current else True,
            "error": status.get("error"), "host": status.get("host"),
-           "gpu": status.get("gpu") or metrics.get("gpu") or metrics.get("device"),
+           "gpu": status.get("gpu") or status.get("device") or metrics.get("gpu") or metrics.get("device"),
            "git_commit": status.get("git_commit"), "created": status.get("created"),
            "started": status.get("started"), "finished": status.get("finished"),
            "updated": status.get("updated"), "slurm_job_id": status.get("slurm_job_id"),

@@ -20,6 +20,7 @@ def test_sweep_writes_complete_records_and_rerun_skips(runs_dir):
     for tid, status in _statuses(runs_dir).items():
         trial = runs_dir / "toy" / tid
         assert status["state"] == "done" and status["attempts"] == 1
+        assert status["device"].startswith("CPU") or "CUDA" in status["device"]  # for the report's provenance
         metrics = json.loads((trial / "metrics.json").read_text())
         assert len(metrics["per_view"]) == 200 and set(metrics["per_view"]["r_0"]) >= {"psnr"}
         assert abs(metrics["psnr"] - sum(v["psnr"] for v in metrics["per_view"].values()) / 200) < 1e-9
