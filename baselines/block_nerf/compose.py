@@ -28,6 +28,7 @@ from baselines.block_nerf.partition import Block
 
 log = logging.getLogger(__name__)
 DEFAULTS = {"power": 4.0, "select_radius": 1.0, "visibility_threshold": 0.1, "visibility_stride": 8,
+            "visibility_mean": "samples",
             "appearance_matching": True, "root_block": 0, "match_steps": 60, "match_lr": 0.05, "match_rays": 1024,
             "max_blocks": 0}
 
@@ -132,7 +133,8 @@ def compose_view(methods: dict, split: Split, i: int, options: dict, matched: di
     vis = {}
     if options["visibility_threshold"] > 0 and len(chosen) > 1:
         pick = torch.arange(0, o.shape[0], options["visibility_stride"])
-        vis = {k: methods[k].mean_visibility(o[pick], d[pick]) for k in chosen
+        weighted = {"samples": False, "weights": True}[options.get("visibility_mean", "samples")]
+        vis = {k: methods[k].mean_visibility(o[pick], d[pick], weighted) for k in chosen
                if methods[k].field.visibility is not None}
         if vis:
             kept = [k for k in chosen if vis.get(k, 1.0) >= options["visibility_threshold"]]
@@ -175,6 +177,8 @@ def compose_blocks(methods: dict, scene, evaluation, options: dict, renders_dir=
     unknown = set(options) - set(DEFAULTS)
     if unknown:
         raise ValueError(f"compose options: unknown {sorted(unknown)} (known: {sorted(DEFAULTS)})")
+    if opts["visibility_mean"] not in ("samples", "weights"):
+        raise ValueError(f"compose option visibility_mean must be 'samples' or 'weights', got {opts['visibility_mean']!r}")
     split = scene.split("test")
     first = methods[min(methods)]
     t0 = time.perf_counter()

@@ -315,14 +315,16 @@ class BlockNeRF:
         return {"mae": float(np.mean(errs)), "density_transmittance_mae": float(np.mean(errs_density)),
                 "pixel_stride": self.visibility_eval_stride}
 
-    def mean_visibility(self, origins: torch.Tensor, directions: torch.Tensor) -> float:
-        """Mean predicted visibility of what this block renders along the given rays (coarse samples,
-        weighted by the block's rendering weights): low when the view looks at space the block's
-        training cameras did not see."""
+    def mean_visibility(self, origins: torch.Tensor, directions: torch.Tensor, weighted: bool = False) -> float:
+        """Mean predicted visibility V(x, d) over the coarse samples of the given rays: low when the view
+        looks through space the block's training cameras did not see. `weighted` averages with the
+        block's rendering weights instead (about 0.5 for any opaque surface, so it hardly discriminates)."""
         self.field.eval()
         with torch.no_grad():
             c = self.render_rays(origins, directions, self.default_code(), 1.0, want_visibility=True,
                                  coarse_only=True)["coarse"]
+            if not weighted:
+                return float(c["visibility"].mean().item())
             w = c["weights"]
             return float(((w * c["visibility"]).sum() / w.sum().clamp(min=1e-8)).item())
 
