@@ -20,7 +20,6 @@ import gin
 import torch
 import torch.nn.functional as F
 
-from kernels._impl import IMPLS
 from kernels.grid import as_resolution, interpolate
 from kernels.render import composite, early_termination
 from kernels.sh import check_degree, num_coeffs, sh_basis
@@ -36,6 +35,7 @@ log = logging.getLogger(__name__)
 ACTIVATIONS = ("relu", "softplus")
 PRUNE_BY = ("weight", "density", "none")
 BACKGROUNDS = ("scene", "learned")
+KERNEL_IMPLS = ("auto", "torch", "triton")
 STATE_VERSION = 1
 
 
@@ -105,7 +105,8 @@ class Plenoxels:
         self.train_stop, self.render_stop = train_stop_transmittance, stop_transmittance
         self.render_chunk = int(render_chunk)
         # implementation of the hot ops (kernels/): 'auto' = Triton on CUDA tensors, else PyTorch
-        _check(kernels in IMPLS, f"kernels must be one of {IMPLS}, got {kernels!r}")
+        # ('cuda' is only the compositing kernel, so not a choice for the whole method)
+        _check(kernels in KERNEL_IMPLS, f"kernels must be one of {KERNEL_IMPLS}, got {kernels!r}")
         self.kernels = kernels
         self.reconstruction = reconstruction if reconstruction is not None else Reconstruction()
         self.tv = tv if tv is not None else TVLoss()
