@@ -341,3 +341,66 @@ def test_ablation_expands_into_one_trial_per_block():
     assert declared(read_spec(experiment_path("block_nerf_ablation"), []))["over"] == "BlockNeRF.block"
     # the composition settings are not part of any trial's id
     assert "compose" not in trials[0].config and "visibility_threshold" not in trials[0].config
+
+
+# ---- visibility on the block's own geometry, region-restricted selection, pose learning rates ------------
+def test_visibility_error_on_hit_rays_counts_only_rays_ending_in_the_block():
+    """`mae_hit` uses exactly the rays whose first surface (from the depth map) lies within the block's
+    radius; rays with infinite depth (sky) are left out; the all-ray `mae` keeps them."""
+    scene = toy_scene()
+    m = small(scene, block=0, partition=BlockPartition(n_blocks=2))
+    test = m.trial_scene.split("test")
+    depth = scene.extras["depth"]["test"].copy()
+    depth[m.test_index[0], :, : depth.shape[2] // 2] = np.inf  # sky on the left half of the first view
+    scene.extras["depth"] = {**scene.extras["depth"], "test": depth}
+    rec = m.visibility_error(test)
+    from harness.data.rays import image_rays
+
+    stride, hit, total = m.visibility_eval_stride, 0, 0
+    for k, i in enumerate(m.test_index):
+        o, d = image_rays(test.cameras, k)
+        pick = np.arange(0, o.shape[0], stride)
+        t = depth[i].reshape(-1)[pick]
+        p = o.numpy()[pick] + np.where(np.isfinite(t), t, 0)[:, None] * d.numpy()[pick]
+        hit += int((np.isfinite(t) & (np.linalg.norm(p - m.block.center, axis=1) <= m.block.radius)).sum())
+        total += len(pick)
+    assert 0 < hit < total
+    assert rec["hit_ray_fraction"] == pytest.approx(hit / total)
+    assert 0 <= rec["mae_hit"] <= 1 and 0 <= rec["mae_hit_coarse"] <= 1 and rec["mae_hit"] != rec["mae"]
+
+
+def test_region_visibility_is_zero_for_a_view_that_never_enters_the_block():
+    scene = toy_scene()
+    m = small(scene, block=0, partition=BlockPartition(n_blocks=2))
+    c, r = m.block.center, m.block.radius
+    d = torch.nn.functional.normalize(torch.tensor([[1.0, 0.1, 0.0], [1.0, -0.2, 0.1]]), dim=-1)
+    far_o = torch.tensor(np.array([c + np.array([r + 1.0, 0.0, 0.0])] * 2), dtype=torch.float32)  # looks away
+    assert m.mean_visibility(far_o, d, region=True) == 0.0
+    assert m.mean_visibility(far_o, d, region=False) > 0.0
+    near_o = torch.tensor(np.array([c] * 2), dtype=torch.float32)
+    assert m.mean_visibility(near_o, d, region=True) > 0.0
+
+
+def test_pose_translation_has_its_own_learning_rate():
+    m = small(toy_scene(), lr_pose=2e-3, lr_pose_translation=3e-2)
+    assert m.opt.base["pose"] == 2e-3 and m.opt.base["pose_translation"] == 3e-2
+    assert m.opt.params["pose_translation"][0] is m.pose.translation
+    assert m.opt.params["pose"][0] is m.pose.rotation
+    m2 = small(toy_scene(), lr_pose=2e-3)
+    assert m2.opt.base["pose_translation"] == 2e-3
+
+
+def test_region_visibility_drops_a_candidate_block_the_view_does_not_reach():
+    """With candidates taken from far away (select_radius 10), a view of block 0 whose samples never enter
+    block 1's region drops block 1 under `visibility_region` and keeps it without."""
+    scene = toy_scene()
+    m = small(scene, block=0, partition=BlockPartition(n_blocks=2))
+    m2 = small(scene, block=1, partition=BlockPartition(n_blocks=2))
+    test = scene.split("test")
+    i = 0  # the camera at x = 0, looking at the wall (+y)
+    opts = {"power": 4.0, "select_radius": 10.0, "visibility_threshold": 0.1, "visibility_stride": 4,
+            "visibility_mean": "samples", "max_blocks": 0}
+    _, plain = compose_view({0: m, 1: m2}, test, i, {**opts, "visibility_region": False}, None)
+    _, region = compose_view({0: m, 1: m2}, test, i, {**opts, "visibility_region": True}, None)
+    assert sorted(plain["blocks"]) == [0, 1]
+    assert region["blocks"] == [0] and region["visibility"]["1"] == 0.0 and region["visibility"]["0"] > 0.1

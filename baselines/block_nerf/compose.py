@@ -2,8 +2,9 @@
 
 For a camera: take the blocks whose centre lies within `select_radius` x their radius of it (the nearest
 one if none), drop those whose mean predicted visibility of the view is below `visibility_threshold`
-(keeping at least the most visible), render the rest and blend them in image space with inverse-distance
-weights w_i ~ |camera - centre_i|^-p (the paper used p = 4 and p = 1 on its two datasets).
+(keeping at least the most visible; with `visibility_region`, samples outside the block's radius count as
+invisible, so a block behind the camera or hidden behind nearer geometry scores low), render the rest and
+blend them in image space with inverse-distance weights w_i ~ |camera - centre_i|^-p (the paper used p = 4 and p = 1 on its two datasets).
 Appearance matching: with the networks frozen, a block's appearance code is optimised so its render of a
 view both blocks see matches its already-matched neighbour's render, starting from a root block and
 propagating breadth-first over overlapping neighbours.
@@ -28,7 +29,7 @@ from baselines.block_nerf.partition import Block
 
 log = logging.getLogger(__name__)
 DEFAULTS = {"power": 4.0, "select_radius": 1.0, "visibility_threshold": 0.1, "visibility_stride": 8,
-            "visibility_mean": "samples",
+            "visibility_mean": "samples", "visibility_region": False,
             "appearance_matching": True, "root_block": 0, "match_steps": 60, "match_lr": 0.05, "match_rays": 1024,
             "max_blocks": 0}
 
@@ -134,7 +135,8 @@ def compose_view(methods: dict, split: Split, i: int, options: dict, matched: di
     if options["visibility_threshold"] > 0 and len(chosen) > 1:
         pick = torch.arange(0, o.shape[0], options["visibility_stride"])
         weighted = {"samples": False, "weights": True}[options.get("visibility_mean", "samples")]
-        vis = {k: methods[k].mean_visibility(o[pick], d[pick], weighted) for k in chosen
+        vis = {k: methods[k].mean_visibility(o[pick], d[pick], weighted, bool(options.get("visibility_region", False)))
+               for k in chosen
                if methods[k].field.visibility is not None}
         if vis:
             kept = [k for k in chosen if vis.get(k, 1.0) >= options["visibility_threshold"]]

@@ -29,7 +29,7 @@ from baselines.block_nerf.training import ComponentOptimisers, Schedule, autocas
 
 log = logging.getLogger(__name__)
 APPEARANCE_MODES = ("appearance_id", "image", "none")
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: the pose translation has its own optimiser ("pose_translation")
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -61,7 +61,7 @@ class BlockNeRF:
                  pose_refinement: bool = True, pose_reg_initial: float = 10.0, pose_reg_final: float = 0.01,
                  pose_reg_steps: int = 500, pose_noise_deg: float = 0.0, pose_noise_frac: float = 0.0,
                  lr_mlp: float = 5e-3, lr_appearance: float = 5e-3, lr_visibility: float = 5e-3,
-                 lr_pose: float = 1e-3, optimiser: str = "adam", schedule: Schedule | None = None,
+                 lr_pose: float = 1e-3, lr_pose_translation: float | None = None, optimiser: str = "adam", schedule: Schedule | None = None,
                  clip_norm: float = 0.0, mixed_precision: bool = True, test_appearance: str = "auto",
                  fit_steps: int = 64, fit_lr: float = 0.05, fit_rays: int = 512, visibility_eval_stride: int = 4,
                  render_chunk: int = 4096, device: str = "auto"):
@@ -129,7 +129,10 @@ class BlockNeRF:
         if vis is not None:
             comps["visibility"] = (vis.parameters(), lr_visibility)
         if self.pose is not None:
-            comps["pose"] = (self.pose.parameters(), lr_pose)
+            # rotation in radians, translation in world units: separate learning rates (None: lr_pose)
+            comps["pose"] = ([self.pose.rotation], lr_pose)
+            comps["pose_translation"] = ([self.pose.translation],
+                                         lr_pose if lr_pose_translation is None else lr_pose_translation)
         self.opt = ComponentOptimisers(comps, schedule or Schedule(), optimiser, clip_norm)
         self.mixed = bool(mixed_precision) and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda") if self.mixed else None
@@ -293,40 +296,78 @@ class BlockNeRF:
                 "error_after": after}
 
     def visibility_error(self, split: Split) -> dict | None:
-        """Mean |predicted visibility - true transmittance| over the fine samples of every
+        """|predicted visibility - true transmittance| over the fine samples of every
         `visibility_eval_stride`-th pixel of the test views, truth from the scene's depth maps
-        (transmittance 1 before the first surface, 0 after it); also the density network's own error."""
+        (transmittance 1 before the first surface, 0 after it); also the density network's own error.
+        `mae` averages over every ray (sky rays, whose truth is 1 everywhere, included); `mae_hit` only
+        over rays whose first surface lies inside the block's region (|hit - centre| <= radius), i.e.
+        the geometry this block models; `mae_hit_coarse` the same on the coarse samples (spread evenly
+        in log distance instead of concentrated at the surface)."""
         depth = self.scene.extras.get("depth", {}).get("test")
         if self.field.visibility is None or depth is None:
             return None
-        errs, errs_density = [], []
+        sums = {k: [0.0, 0] for k in ("all", "all_density", "hit", "hit_density", "hit_coarse")}
+
+        def add(key, err):
+            sums[key][0] += float(err.sum())
+            sums[key][1] += int(err.numel())
+
         cams = split.cameras
+        centre = torch.as_tensor(self.block.center, dtype=torch.float32, device=self.device)
         self.field.eval()
         with torch.no_grad():
             for k, i in enumerate(self.test_index):
                 o, d = image_rays(cams, k)
                 pick = torch.arange(0, o.shape[0], self.visibility_eval_stride)
                 code, exposure = (self.default_code(), 1.0)
-                fine = self.render_rays(o[pick], d[pick], code, exposure, want_visibility=True)["fine"]
+                out = self.render_rays(o[pick], d[pick], code, exposure, want_visibility=True)
+                fine = out["fine"]
                 true_depth = torch.from_numpy(depth[i].reshape(-1)[pick.numpy()]).to(self.device)
                 truth = (fine["edges"][:, :-1] <= true_depth[:, None]).float()
-                errs.append((fine["visibility"] - truth).abs().mean().item())
-                errs_density.append((fine["trans"] - truth).abs().mean().item())
-        return {"mae": float(np.mean(errs)), "density_transmittance_mae": float(np.mean(errs_density)),
-                "pixel_stride": self.visibility_eval_stride}
+                err, err_d = (fine["visibility"] - truth).abs(), (fine["trans"] - truth).abs()
+                add("all", err)
+                add("all_density", err_d)
+                finite = torch.isfinite(true_depth)
+                hit_pt = o[pick].to(self.device) + torch.where(finite, true_depth, 0.0)[:, None] * d[pick].to(self.device)
+                hit = finite & ((hit_pt - centre).norm(dim=-1) <= self.block.radius)
+                if hit.any():
+                    add("hit", err[hit])
+                    add("hit_density", err_d[hit])
+                    coarse = self.render_rays(o[pick][hit.cpu()], d[pick][hit.cpu()], code, exposure,
+                                              want_visibility=True, coarse_only=True)["coarse"]
+                    truth_c = (coarse["edges"][:, :-1] <= true_depth[hit][:, None]).float()
+                    add("hit_coarse", (coarse["visibility"] - truth_c).abs())
 
-    def mean_visibility(self, origins: torch.Tensor, directions: torch.Tensor, weighted: bool = False) -> float:
+        def mean(key):
+            total, n = sums[key]
+            return total / n if n else None
+
+        return {"mae": mean("all"), "density_transmittance_mae": mean("all_density"), "mae_hit": mean("hit"),
+                "density_transmittance_mae_hit": mean("hit_density"), "mae_hit_coarse": mean("hit_coarse"),
+                "hit_ray_fraction": sums["hit"][1] / max(1, sums["all"][1]), "pixel_stride": self.visibility_eval_stride}
+
+    def mean_visibility(self, origins: torch.Tensor, directions: torch.Tensor, weighted: bool = False,
+                        region: bool = False) -> float:
         """Mean predicted visibility V(x, d) over the coarse samples of the given rays: low when the view
         looks through space the block's training cameras did not see. `weighted` averages with the
-        block's rendering weights instead (about 0.5 for any opaque surface, so it hardly discriminates)."""
+        block's rendering weights instead (about 0.5 for any opaque surface, so it hardly discriminates).
+        `region` counts samples outside the block's region (|x - centre| > radius) as invisible, so a
+        view that looks away from the block, or sees it only behind nearer geometry, scores low."""
         self.field.eval()
         with torch.no_grad():
             c = self.render_rays(origins, directions, self.default_code(), 1.0, want_visibility=True,
                                  coarse_only=True)["coarse"]
+            v = c["visibility"]
+            if region:
+                e = c["edges"]
+                mids = (e[:, 1:] + e[:, :-1]) / 2
+                pts = origins.to(self.device)[:, None] + mids[..., None] * directions.to(self.device)[:, None]
+                centre = torch.as_tensor(self.block.center, dtype=pts.dtype, device=pts.device)
+                v = v * ((pts - centre).norm(dim=-1) <= self.block.radius).to(v.dtype)
             if not weighted:
-                return float(c["visibility"].mean().item())
+                return float(v.mean().item())
             w = c["weights"]
-            return float(((w * c["visibility"]).sum() / w.sum().clamp(min=1e-8)).item())
+            return float(((w * v).sum() / w.sum().clamp(min=1e-8)).item())
 
     # ---- state ----------------------------------------------------------------------------------
     def state_dict(self) -> dict:
