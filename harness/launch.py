@@ -94,7 +94,10 @@ class TrialJob:
     def checkpoint(self, *args):
         import submitit
 
+        from harness.trial import save_at_boundary
+
         trial_dir = Path(args[4])
+        save_at_boundary()  # this handler runs between training steps (harness.trial holds the signal)
         saved = sorted(p.name for p in (trial_dir / "checkpoints").glob("step_*.pt"))
         log.warning("trial %s preempted: requeueing; it resumes from %s", trial_dir.name,
                     saved[-1] if saved else "the start (no checkpoint yet)")

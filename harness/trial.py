@@ -7,8 +7,10 @@ after Gin has been parsed for this trial (harness.launch.run_trial_job).
 from __future__ import annotations
 
 import logging
-import os
 import math
+import os
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -51,6 +53,52 @@ def _diverged(message: str, step: int) -> TrialDiverged:
     exc = TrialDiverged(message)
     exc.step = step  # the iteration (as in train.jsonl and step_N.pt) at which it was detected
     return exc
+
+
+# Preemption: SLURM sends USR2 and submitit's handler calls TrialJob.checkpoint, requeues the job and
+# exits. A Python handler runs in the main thread wherever it happens to be, possibly halfway through
+# an optimiser step, so while a trial trains the signal is only noted, and handed to submitit's
+# handler between steps, where the state is consistent: the job then saves that step
+# (save_at_boundary) before it is requeued, so no completed step is lost.
+PREEMPT_SIGNALS = (signal.SIGUSR2,)
+_boundary_saver = None  # while a trial trains: checkpoints its last completed step
+
+
+def save_at_boundary() -> bool:
+    """Checkpoint the training trial's last completed step (called from the preemption handler,
+    which runs only between steps); False when no trial is training in this process."""
+    if _boundary_saver is None:
+        return False
+    _boundary_saver()
+    return True
+
+
+class _DeferredSignals:
+    """Note PREEMPT_SIGNALS while active; `deliver()` hands noted ones to the handlers they replaced."""
+
+    def __init__(self):
+        self.previous, self.pending = {}, []
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():  # only the main thread may install
+            for sig in PREEMPT_SIGNALS:
+                handler = signal.getsignal(sig)
+                if callable(handler):  # someone (submitit) handles it: defer that handler
+                    self.previous[sig] = handler
+                    signal.signal(sig, lambda signum, frame: self.pending.append((signum, frame)))
+        return self
+
+    def deliver(self) -> None:
+        while self.pending:
+            signum, frame = self.pending.pop(0)
+            self.previous[signum](signum, frame)
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        if exc[0] is None:
+            self.deliver()
+        return False
 
 
 @gin.configurable
@@ -144,25 +192,39 @@ class Trainer:
         sampler = RaySampler(split.images, split.cameras, self.seed)
         step, train_time = self._resume(method, record)
         record.write_progress(step, self.iterations, phase="train")
-        while step < self.iterations:
-            t0 = time.perf_counter()
-            losses = self._train_step(method, sampler, step, record)
-            train_time += time.perf_counter() - t0
-            step += 1
-            self._check_finite(losses, step)
-            if self.finite_check_every and step % self.finite_check_every == 0:
-                self._check_params(method.state_dict(), step)
-            if (fault := faults.hit("step")) is not None:
-                fault.fire(record.dir)
-            if step % self.log_every == 0 or step == self.iterations:
-                record.append_log({"step": step, "time": round(train_time, 3), **losses})
-            if step % self.progress_every == 0:
-                record.write_progress(step, self.iterations, phase="train", loss=float(losses.get("loss", 0)))
-            if self.validate_every and step % self.validate_every == 0 and "test" in scene.splits:
-                val = score(evaluation, method, scene.split("test"), self.validation_views, metrics=("psnr",))
-                record.append_log({"step": step, "time": round(train_time, 3), "val_psnr": val["psnr"]})
-            if step % self.checkpoint_every == 0 or step == self.iterations:
-                self._checkpoint(method, record, step, train_time)
+        global _boundary_saver
+        _boundary_saver = lambda: self._checkpoint(method, record, step, train_time)  # noqa: E731 (late-bound step)
+        try:
+            with _DeferredSignals() as deferred:
+                while step < self.iterations:
+                    step, train_time = self._train_iteration(method, scene, record, evaluation, sampler,
+                                                             step, train_time)
+                    deferred.deliver()  # between steps: a preemption saves this step, then exits
+        finally:
+            _boundary_saver = None
+        return step, train_time
+
+    def _train_iteration(self, method, scene, record, evaluation, sampler, step: int, train_time: float
+                         ) -> tuple[int, float]:
+        """One training step and its bookkeeping (logs, validation, checkpoint)."""
+        t0 = time.perf_counter()
+        losses = self._train_step(method, sampler, step, record)
+        train_time += time.perf_counter() - t0
+        step += 1
+        self._check_finite(losses, step)
+        if self.finite_check_every and step % self.finite_check_every == 0:
+            self._check_params(method.state_dict(), step)
+        if (fault := faults.hit("step")) is not None:
+            fault.fire(record.dir)
+        if step % self.log_every == 0 or step == self.iterations:
+            record.append_log({"step": step, "time": round(train_time, 3), **losses})
+        if step % self.progress_every == 0:
+            record.write_progress(step, self.iterations, phase="train", loss=float(losses.get("loss", 0)))
+        if self.validate_every and step % self.validate_every == 0 and "test" in scene.splits:
+            val = score(evaluation, method, scene.split("test"), self.validation_views, metrics=("psnr",))
+            record.append_log({"step": step, "time": round(train_time, 3), "val_psnr": val["psnr"]})
+        if step % self.checkpoint_every == 0 or step == self.iterations:
+            self._checkpoint(method, record, step, train_time)
         return step, train_time
 
     def run(self, record: TrialRecord) -> dict:
