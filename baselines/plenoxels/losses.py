@@ -20,6 +20,8 @@ import math
 import gin
 import torch
 
+from harness.evaluation.image import SSIM_WINDOW
+from harness.metrics import ssim as image_ssim
 from kernels.grid import as_resolution
 from kernels.tv import NORMS, tv_from_rows, tv_neighbours
 
@@ -63,8 +65,6 @@ class Reconstruction:
         if kind not in RECONSTRUCTIONS:
             raise ValueError(f"Reconstruction.kind must be one of {RECONSTRUCTIONS}, got {kind!r}")
         _check_weight("Reconstruction", weight=weight, ssim_weight=ssim_weight)
-        from harness.evaluation.image import SSIM_WINDOW
-
         if ssim_weight > 0 and patch_size < SSIM_WINDOW:
             raise ValueError(f"Reconstruction.patch_size must be >= {SSIM_WINDOW} (the SSIM window) "
                              f"when ssim_weight > 0, got {patch_size}")
@@ -85,14 +85,12 @@ class Reconstruction:
 
     def ssim(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Mean SSIM over the batch's patches (rays (n * p * p, 3), patch-major)."""
-        from harness.metrics import ssim
-
         p = self.patch_size
         n = pred.shape[0] // (p * p)
         if n == 0 or n * p * p != pred.shape[0]:
             raise ValueError(f"Reconstruction: SSIM needs a batch of whole {p}x{p} patches, got "
                              f"{pred.shape[0]} rays")
-        return ssim(pred.view(n, p, p, 3), target.view(n, p, p, 3)).mean()
+        return image_ssim(pred.view(n, p, p, 3), target.view(n, p, p, 3)).mean()
 
 
 @gin.configurable

@@ -239,19 +239,24 @@ class Plenoxels:
         return composite(sigma, rgb, self._step_world(), ray_index, n_rays, t=t, background=background,
                          impl=self.kernels)
 
-    @torch.no_grad()
-    def render(self, origins: torch.Tensor, directions: torch.Tensor) -> dict[str, torch.Tensor]:
-        t0 = time.perf_counter()
-        outs = []
+    def _chunks(self, origins: torch.Tensor, directions: torch.Tensor, stop: float):
+        """Per chunk of `render_chunk` rays (no grad): directions, ray count, the samples worth
+        shading (ray_index, t, rows, weight) and their density."""
         for i in range(0, origins.shape[0], self.render_chunk):
             o = origins[i:i + self.render_chunk].to(self.device)
             d = directions[i:i + self.render_chunk].to(self.device)
             ray_index, t, rows, weight = self._samples(*self._march_rays(o, d))
             sigma = self._sigma(self.grid.density, rows, weight)
-            sel = self._shaded(sigma, ray_index, o.shape[0], self.render_stop)
-            ray_index, rows, weight = ray_index[sel], rows[:, sel], weight[:, sel]
+            sel = self._shaded(sigma, ray_index, o.shape[0], stop)
+            yield d, o.shape[0], ray_index[sel], t[sel], rows[:, sel], weight[:, sel], sigma[sel]
+
+    @torch.no_grad()
+    def render(self, origins: torch.Tensor, directions: torch.Tensor) -> dict[str, torch.Tensor]:
+        t0 = time.perf_counter()
+        outs = []
+        for d, n, ray_index, t, rows, weight, sigma in self._chunks(origins, directions, self.render_stop):
             rgb = self._colour(self.grid.sh, rows, weight, d, ray_index)
-            r = self._composite(sigma[sel], rgb, t[sel], ray_index, o.shape[0], self.background())
+            r = self._composite(sigma, rgb, t, ray_index, n, self.background())
             outs.append({k: r[k].cpu() for k in ("rgb", "depth", "acc")})
         self.timing["render_rays"] += origins.shape[0]
         self.timing["render_s"] += time.perf_counter() - t0
@@ -341,15 +346,10 @@ class Plenoxels:
         """Max rendering weight (n_rows,) each allocated voxel carries over these rays, as training
         tracks it for weight pruning."""
         out = torch.zeros(self.grid.n_rows, device=self.device)
-        for i in range(0, origins.shape[0], self.render_chunk):
-            o = origins[i:i + self.render_chunk].to(self.device)
-            d = directions[i:i + self.render_chunk].to(self.device)
-            ray_index, t, rows, weight = self._samples(*self._march_rays(o, d))
-            sigma = self._sigma(self.grid.density, rows, weight)
-            sel = self._shaded(sigma, ray_index, o.shape[0], self.train_stop)
-            rgb = torch.zeros(sel.numel(), 3, device=self.device)
-            r = self._composite(sigma[sel], rgb, t[sel], ray_index[sel], o.shape[0], self.background())
-            self._track_weights(r["weights"], rows[:, sel], weight[:, sel], into=out)
+        for _, n, ray_index, t, rows, weight, sigma in self._chunks(origins, directions, self.train_stop):
+            rgb = torch.zeros(sigma.shape[0], 3, device=self.device)
+            r = self._composite(sigma, rgb, t, ray_index, n, self.background())
+            self._track_weights(r["weights"], rows, weight, into=out)
         return out
 
     # ---- state -----------------------------------------------------------------------------
