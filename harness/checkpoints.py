@@ -4,6 +4,11 @@ Each checkpoint is `step_<N>.pt` (torch.save of a dict) with `step_<N>.pt.sha256
 (written before it).
 Loading verifies the checksum; a truncated or corrupted file is skipped with a warning that
 names it and the previous good one is used.
+
+The best state by validation PSNR is `best_<N>.pt` (N: the step it was taken at), written the same
+way. It is named by step rather than overwritten in place: with the checksum in a separate file,
+an in-place rewrite cut between the two writes would leave new checksum + old data, losing the
+best. A new best is complete before the older one is removed, so a kill leaves one or both.
 """
 
 from __future__ import annotations
@@ -20,13 +25,28 @@ from harness.records import atomic_write_bytes, remove_temp_files
 
 log = logging.getLogger(__name__)
 _NAME = re.compile(r"^step_(\d+)\.pt$")
+_BEST = re.compile(r"^best_(\d+)\.pt$")  # never matches _NAME: keep-N pruning and load_latest ignore it
 
 
-def _checkpoints(directory: Path) -> list[tuple[int, Path]]:
+def _checkpoints(directory: Path, pattern: re.Pattern = _NAME) -> list[tuple[int, Path]]:
     if not directory.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := _NAME.match(p.name))]
+    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := pattern.match(p.name))]
     return sorted(found)
+
+
+def _write(path: Path, payload: dict) -> None:
+    """Checksum first, then the data (both atomic); on a failed data write, drop the checksum."""
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    data = buf.getvalue()
+    sums = _sums(path)
+    atomic_write_bytes(sums, hashlib.sha256(data).hexdigest().encode())
+    try:
+        atomic_write_bytes(path, data)
+    except BaseException:
+        sums.unlink(missing_ok=True)
+        raise
 
 
 def save(directory: Path, step: int, payload: dict, keep: int = 2) -> Path:
@@ -36,21 +56,34 @@ def save(directory: Path, step: int, payload: dict, keep: int = 2) -> Path:
     checksum: a kill in between leaves only a `.sha256` without data, which load ignores and
     `tidy` removes. A failed write (e.g. disk full) raises records.WriteError naming the file and
     leaves the older checkpoints as they were."""
-    buf = io.BytesIO()
-    torch.save(payload, buf)
-    data = buf.getvalue()
     path = Path(directory) / f"step_{step:08d}.pt"
-    sums = _sums(path)
-    atomic_write_bytes(sums, hashlib.sha256(data).hexdigest().encode())
-    try:
-        atomic_write_bytes(path, data)
-    except BaseException:
-        sums.unlink(missing_ok=True)
-        raise
+    _write(path, payload)
     for _, old in _checkpoints(Path(directory))[:-keep]:
         old.unlink(missing_ok=True)
         _sums(old).unlink(missing_ok=True)
     return path
+
+
+def save_best(directory: Path, step: int, payload: dict) -> Path:
+    """Write the best-so-far state as `best_<step>.pt` (atomic, checksummed like `save`), then remove
+    older best files. The caller must not rewrite the step of an existing best (see the module doc)."""
+    path = Path(directory) / f"best_{step:08d}.pt"
+    _write(path, payload)
+    for _, old in _checkpoints(Path(directory), _BEST):
+        if old != path:
+            old.unlink(missing_ok=True)
+            _sums(old).unlink(missing_ok=True)
+    return path
+
+
+def load_best(directory: Path) -> tuple[int, dict] | None:
+    """The newest best state that verifies, as (step, payload), or None. Newest is best: a best
+    file is only written when its PSNR beats the previous one."""
+    for step, path in reversed(_checkpoints(Path(directory), _BEST)):
+        payload = _verified(path)
+        if payload is not None:
+            return step, payload
+    return None
 
 
 def _sums(path: Path) -> Path:
@@ -64,7 +97,7 @@ def tidy(directory: Path) -> None:
     if not directory.is_dir():
         return
     removed = remove_temp_files(directory)
-    for sums in directory.glob("step_*.pt.sha256"):
+    for sums in [*directory.glob("step_*.pt.sha256"), *directory.glob("best_*.pt.sha256")]:
         if not sums.with_suffix("").exists():
             sums.unlink(missing_ok=True)
             removed.append(sums)

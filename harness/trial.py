@@ -108,12 +108,17 @@ class Trainer:
     Non-finite losses (every step) or parameters (before each checkpoint, and every
     `finite_check_every` steps if > 0) stop the trial as `diverged`; no non-finite checkpoint is
     written. A torch.cuda.OutOfMemoryError in a training step retries the step with the batch
-    size times `oom_factor`, at most `oom_retries` times per trial."""
+    size times `oom_factor`, at most `oom_retries` times per trial.
+
+    With `validate_every` > 0, each validation that beats the best PSNR so far saves the state as
+    `checkpoints/best_<step>.pt`; `evaluate_with = 'best'` scores the test split with that state
+    instead of the last one."""
 
     def __init__(self, method=gin.REQUIRED, iterations: int = 1000, seed: int = 0,
                  checkpoint_every: int = 500, keep_checkpoints: int = 2, log_every: int = 50,
                  validate_every: int = 0, validation_views=(0,), progress_every: int = 10,
-                 finite_check_every: int = 0, oom_retries: int = 3, oom_factor: float = 0.5):
+                 finite_check_every: int = 0, oom_retries: int = 3, oom_factor: float = 0.5,
+                 evaluate_with: str = "latest"):
         if not callable(method):
             raise ConfigError(f"Trainer.method = {method!r}: expected a configurable reference such as @ToyColour")
         self.method_cls = method
@@ -132,9 +137,19 @@ class Trainer:
         if isinstance(oom_factor, bool) or not isinstance(oom_factor, (int, float)) or not 0 < oom_factor < 1:
             raise ConfigError(f"Trainer.oom_factor = {oom_factor!r}: expected a number between 0 and 1")
         self.oom_factor = float(oom_factor)
+        if evaluate_with not in ("latest", "best"):
+            raise ConfigError(f"Trainer.evaluate_with = {evaluate_with!r}: expected 'latest' or 'best'")
+        if evaluate_with == "best" and not self.validate_every:
+            raise ConfigError("Trainer.evaluate_with = 'best' needs validation: set Trainer.validate_every > 0")
+        self.evaluate_with = evaluate_with
+        self.best = None  # {"step", "psnr"} of the best validation so far (read back on resume)
 
     def _resume(self, method, record: TrialRecord) -> tuple[int, float]:
         checkpoints.tidy(record.checkpoint_dir)
+        # the best so far survives a resume (even one from scratch), so a repeated or later
+        # validation only replaces it when it is better
+        best = checkpoints.load_best(record.checkpoint_dir)
+        self.best = {"step": best[0], "psnr": float(best[1]["psnr"])} if best is not None else None
         found = checkpoints.load_latest(record.checkpoint_dir)
         step, payload = found if found is not None else (0, {})
         record.trim_log(step)  # lines past the checkpoint are logged again as training repeats them
@@ -157,6 +172,19 @@ class Trainer:
         checkpoints.save(record.checkpoint_dir, step,
                          {"step": step, "train_time": train_time, "batch_size": method.batch_size, "method": state},
                          keep=self.keep_checkpoints)
+
+    def _save_best(self, method, record: TrialRecord, step: int, psnr: float) -> None:
+        """Save the state as the best if `psnr` beats the best so far (NaN never does)."""
+        if self.best is not None and not psnr > self.best["psnr"]:
+            return
+        if self.best is not None and self.best["step"] == step:
+            # a resume repeating the step of a kept best: never rewrite a best file in place
+            return
+        state = method.state_dict()
+        self._check_params(state, step)
+        checkpoints.save_best(record.checkpoint_dir, step,
+                              {"step": step, "psnr": psnr, "batch_size": method.batch_size, "method": state})
+        self.best = {"step": step, "psnr": psnr}
 
     @staticmethod
     def _check_finite(losses: dict, step: int) -> None:
@@ -223,6 +251,7 @@ class Trainer:
         if self.validate_every and step % self.validate_every == 0 and "test" in scene.splits:
             val = score(evaluation, method, scene.split("test"), self.validation_views, metrics=("psnr",))
             record.append_log({"step": step, "time": round(train_time, 3), "val_psnr": val["psnr"]})
+            self._save_best(method, record, step, float(val["psnr"]))
         if step % self.checkpoint_every == 0 or step == self.iterations:
             self._checkpoint(method, record, step, train_time)
         return step, train_time
@@ -237,6 +266,7 @@ class Trainer:
         method = self.method_cls(scene=scene, seed=self.seed)
         scene = getattr(method, "trial_scene", scene)  # optional: the part of the scene it trains on
         step, train_time = self.train(method, scene, record, evaluation)
+        evaluated = self._load_evaluated(method, record)
         test = scene.split("test")
         record.write_progress(0, len(test), phase="eval")
         done = [0]
@@ -252,9 +282,25 @@ class Trainer:
         metrics.update(iterations=step, train_time=round(train_time, 3),
                        eval_time=round(time.perf_counter() - t0, 3), n_test_views=len(test),
                        model=method.stats(), scene=scene.name, resolution=[test.cameras.width, test.cameras.height],
-                       peak_rss_mb=_peak_rss_mb())
+                       peak_rss_mb=_peak_rss_mb(), evaluated_checkpoint=evaluated)
+        if self.best is not None:
+            metrics["best_validation"] = dict(self.best)
         record.write_metrics(metrics)
         return metrics
+
+    def _load_evaluated(self, method, record: TrialRecord) -> str:
+        """Load the state the test split is scored with; 'latest' (as trained) or 'best'."""
+        if self.evaluate_with == "latest":
+            return "latest"
+        found = checkpoints.load_best(record.checkpoint_dir)
+        if found is None:  # validation never ran (iterations < validate_every, or no test split)
+            log.warning("trial %s: Trainer.evaluate_with = 'best' but no best checkpoint: evaluating the latest state",
+                        record.dir.name)
+            return "latest"
+        method.load_state_dict(found[1]["method"])
+        log.info("trial %s: evaluating the best state (step %d, validation PSNR %.3f)",
+                 record.dir.name, found[0], found[1]["psnr"])
+        return "best"
 
 
 def score(evaluation: Evaluation, method, split, indices=None, **kw) -> dict:
