@@ -13,7 +13,8 @@ from baselines.block_nerf.encoding import frustum_gaussian, integrated_pos_enc
 from baselines.block_nerf.method import BlockNeRF
 from baselines.block_nerf.model import VisibilityMLP
 from baselines.block_nerf.partition import Block, BlockPartition, overlap_fraction
-from baselines.block_nerf.pose import PoseRefinement, perturb_poses, pose_errors
+from baselines.block_nerf.pose import (PoseRefinement, perturb_poses, pose_errors, pose_errors_aligned, remove_gauge,
+                                      rigid_gauge)
 from baselines.block_nerf.sampling import coarse_edges, composite
 from tests.test_block_nerf_toy import toy_scene
 
@@ -259,6 +260,42 @@ def test_pose_refinement_recovers_a_known_perturbation():
     after = pose_errors(pose.refined_c2w(noisy), true)
     assert after["rotation_deg"] < 0.5 * before["rotation_deg"], after
     assert after["translation"] < 0.5 * before["translation"], after
+
+
+def test_sequence_noise_is_one_draw_per_group_and_offsets_follow_groups():
+    true = np.zeros((6, 3, 4))
+    true[:, :, :3] = np.eye(3)
+    true[:, :, 3] = np.arange(18.0).reshape(6, 3)
+    group = np.array([0, 0, 1, 1, 1, 0])
+    noisy = perturb_poses(true, 1.0, 0.2, seed=5, group=group)
+    moved = noisy[:, :, 3] - true[:, :, 3]
+    np.testing.assert_allclose(moved[0], moved[1]) and np.testing.assert_allclose(moved[2], moved[4])
+    assert not np.allclose(moved[0], moved[2])
+    np.testing.assert_allclose(noisy[5, :, :3], noisy[0, :, :3])
+    assert pose_errors(noisy, true) == pytest.approx({"rotation_deg": 1.0, "translation": 0.2})
+    pose = PoseRefinement(2)
+    with torch.no_grad():
+        pose.translation[1] = torch.tensor([1.0, 2.0, 3.0])
+    refined = pose.refined_c2w(true, group)
+    np.testing.assert_allclose(refined[group == 1, :, 3] - true[group == 1, :, 3], [[1.0, 2.0, 3.0]] * 3)
+    np.testing.assert_allclose(refined[group == 0], true[group == 0])
+
+
+def test_aligned_pose_errors_remove_a_rigid_motion_of_all_cameras_only():
+    rng = np.random.default_rng(0)
+    true = perturb_poses(np.concatenate([np.eye(3)[None].repeat(8, 0), rng.uniform(-5, 5, (8, 3, 1))], 2),
+                         30.0, 0.0, seed=1)  # varied orientations
+    world = np.concatenate([perturb_poses(np.eye(3, 4)[None], 3.0, 0.0, seed=2)[0, :, :3],
+                            np.array([[1.0], [-2.0], [0.5]])], 1)
+    moved = np.empty_like(true)
+    moved[:, :, :3] = world[:, :3] @ true[:, :, :3]
+    moved[:, :, 3] = true[:, :, 3] @ world[:, :3].T + world[:, 3]
+    np.testing.assert_allclose(rigid_gauge(moved, true), world, atol=1e-12)
+    np.testing.assert_allclose(remove_gauge(moved, world), true, atol=1e-12)
+    assert pose_errors(moved, true)["rotation_deg"] == pytest.approx(3.0)
+    assert pose_errors_aligned(moved, true) == pytest.approx({"rotation_deg": 0.0, "translation": 0.0}, abs=1e-4)  # arccos near 1
+    noisy = perturb_poses(true, 1.0, 0.1, seed=4)  # independent per-camera noise is not a rigid motion
+    assert pose_errors_aligned(noisy, true)["rotation_deg"] > 0.7
 
 
 def test_pose_regulariser_is_strong_early():

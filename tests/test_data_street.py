@@ -52,6 +52,28 @@ def test_default_street_layout_meets_the_spec():
     assert street_length > 3 * 30  # the drive covers the blocks
 
 
+def test_conditions_are_captured_in_both_directions_by_separate_drives():
+    """A condition must not be recognisable from the heading (else a model without appearance codes
+    learns it from the view direction); each drive is one sequence with one condition and heading."""
+    scene = build_street(street_scene())
+    heading_x = -scene.cameras.c2w[:, 0, 2]  # camera looks along -z: its x component gives the direction
+    for c in np.unique(scene.condition):
+        assert (heading_x[scene.condition == c] > 0.3).sum() >= 20 and (heading_x[scene.condition == c] < -0.3).sum() >= 20
+    assert len(np.unique(scene.sequence)) == 6
+    for d in np.unique(scene.sequence):
+        one = scene.sequence == d
+        assert len(np.unique(scene.condition[one])) == 1
+        assert (heading_x[one] > 0).all() or (heading_x[one] < 0).all()
+
+
+def test_sequence_ids_are_saved_and_loaded(street_dir, street):
+    frames = json.loads((street_dir / "transforms.json").read_text())["frames"]
+    by_name = {f["file_path"].split("/")[-1][:-4]: f["sequence_id"] for f in frames}
+    for split in street.splits.values():
+        assert split.sequence_id is not None
+        assert [by_name[n] for n in split.names] == split.sequence_id.tolist()
+
+
 def test_render_is_bit_identical_and_generation_repeatable(tmp_path, street_dir):
     scene = build_street(street_scene(**SMALL))
     a, b = render_view(scene, 5), render_view(scene, 5)

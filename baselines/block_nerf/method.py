@@ -24,11 +24,12 @@ from baselines.block_nerf import protocol as proto
 from baselines.block_nerf.field import BlockField
 from baselines.block_nerf.model import MipMLP, VisibilityMLP, exposure_input, init_codes, param_count, pixel_radius
 from baselines.block_nerf.partition import BlockPartition
-from baselines.block_nerf.pose import PoseRefinement, perturb_poses, pose_errors
+from baselines.block_nerf.pose import PoseRefinement, perturb_poses, pose_errors, pose_errors_aligned
 from baselines.block_nerf.training import ComponentOptimisers, Schedule, autocast
 
 log = logging.getLogger(__name__)
 APPEARANCE_MODES = ("appearance_id", "image", "none")
+POSE_GROUPS = ("image", "sequence")  # one pose offset per training image, or per capture sequence (drive)
 STATE_VERSION = 2  # 2: the pose translation has its own optimiser ("pose_translation")
 
 
@@ -43,7 +44,8 @@ def subset_split(split: Split, index: np.ndarray, c2w: np.ndarray | None = None)
         cams.c2w = c2w.astype(np.float32)
     return Split(split.images[index], cams, [split.names[i] for i in index],
                  None if split.exposure is None else split.exposure[index],
-                 None if split.appearance_id is None else split.appearance_id[index])
+                 None if split.appearance_id is None else split.appearance_id[index],
+                 None if split.sequence_id is None else split.sequence_id[index])
 
 
 @gin.configurable
@@ -59,7 +61,8 @@ class BlockNeRF:
                  visibility: bool = True, visibility_weight: float = 0.1, visibility_width: int = 32,
                  visibility_depth: int = 2, visibility_freqs: int = 8,
                  pose_refinement: bool = True, pose_reg_initial: float = 10.0, pose_reg_final: float = 0.01,
-                 pose_reg_steps: int = 500, pose_noise_deg: float = 0.0, pose_noise_frac: float = 0.0,
+                 pose_reg_steps: int = 500, pose_groups: str = "image", pose_noise_deg: float = 0.0,
+                 pose_noise_frac: float = 0.0,
                  lr_mlp: float = 5e-3, lr_appearance: float = 5e-3, lr_visibility: float = 5e-3,
                  lr_pose: float = 1e-3, lr_pose_translation: float | None = None, optimiser: str = "adam", schedule: Schedule | None = None,
                  clip_norm: float = 0.0, mixed_precision: bool = True, test_appearance: str = "auto",
@@ -68,6 +71,7 @@ class BlockNeRF:
         _check(appearance in APPEARANCE_MODES, f"appearance must be one of {APPEARANCE_MODES}, got {appearance!r}")
         _check(batch_size > 0 and n_coarse > 1 and n_fine >= 0, "need batch_size > 0, n_coarse > 1, n_fine >= 0")
         _check(pose_noise_deg >= 0 and pose_noise_frac >= 0, "pose noise must be >= 0")
+        _check(pose_groups in POSE_GROUPS, f"pose_groups must be one of {POSE_GROUPS}, got {pose_groups!r}")
         self.seed, self.block_index, self.batch_size = int(seed), int(block), int(batch_size)
         self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                                    ("cpu" if device == "auto" else device))
@@ -84,10 +88,14 @@ class BlockNeRF:
         _check(len(self.train_index) > 0, f"block {self.block_index} has no training images")
         _check(len(self.test_index) > 0, f"block {self.block_index} has no test views")
         self.true_c2w = train.cameras.c2w[self.train_index].astype(np.float64)
+        self.pose_groups, self.pose_group = pose_groups, self._pose_group(train, pose_groups)
         noise_t = pose_noise_frac * self.block.radius
-        self.noisy_c2w = (perturb_poses(self.true_c2w, pose_noise_deg, noise_t, seed=1_000 + self.seed)
+        # the known noise has the structure the offsets can represent: per image, or one draw per sequence
+        self.noisy_c2w = (perturb_poses(self.true_c2w, pose_noise_deg, noise_t, seed=1_000 + self.seed,
+                                        group=self.pose_group)
                           if (pose_noise_deg > 0 or noise_t > 0) else self.true_c2w.copy())
-        self.pose_noise = {"rotation_deg": float(pose_noise_deg), "translation": float(noise_t)}
+        self.pose_noise = {"rotation_deg": float(pose_noise_deg), "translation": float(noise_t),
+                           "groups": pose_groups, "n_groups": int(self.pose_group.max()) + 1}
         self.trial_scene = Scene(
             name=scene.name, path=scene.path, format=scene.format, background=scene.background,
             splits={"train": subset_split(train, self.train_index, self.noisy_c2w),
@@ -122,7 +130,7 @@ class BlockNeRF:
                                 pixel_radius(float(np.median(train.cameras.fx))), n_coarse, n_fine, spacing,
                                 mlp, vis).to(self.device)
         self.codes = torch.nn.Parameter(init_codes(n_codes, a_dim, gen).to(self.device))
-        self.pose = PoseRefinement(len(tr), pose_reg_initial, pose_reg_final, pose_reg_steps).to(self.device) \
+        self.pose = PoseRefinement(int(self.pose_group.max()) + 1, pose_reg_initial, pose_reg_final, pose_reg_steps).to(self.device) \
             if pose_refinement else None
         self.visibility_weight, self.coarse_loss_weight = float(visibility_weight), float(coarse_loss_weight)
         comps = {"mlp": (mlp.parameters(), lr_mlp), "appearance": ([self.codes] if n_codes else [], lr_appearance)}
@@ -140,10 +148,18 @@ class BlockNeRF:
                                               dtype=torch.float32)
         self.train_app = torch.as_tensor(tr.appearance_id if tr.appearance_id is not None else np.zeros(len(tr)),
                                          dtype=torch.long)
+        self.train_pose_group = torch.as_tensor(self.pose_group, dtype=torch.long)
         self.fit = {"steps": int(fit_steps), "lr": float(fit_lr), "rays": int(fit_rays)}
         self.visibility_eval_stride = int(visibility_eval_stride)
         self.render_chunk = int(render_chunk)
         self.view = {"code": None, "exposure": 1.0}  # conditioning used by render()
+
+    def _pose_group(self, train: Split, groups: str) -> np.ndarray:
+        """Pose group (0..G-1) of each of the block's training images."""
+        if groups == "image":
+            return np.arange(len(self.train_index))
+        _check(train.sequence_id is not None, "pose_groups = 'sequence' but the scene has no per-frame sequence_id")
+        return np.unique(train.sequence_id[self.train_index], return_inverse=True)[1].reshape(-1)
 
     # ---- conditioning -------------------------------------------------------------------------
     def code_for(self, image_index: torch.Tensor) -> torch.Tensor | None:
@@ -173,7 +189,7 @@ class BlockNeRF:
         o, d = batch["origins"].to(self.device), batch["directions"].to(self.device)
         target = batch["rgb"].to(self.device)
         if self.pose is not None:
-            o, d = self.pose.apply(o, d, idx.to(self.device))
+            o, d = self.pose.apply(o, d, self.train_pose_group[idx].to(self.device))
         gen = torch.Generator().manual_seed(self.seed * 7_919 + step)
         with autocast(self.device, self.mixed):
             out = self.field(o, d, self.code_for(idx), self.exposure_in(self.train_exposure[idx]), generator=gen,
@@ -188,7 +204,7 @@ class BlockNeRF:
                 loss = loss + self.visibility_weight * vis_loss
                 losses["visibility"] = float(vis_loss.detach())
             if self.pose is not None:
-                reg = self.pose.regulariser(idx.to(self.device), self.block.radius)
+                reg = self.pose.regulariser(self.train_pose_group[idx].to(self.device), self.block.radius)
                 loss = loss + self.pose.reg_weight(step) * reg
                 losses["pose_reg"] = float(reg.detach())
         self.opt.zero_grad()
@@ -290,10 +306,14 @@ class BlockNeRF:
         return rec
 
     def pose_record(self) -> dict:
-        before = pose_errors(self.noisy_c2w, self.true_c2w)
-        after = pose_errors(self.pose.refined_c2w(self.noisy_c2w), self.true_c2w) if self.pose else before
-        return {"noise": self.pose_noise, "refinement": self.pose is not None, "error_before": before,
-                "error_after": after}
+        """Errors of the training poses before and after refinement, raw and with the rigid gauge removed
+        (the photometric loss cannot see a rigid motion of all cameras together with the scene)."""
+        refined = self.pose.refined_c2w(self.noisy_c2w, self.pose_group) if self.pose else self.noisy_c2w
+        rec = {"noise": self.pose_noise, "refinement": self.pose is not None}
+        for name, errors in (("", pose_errors), ("_aligned", pose_errors_aligned)):
+            rec["error_before" + name] = errors(self.noisy_c2w, self.true_c2w)
+            rec["error_after" + name] = errors(refined, self.true_c2w)
+        return rec
 
     def visibility_error(self, split: Split) -> dict | None:
         """|predicted visibility - true transmittance| over the fine samples of every

@@ -3,7 +3,7 @@
 Intrinsics `fl_x, fl_y, cx, cy, w, h` and distortion `k1..k4, p1, p2` may be given at the top level
 or per frame (a frame's value wins). Each frame has `file_path` (relative to the JSON file) and a
 4x4 camera-to-world `transform_matrix` in OpenGL axes; Block-NeRF scenes add `exposure` (positive
-float), `appearance_id` (int), a top-level `blocks` list and, for procedural scenes, per-frame
+float), `appearance_id` (int), `sequence_id` (int: the drive or capture sequence), a top-level `blocks` list and, for procedural scenes, per-frame
 `depth_file_path` (.npy, float32 distance along the unit ray, times `depth_unit_scale_factor`).
 
 Splits, first rule that applies: a per-frame `split` field (frames without one are 'train');
@@ -166,9 +166,11 @@ def load_frames(frames: list[Frame], split: str, factor: int, background: np.nda
     cams = cameras_from_arrays(np.stack(poses), *intr_arr.T, w, h)
     exposure = _optional_column(frames, "exposure", lambda v, at: as_float(v, at, positive=True), split)
     appearance = _optional_column(frames, "appearance_id", lambda v, at: as_int(v, at, minimum=0), split)
+    sequence = _optional_column(frames, "sequence_id", lambda v, at: as_int(v, at, minimum=0), split)
     out = Split(np.stack(images).astype(np.float32), cams, names,
                 None if exposure is None else np.asarray(exposure, dtype=np.float32),
-                None if appearance is None else np.asarray(appearance, dtype=np.int64))
+                None if appearance is None else np.asarray(appearance, dtype=np.int64),
+                None if sequence is None else np.asarray(sequence, dtype=np.int64))
     depth = None
     if load_depth and all("depth_file_path" in f.data for f in frames):
         if factor == 1:

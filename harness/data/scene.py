@@ -43,6 +43,7 @@ class Split:
     names: list[str]  # one per image, used to name renders and per-view metrics
     exposure: np.ndarray | None = None  # (N,) positive floats, Block-NeRF scenes
     appearance_id: np.ndarray | None = None  # (N,) ints, Block-NeRF scenes
+    sequence_id: np.ndarray | None = None  # (N,) ints: the capture sequence (drive), Block-NeRF scenes
 
     def __len__(self) -> int:
         return len(self.names)

@@ -25,7 +25,7 @@ from harness.errors import ConfigError, DataError
 from harness.paths import DATA_DIR
 
 log = logging.getLogger(__name__)
-GENERATOR_VERSION = 1  # bump when rendering changes, so cached scenes are regenerated
+GENERATOR_VERSION = 2  # 2: street drives per condition in both directions, sequence_id; bump when rendering changes, so cached scenes are regenerated
 KINDS = {"tiny": (tiny_scene, build_tiny), "street": (street_scene, build_street)}
 DEFAULT_CACHE = DATA_DIR / "procedural"
 
@@ -42,14 +42,16 @@ def scene_params(kind: str) -> dict:
 def _check(kind: str, p: dict) -> None:
     name = f"{kind}_scene"
     positive = ("size", "n_train", "n_test") if kind == "tiny" else ("n_blocks", "n_images", "width", "height",
-                                                                      "buildings_per_side")
+                                                                      "buildings_per_side", "drives_per_condition")
     for key in positive:
         if not isinstance(p[key], int) or p[key] < 1:
             raise ConfigError(f"{name}.{key} must be a positive integer, got {p[key]!r}")
     if kind == "street":
-        if p["test_every"] < 2 or p["n_images"] < len(p["conditions"]) or not p["conditions"]:
-            raise ConfigError(f"{name}: need test_every >= 2 and at least one image per condition "
-                              f"(test_every={p['test_every']}, n_images={p['n_images']}, conditions={len(p['conditions'])})")
+        drives = len(p["conditions"]) * p["drives_per_condition"]
+        if p["test_every"] < 2 or p["n_images"] < drives or not p["conditions"]:
+            raise ConfigError(f"{name}: need test_every >= 2 and at least one image per drive "
+                              f"(test_every={p['test_every']}, n_images={p['n_images']}, drives = conditions x "
+                              f"drives_per_condition = {drives})")
         lo, hi = p["exposure_range"]
         if not 0 < lo <= hi:
             raise ConfigError(f"{name}.exposure_range must satisfy 0 < low <= high, got {p['exposure_range']}")

@@ -2,9 +2,11 @@
 
 World z is up and the street runs along +x: blocks of buildings (boxes with window facades) line both
 sides, separated by cross streets; cars, trees and bollards stand along the kerbs; the ground has road
-markings, sidewalks and zebra crossings. One capture per lighting condition drives the length of the
-street (alternating directions and lanes) with cameras at several heights and headings; every image
-has its own exposure (log-uniform in `exposure_range`) and the condition's index as `appearance_id`.
+markings, sidewalks and zebra crossings. Each lighting condition is captured by `drives_per_condition`
+drives along the street, alternating direction and lane, so that a condition cannot be told from the
+heading (a real fleet drives both ways at every time of day); cameras sit at several heights and
+headings. Every image has its own exposure (log-uniform in `exposure_range`), the condition's index as
+`appearance_id` and its drive's index as `sequence_id` (what per-sequence pose offsets are shared by).
 Every `test_every`-th image is held out for testing. All randomness comes from `seed`.
 """
 
@@ -38,7 +40,7 @@ def street_scene(n_blocks: int = 4, block_length: float = 30.0, cross_street_wid
                  building_height=(8.0, 24.0), building_depth=(8.0, 14.0), n_images: int = 200, width: int = 96,
                  height: int = 64, fov_x_deg: float = 75.0, camera_heights=(1.6, 3.2), yaw_offsets_deg=(-25.0, 0.0, 25.0),
                  pitch_deg: float = 4.0, test_every: int = 8, exposure_range=(0.5, 2.0), conditions=CONDITIONS,
-                 shadows: bool = True, seed: int = 0) -> dict:
+                 drives_per_condition: int = 2, shadows: bool = True, seed: int = 0) -> dict:
     """The parameters of the street scene (bind e.g. `street_scene.n_blocks = 6`); they name its cache folder."""
     return {k: v for k, v in locals().items()}
 
@@ -80,23 +82,27 @@ def _objects(p: dict, rng, boxes: list, spheres: list, materials: list) -> None:
 
 
 def _cameras(p: dict, rng, street_end: float):
-    """Poses, condition index and exposure per image: one drive per condition."""
+    """Poses, condition, drive (sequence) and exposure per image. Drive d has condition d % C and heads
+    +x on even rounds (d // C), -x on odd ones, so every condition is seen in both directions once
+    drives_per_condition >= 2; images are shared out evenly over the drives."""
     n_cond = len(p["conditions"])
-    poses, cond = [], []
-    for c in range(n_cond):
-        count = p["n_images"] // n_cond + (1 if c < p["n_images"] % n_cond else 0)
-        forward = c % 2 == 0
-        lane = (-2.5 if forward else 2.5) if c < 2 else 0.0
+    n_drives = n_cond * p["drives_per_condition"]
+    poses, cond, drive = [], [], []
+    for d in range(n_drives):
+        c, forward = d % n_cond, (d // n_cond) % 2 == 0
+        count = p["n_images"] // n_drives + (1 if d < p["n_images"] % n_drives else 0)
+        lane = (-1.0 if forward else 1.0) * (2.5 if c % 2 == 0 else 1.0)
         xs = np.linspace(2.0, street_end - 2.0, count) + rng.uniform(-0.5, 0.5, count)
         for j, x in enumerate(xs if forward else xs[::-1]):
             yaw = (0.0 if forward else 180.0) + p["yaw_offsets_deg"][j % len(p["yaw_offsets_deg"])]
-            z = p["camera_heights"][(j + c) % len(p["camera_heights"])]
+            z = p["camera_heights"][(j + d) % len(p["camera_heights"])]
             eye = (float(x), lane + float(rng.uniform(-0.4, 0.4)), z)
             poses.append(heading_pose(eye, yaw + float(rng.uniform(-3, 3)), p["pitch_deg"] + float(rng.uniform(-2, 2))))
             cond.append(c)
+            drive.append(d)
     lo, hi = np.log(p["exposure_range"][0]), np.log(p["exposure_range"][1])
     exposure = np.exp(rng.uniform(lo, hi, len(poses))).astype(np.float32)
-    return np.stack(poses), np.array(cond, dtype=np.int64), exposure
+    return np.stack(poses), np.array(cond, dtype=np.int64), np.array(drive, dtype=np.int64), exposure
 
 
 def build_street(p: dict) -> ProceduralScene:
@@ -111,7 +117,7 @@ def build_street(p: dict) -> ProceduralScene:
     _buildings(p, rng, boxes, materials)
     _objects(p, rng, boxes, spheres, materials)
     shapes = build_shapes(boxes, spheres, ground_material=0)
-    c2w, cond, exposure = _cameras(p, rng, street_end)
+    c2w, cond, drive, exposure = _cameras(p, rng, street_end)
     n, w, h = len(c2w), int(p["width"]), int(p["height"])
     focal = 0.5 * w / math.tan(math.radians(p["fov_x_deg"]) / 2)
     cams = cameras_from_arrays(c2w, np.full(n, focal), np.full(n, focal), np.full(n, w / 2), np.full(n, h / 2), w, h)
@@ -124,6 +130,6 @@ def build_street(p: dict) -> ProceduralScene:
     return ProceduralScene(
         shapes, materials, cams, names=[f"frame_{i:05d}" for i in range(n)],
         splits=["test" if i % p["test_every"] == 0 else "train" for i in range(n)],
-        conditions=[dict(c) for c in p["conditions"]], condition=cond, exposure=exposure,
+        conditions=[dict(c) for c in p["conditions"]], condition=cond, exposure=exposure, sequence=drive,
         shadows=bool(p["shadows"]), sky=True,
         metadata={"near": 0.1, "far": diagonal, "aabb": aabb, "blocks": blocks})

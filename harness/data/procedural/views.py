@@ -29,6 +29,7 @@ class ProceduralScene:
     shadows: bool
     sky: bool  # False: transparent background (RGBA images)
     metadata: dict = field(default_factory=dict)  # top-level transforms.json keys (near, far, aabb, blocks)
+    sequence: np.ndarray | None = None  # (N,) capture sequence (drive) per view, or None
 
 
 def look_at(eye, target, up=(0.0, 0.0, 1.0)) -> np.ndarray:

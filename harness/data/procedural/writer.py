@@ -33,6 +33,8 @@ def _frame(scene: ProceduralScene, i: int) -> dict:
         frame["exposure"] = float(scene.exposure[i])
     if len(scene.conditions) > 1:
         frame["appearance_id"] = int(scene.condition[i])
+    if scene.sequence is not None:
+        frame["sequence_id"] = int(scene.sequence[i])
     return frame
 
 
