@@ -248,8 +248,9 @@ class Trainer:
             record.append_log({"step": step, "time": round(train_time, 3), **losses})
         if step % self.progress_every == 0:
             record.write_progress(step, self.iterations, phase="train", loss=float(losses.get("loss", 0)))
-        if self.validate_every and step % self.validate_every == 0 and "test" in scene.splits:
-            val = score(evaluation, method, scene.split("test"), self.validation_views, metrics=("psnr",))
+        split = validation_split(scene)
+        if self.validate_every and step % self.validate_every == 0 and split is not None:
+            val = score(evaluation, method, scene.split(split), self.validation_views, metrics=("psnr",))
             record.append_log({"step": step, "time": round(train_time, 3), "val_psnr": val["psnr"]})
             self._save_best(method, record, step, float(val["psnr"]))
         if step % self.checkpoint_every == 0 or step == self.iterations:
@@ -284,7 +285,7 @@ class Trainer:
                        model=method.stats(), scene=scene.name, resolution=[test.cameras.width, test.cameras.height],
                        peak_rss_mb=_peak_rss_mb(), evaluated_checkpoint=evaluated)
         if self.best is not None:
-            metrics["best_validation"] = dict(self.best)
+            metrics["best_validation"] = {**self.best, "split": validation_split(scene)}
         record.write_metrics(metrics)
         return metrics
 
@@ -301,6 +302,12 @@ class Trainer:
         log.info("trial %s: evaluating the best state (step %d, validation PSNR %.3f)",
                  record.dir.name, found[0], found[1]["psnr"])
         return "best"
+
+
+def validation_split(scene) -> str | None:
+    """The split validation scores: 'val' when the scene has one (so choosing the best state never
+    looks at the test views), else 'test'; None when there is neither."""
+    return next((name for name in ("val", "test") if name in scene.splits), None)
 
 
 def score(evaluation: Evaluation, method, split, indices=None, **kw) -> dict:

@@ -441,3 +441,27 @@ def test_region_visibility_drops_a_candidate_block_the_view_does_not_reach():
     _, region = compose_view({0: m, 1: m2}, test, i, {**opts, "visibility_region": True}, None)
     assert sorted(plain["blocks"]) == [0, 1]
     assert region["blocks"] == [0] and region["visibility"]["1"] == 0.0 and region["visibility"]["0"] > 0.1
+
+
+# ---- per-sequence pose offsets -------------------------------------------------------------------------
+def test_sequence_pose_groups_share_noise_and_offsets_within_a_drive():
+    scene = toy_scene()
+    with pytest.raises(ValueError, match="sequence_id"):
+        small(scene, pose_groups="sequence")
+    with pytest.raises(ValueError, match="pose_groups"):
+        small(scene, pose_groups="segment")
+    train = scene.split("train")
+    train.sequence_id = np.arange(len(train)) // 6  # drives of 6 consecutive images
+    m = small(scene, pose_groups="sequence", pose_noise_deg=1.0, pose_noise_frac=0.5, pose_noise_translation=0.2)
+    seq = train.sequence_id[m.train_index]
+    assert m.pose.translation.shape == (len(np.unique(seq)), 3)
+    moved = m.noisy_c2w[:, :, 3] - m.true_c2w[:, :, 3]
+    np.testing.assert_allclose(np.linalg.norm(moved, axis=1), 0.2)  # the absolute amount wins over the fraction
+    for s in np.unique(seq):
+        np.testing.assert_allclose(moved[seq == s], moved[seq == s][:1].repeat((seq == s).sum(), 0), atol=1e-12)
+    assert len({tuple(np.round(moved[seq == s][0], 9)) for s in np.unique(seq)}) == len(np.unique(seq))
+    rec = m.pose_record()
+    assert rec["noise"]["groups"] == "sequence" and rec["noise"]["n_groups"] == len(np.unique(seq))
+    assert rec["error_before"]["translation"] == pytest.approx(0.2)
+    assert rec["error_before_aligned"]["translation"] < 0.2  # the mean offset of the drives is a rigid motion
+    assert rec["error_after"] == rec["error_before"]  # nothing refined yet

@@ -70,7 +70,7 @@ def test_best_checkpoint_holds_the_highest_logged_validation_psnr(best_run):
     step, payload = checkpoints.load_best(best_run.dir / "checkpoints")
     assert (step, payload["step"], payload["psnr"]) == (top, top, val[top])
     assert checkpoints.load_latest(best_run.dir / "checkpoints")[0] == 40  # not taken for a step checkpoint
-    assert best_run.metrics()["best_validation"] == {"step": top, "psnr": val[top]}
+    assert best_run.metrics()["best_validation"] == {"step": top, "psnr": val[top], "split": "test"}
 
 
 def test_evaluate_with_best_scores_the_best_state(best_run, tiny_scene, tmp_path):  # noqa: F811
@@ -111,7 +111,7 @@ def test_resume_keeps_the_better_best(tiny_scene, tmp_path):  # noqa: F811
     val = _val(trial)
     assert sorted(val) == [5, 10, 15, 20, 25, 30, 35, 40] and max(val, key=val.get) == PEAK
     assert _best_files(trial) == [f"best_{PEAK:08d}.pt", f"best_{PEAK:08d}.pt.sha256"]
-    assert trial.metrics()["best_validation"] == {"step": PEAK, "psnr": val[PEAK]}
+    assert trial.metrics()["best_validation"] == {"step": PEAK, "psnr": val[PEAK], "split": "test"}
     assert trial.metrics()["psnr"] == pytest.approx(val[PEAK], abs=1e-9)
 
 
@@ -148,3 +148,13 @@ def test_evaluate_with_error_is_one_line_when_the_sweep_is_expanded(tiny_scene, 
     with pytest.raises(ConfigError, match=r"Trainer\.evaluate_with = 'best' needs validation") as info:
         sweep.expand(str(exp))
     assert "\n" not in str(info.value)
+
+
+def test_validation_prefers_the_val_split_over_test():
+    from types import SimpleNamespace
+
+    from harness.trial import validation_split
+
+    assert validation_split(SimpleNamespace(splits={"train": 0, "val": 1, "test": 2})) == "val"
+    assert validation_split(SimpleNamespace(splits={"train": 0, "test": 2})) == "test"
+    assert validation_split(SimpleNamespace(splits={"train": 0})) is None

@@ -62,7 +62,7 @@ class BlockNeRF:
                  visibility_depth: int = 2, visibility_freqs: int = 8,
                  pose_refinement: bool = True, pose_reg_initial: float = 10.0, pose_reg_final: float = 0.01,
                  pose_reg_steps: int = 500, pose_groups: str = "image", pose_noise_deg: float = 0.0,
-                 pose_noise_frac: float = 0.0,
+                 pose_noise_frac: float = 0.0, pose_noise_translation: float | None = None,
                  lr_mlp: float = 5e-3, lr_appearance: float = 5e-3, lr_visibility: float = 5e-3,
                  lr_pose: float = 1e-3, lr_pose_translation: float | None = None, optimiser: str = "adam", schedule: Schedule | None = None,
                  clip_norm: float = 0.0, mixed_precision: bool = True, test_appearance: str = "auto",
@@ -89,7 +89,11 @@ class BlockNeRF:
         _check(len(self.test_index) > 0, f"block {self.block_index} has no test views")
         self.true_c2w = train.cameras.c2w[self.train_index].astype(np.float64)
         self.pose_groups, self.pose_group = pose_groups, self._pose_group(train, pose_groups)
-        noise_t = pose_noise_frac * self.block.radius
+        # world units, or a fraction of this block's radius (a fixed amount keeps rows with other block
+        # sizes, such as one block over the street, under the same noise)
+        noise_t = float(pose_noise_translation) if pose_noise_translation is not None else \
+            pose_noise_frac * self.block.radius
+        _check(noise_t >= 0, f"pose_noise_translation must be >= 0, got {pose_noise_translation}")
         # the known noise has the structure the offsets can represent: per image, or one draw per sequence
         self.noisy_c2w = (perturb_poses(self.true_c2w, pose_noise_deg, noise_t, seed=1_000 + self.seed,
                                         group=self.pose_group)
