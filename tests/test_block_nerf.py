@@ -3,6 +3,7 @@ matching, the left/right protocol, and how the ablation expands (docs/block_nerf
 
 import math
 
+import gin
 import numpy as np
 import pytest
 import torch
@@ -25,6 +26,15 @@ def _threads():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+@pytest.fixture(autouse=True)
+def _no_gin_bindings():
+    """BlockNeRF is Gin-configurable: bindings left by a test that parses an experiment (e.g. the
+    ablation's pose_groups) must not reach the models the next test builds."""
+    gin.clear_config()
+    yield
+    gin.clear_config()
 
 
 def small(scene, **kw):
