@@ -388,6 +388,20 @@ def test_ablation_expands_into_one_trial_per_block():
     assert declared(read_spec(experiment_path("block_nerf_ablation"), []))["over"] == "BlockNeRF.block"
     # the composition settings are not part of any trial's id
     assert "compose" not in trials[0].config and "visibility_threshold" not in trials[0].config
+    # every row's pose noise is the same absolute amount, so the one-block row is not noisier
+    assert all(t.bindings.get("BlockNeRF.pose_noise_translation", 0.275) == 0.275 for t in trials)
+    assert "BlockNeRF.pose_noise_translation = 0.275" in trials[0].config
+
+
+def test_blocks_experiment_compares_4_blocks_with_1_at_a_smaller_network():
+    from harness.compose import groups
+    from harness.sweep import expand
+
+    trials = expand("block_nerf_blocks")
+    sizes = {members[0].bindings["BlockPartition.n_blocks"]: len(members)
+             for members in groups(trials, "BlockNeRF.block").values()}
+    assert sizes == {4: 4, 1: 1}
+    assert all("BlockNeRF.width = 32" in t.config for t in trials)
 
 
 # ---- visibility on the block's own geometry, region-restricted selection, pose learning rates ------------

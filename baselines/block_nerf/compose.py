@@ -7,7 +7,11 @@ invisible, so a block behind the camera or hidden behind nearer geometry scores 
 blend them in image space with inverse-distance weights w_i ~ |camera - centre_i|^-p (the paper used p = 4 and p = 1 on its two datasets).
 Appearance matching: with the networks frozen, a block's appearance code is optimised so its render of a
 view both blocks see matches its already-matched neighbour's render, starting from a root block and
-propagating breadth-first over overlapping neighbours.
+propagating breadth-first over overlapping neighbours. It is off by default: with codes per
+`appearance_id` every block learned each condition's code from that condition's own images, so the
+codes already agree, and replacing them by a fit to a neighbour's (imperfect) render lowered the
+composed PSNR by 0.65 dB in run 5 (docs/block_nerf.md). Matching is what makes blocks agree when the
+codes do not share a meaning across blocks (per-image codes, or an appearance chosen by hand).
 
 `compose_blocks` is the entry point `harness compose` calls for one variant/seed's finished blocks.
 """
@@ -30,7 +34,7 @@ from baselines.block_nerf.partition import Block
 log = logging.getLogger(__name__)
 DEFAULTS = {"power": 4.0, "select_radius": 1.0, "visibility_threshold": 0.1, "visibility_stride": 8,
             "visibility_mean": "samples", "visibility_region": False,
-            "appearance_matching": True, "root_block": 0, "match_steps": 60, "match_lr": 0.05, "match_rays": 1024,
+            "appearance_matching": False, "root_block": 0, "match_steps": 60, "match_lr": 0.05, "match_rays": 1024,
             "max_blocks": 0}
 
 
