@@ -1,7 +1,9 @@
 """Build the HTML report of one or more experiments from their records only.
 
 Writes <out>/index.html (+ assets/ with the figures and images, or everything inlined as data URIs
-with embed=True), trials.csv, views.csv, summary.csv, differences.csv, results.tex and bench.csv.
+with embed=True), trials.csv, views.csv, summary.csv, differences.csv, results.tex and bench.csv; plus
+composed.csv and a "Composed results" section when the experiments have compose records
+(runs/EXP/compose/, see harness/compose.py).
 """
 
 from __future__ import annotations
@@ -95,6 +97,60 @@ def _value(v) -> str:
     return collect.fmt_value(v)
 
 
+COMPOSED_EXTRA = {"blocks_rendered_mean": ("blocks / view", 2), "seam_psnr_overlap": ("seam PSNR overlap", 2),
+                  "seam_psnr_interior": ("seam PSNR interior", 2)}
+
+
+def _composed_frame(runs_dir: Path, experiments: list[str]) -> pd.DataFrame:
+    """Every experiment's compose records (collect.collect_composed), with a `label` column: the group
+    bindings that differ between rows (seed left out) and the composition variant."""
+    frames = [f for e in experiments if len(f := collect.collect_composed(runs_dir, e))]
+    if not frames:
+        return pd.DataFrame()
+    frame = pd.concat(frames, ignore_index=True)
+    fixed = {"experiment", "id", "variant", "seed", *collect.COMPOSED_VALUES}
+    keys = [c for c in frame.columns if c not in fixed]
+    differ = [k for k in keys if frame[k].map(_value).nunique() > 1]
+    several = len(experiments) > 1
+    labels = []
+    for r in frame.to_dict("records"):
+        parts = [f"{k.split('.')[-1] if collect._short_ok(k, differ) else k}={_value(r[k])}"
+                 for k in differ if _value(r[k]) != "–"]
+        label = f"{', '.join(parts)} · {r['variant']}" if parts else r["variant"]
+        labels.append(f"{r['experiment']}: {label}" if several else label)
+    frame.insert(2, "label", labels)
+    return frame
+
+
+def _composed_section(frame: pd.DataFrame) -> dict | None:
+    """Rows of the composed table: per (experiment, label), mean ± 95% t-interval over seeds."""
+    if frame.empty:
+        return None
+    metrics = [m for m in collect.METRICS if frame[m].notna().any()]
+    columns = [(m, tables.metric_header(m), tables.DIGITS[m]) for m in metrics]
+    columns += [(k, head, d) for k, (head, d) in COMPOSED_EXTRA.items() if frame[k].notna().any()]
+    rows = []
+    for (_, label), g in frame.groupby(["experiment", "label"], sort=False):
+        cells = []
+        for key, _, digits in columns:
+            mean, ci, n = aggregate.t_interval(g[key])
+            cells.append({"key": key, "mean": mean, "ci": ci, "n": n, "best": False,
+                          "text": tables.mean_ci(mean, ci, digits)})
+        seam_n = [f"{int(v)}" for v in (g["seam_n_overlap"].max(), g["seam_n_interior"].max())
+                  if collect.finite(v)]
+        rows.append({"label": label, "variant": str(g["variant"].iloc[0]), "n": len(g),
+                     "seeds": ", ".join(_value(s) for s in g["seed"].tolist()), "cells": cells,
+                     "ids": ", ".join(g["id"]), "seam_n": "/".join(seam_n) if len(seam_n) == 2 else "–"})
+    for i, m in enumerate(metrics):  # best per metric column, as in the results table
+        means = [r["cells"][i]["mean"] for r in rows]
+        finite = [v for v in means if collect.finite(v)]
+        if finite:
+            best = max(finite) if collect.HIGHER_IS_BETTER[m] else min(finite)
+            for r in rows:
+                r["cells"][i]["best"] = collect.finite(r["cells"][i]["mean"]) and abs(r["cells"][i]["mean"] - best) <= 1e-12
+    return {"columns": [{"key": k, "header": h} for k, h, _ in columns], "rows": rows, "n_records": len(frame)}
+
+
 def _figures(col: collect.Collected, summary: pd.DataFrame, assets: Path) -> list[figures.Figure]:
     metrics = col.metrics
     figs: list[figures.Figure] = []
@@ -147,7 +203,9 @@ def build_report(experiments: list[str], runs_dir: Path, out_dir: Path | None = 
     variants = [str(v) for v in trials["variant"].cat.categories]
     base = aggregate.pick_baseline(variants, baseline)
     diffs = aggregate.baseline_differences(trials, metrics, base)
-    log.info("collected %d trials in %.1f s", len(trials), time.perf_counter() - t0)
+    composed = _composed_frame(runs_dir, experiments)
+    log.info("collected %d trials and %d composed records in %.1f s", len(trials), len(composed),
+             time.perf_counter() - t0)
 
     tmp = Path(tempfile.mkdtemp(prefix=".report-", dir=out_dir)) if embed else None
     assets = tmp if embed else out_dir / "assets"
@@ -170,6 +228,7 @@ def build_report(experiments: list[str], runs_dir: Path, out_dir: Path | None = 
             overview=provenance.overview(trials, col.sweeps),
             results=_results_rows(summary, metrics), baseline=base,
             diffs=_diff_rows(diffs, metrics), ranking=aggregate.ranking(summary, metrics),
+            composed=_composed_section(composed),
             n_scenes=trials["scene"].nunique(), figures=figs, grids=grids, bench=bench_section,
             variants=provenance.per_variant(trials, col.configs), unfinished=provenance.unfinished(trials),
             protocols=provenance.protocols(trials), axes=all_axes,
@@ -185,6 +244,8 @@ def build_report(experiments: list[str], runs_dir: Path, out_dir: Path | None = 
     if len(col.views):
         tables.write_csv(out_dir / "views.csv", col.views)
     tables.write_csv(out_dir / "summary.csv", summary.drop(columns=["states"]))
+    if len(composed):
+        tables.write_csv(out_dir / "composed.csv", composed)
     if len(diffs):
         tables.write_csv(out_dir / "differences.csv", diffs.assign(baseline=base))
     atomic_write_bytes(out_dir / "results.tex", tables.latex_results(summary, metrics).encode())

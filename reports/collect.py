@@ -221,6 +221,70 @@ def collect(runs_dir: Path, experiments: list[str], with_curves: bool = True) ->
     return Collected(trials, views, curves, axes, configs, sweeps)
 
 
+COMPOSED_VALUES = (*METRICS, "blocks_rendered_mean", "seam_psnr_overlap", "seam_psnr_interior",
+                   "seam_n_overlap", "seam_n_interior")
+
+
+def _read_record(path: Path) -> dict | None:
+    """A JSON object record, or None (with a warning) when missing, unreadable or not an object."""
+    if not path.is_file():
+        log.warning("%s: missing; composed record skipped", path)
+        return None
+    try:
+        data = read_json(path)
+    except (RecordError, OSError) as exc:
+        log.warning("%s; composed record skipped", exc)
+        return None
+    if not isinstance(data, dict):
+        log.warning("%s: not a JSON object; composed record skipped", path)
+        return None
+    return data
+
+
+def collect_composed(runs_dir: Path, experiment: str) -> pd.DataFrame:
+    """One row per record listed in `runs/EXP/compose/index.json` whose metrics.json can be read.
+
+    Columns: experiment, id, variant (the composition variant), scene when the group has one, the
+    group's other bindings under their own names (as in the trial table), seed, psnr/ssim/lpips,
+    blocks_rendered_mean, seam_psnr_overlap/interior, seam_n_overlap/interior. No compose folder or
+    index gives an empty frame; a listed record without a readable metrics.json is skipped (warning).
+    """
+    folder = Path(runs_dir) / experiment / "compose"
+    index = _read(folder / "index.json") if (folder / "index.json").is_file() else None
+    entries = index.get("records") if isinstance(index, dict) else None
+    rows = []
+    for entry in entries if isinstance(entries, list) else []:
+        if not isinstance(entry, dict) or not entry.get("id"):
+            log.warning("%s: index entry without an id skipped: %r", folder / "index.json", entry)
+            continue
+        metrics = _read_record(folder / str(entry["id"]) / "metrics.json")
+        if metrics is None:
+            continue
+        group = entry.get("group") or metrics.get("group") or {}
+        group = group if isinstance(group, dict) else {}
+        row = {"experiment": experiment, "id": str(entry["id"]),
+               "variant": str(entry.get("variant") or metrics.get("compose_variant") or "default")}
+        if "scene" in group:
+            row["scene"] = str(group["scene"])
+        for key, value in group.items():
+            if key not in ("seed", "scene"):
+                row[key] = value
+        row["seed"] = group.get("seed")
+        seam = metrics.get("seam") if isinstance(metrics.get("seam"), dict) else {}
+        for m in METRICS:
+            row[m] = _as_float(metrics.get(m))
+        row["blocks_rendered_mean"] = _as_float(metrics.get("blocks_rendered_mean"))
+        for k in ("psnr_overlap", "psnr_interior", "n_overlap", "n_interior"):
+            row[f"seam_{k}"] = _as_float(seam.get(k))
+        rows.append(row)
+    if not rows:
+        return pd.DataFrame(columns=["experiment", "id", "variant", "seed", *COMPOSED_VALUES])
+    frame = pd.DataFrame(rows)
+    for k in ("seam_n_overlap", "seam_n_interior"):  # view counts: integers, <NA> when not recorded
+        frame[k] = frame[k].round().astype("Int64")
+    return frame
+
+
 # Kept for `harness status` (cli.py) and older callers.
 def collect_trials(runs_dir: Path, experiment: str) -> pd.DataFrame:
     """One row per trial of one experiment (an empty frame when it has no records)."""
