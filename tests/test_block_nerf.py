@@ -279,7 +279,8 @@ def test_sequence_noise_is_one_draw_per_group_and_offsets_follow_groups():
     group = np.array([0, 0, 1, 1, 1, 0])
     noisy = perturb_poses(true, 1.0, 0.2, seed=5, group=group)
     moved = noisy[:, :, 3] - true[:, :, 3]
-    np.testing.assert_allclose(moved[0], moved[1]) and np.testing.assert_allclose(moved[2], moved[4])
+    np.testing.assert_allclose(moved[0], moved[1])
+    np.testing.assert_allclose(moved[2], moved[4])
     assert not np.allclose(moved[0], moved[2])
     np.testing.assert_allclose(noisy[5, :, :3], noisy[0, :, :3])
     assert pose_errors(noisy, true) == pytest.approx({"rotation_deg": 1.0, "translation": 0.2})
