@@ -59,8 +59,7 @@ def save(directory: Path, step: int, payload: dict, keep: int = 2) -> Path:
     path = Path(directory) / f"step_{step:08d}.pt"
     _write(path, payload)
     for _, old in _checkpoints(Path(directory))[:-keep]:
-        old.unlink(missing_ok=True)
-        _sums(old).unlink(missing_ok=True)
+        _remove(old)
     return path
 
 
@@ -71,9 +70,14 @@ def save_best(directory: Path, step: int, payload: dict) -> Path:
     _write(path, payload)
     for _, old in _checkpoints(Path(directory), _BEST):
         if old != path:
-            old.unlink(missing_ok=True)
-            _sums(old).unlink(missing_ok=True)
+            _remove(old)
     return path
+
+
+def _remove(path: Path) -> None:
+    """A checkpoint and its checksum (data first, so a kill never leaves data without its checksum)."""
+    path.unlink(missing_ok=True)
+    _sums(path).unlink(missing_ok=True)
 
 
 def load_best(directory: Path) -> tuple[int, dict] | None:

@@ -248,8 +248,8 @@ class Trainer:
             record.append_log({"step": step, "time": round(train_time, 3), **losses})
         if step % self.progress_every == 0:
             record.write_progress(step, self.iterations, phase="train", loss=float(losses.get("loss", 0)))
-        split = validation_split(scene)
-        if self.validate_every and step % self.validate_every == 0 and split is not None:
+        split = validation_split(scene) if self.validate_every and step % self.validate_every == 0 else None
+        if split is not None:
             val = score(evaluation, method, scene.split(split), self.validation_views, metrics=("psnr",))
             record.append_log({"step": step, "time": round(train_time, 3), "val_psnr": val["psnr"]})
             self._save_best(method, record, step, float(val["psnr"]))

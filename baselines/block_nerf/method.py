@@ -134,8 +134,8 @@ class BlockNeRF:
                                 pixel_radius(float(np.median(train.cameras.fx))), n_coarse, n_fine, spacing,
                                 mlp, vis).to(self.device)
         self.codes = torch.nn.Parameter(init_codes(n_codes, a_dim, gen).to(self.device))
-        self.pose = PoseRefinement(int(self.pose_group.max()) + 1, pose_reg_initial, pose_reg_final, pose_reg_steps).to(self.device) \
-            if pose_refinement else None
+        self.pose = PoseRefinement(self.pose_noise["n_groups"], pose_reg_initial, pose_reg_final,
+                                   pose_reg_steps).to(self.device) if pose_refinement else None
         self.visibility_weight, self.coarse_loss_weight = float(visibility_weight), float(coarse_loss_weight)
         comps = {"mlp": (mlp.parameters(), lr_mlp), "appearance": ([self.codes] if n_codes else [], lr_appearance)}
         if vis is not None:

@@ -57,10 +57,15 @@ class PoseRefinement(nn.Module):
         with torch.no_grad():
             rot = axis_angle_to_matrix(self.rotation.detach().double()).numpy()[group]
             t = self.translation.detach().double().numpy()[group]
-        out = c2w.astype(np.float64).copy()
-        out[:, :, :3] = rot @ out[:, :, :3]
-        out[:, :, 3] += t
-        return out
+        return offset_poses(c2w, rot, t)
+
+
+def offset_poses(c2w: np.ndarray, rot: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """[rot R | c + t] per pose: rotation about each camera's own centre, then a move of the centre."""
+    out = c2w.astype(np.float64).copy()
+    out[:, :, :3] = rot @ out[:, :, :3]
+    out[:, :, 3] += t
+    return out
 
 
 def perturb_poses(c2w: np.ndarray, rotation_deg: float, translation: float, seed: int,
@@ -76,11 +81,7 @@ def perturb_poses(c2w: np.ndarray, rotation_deg: float, translation: float, seed
     moves = rng.normal(size=(n, 3))
     moves /= np.linalg.norm(moves, axis=1, keepdims=True)
     rot = axis_angle_to_matrix(torch.from_numpy(axes * np.deg2rad(rotation_deg))).numpy()[group]
-    moves = moves[group]
-    out = c2w.astype(np.float64).copy()
-    out[:, :, :3] = rot @ out[:, :, :3]
-    out[:, :, 3] += moves * translation
-    return out
+    return offset_poses(c2w, rot, moves[group] * translation)
 
 
 def rigid_gauge(c2w: np.ndarray, true_c2w: np.ndarray) -> np.ndarray:
