@@ -114,40 +114,39 @@ def _composed_frame(runs_dir: Path, experiments: list[str]) -> pd.DataFrame:
     several = len(experiments) > 1
     labels = []
     for r in frame.to_dict("records"):
-        parts = [f"{k.split('.')[-1] if collect._short_ok(k, differ) else k}={_value(r[k])}"
-                 for k in differ if _value(r[k]) != "–"]
-        label = f"{', '.join(parts)} · {r['variant']}" if parts else r["variant"]
+        bindings = {k: r[k] for k in differ if _value(r[k]) != "–"}
+        body = collect._variant_label("", bindings, differ, several=False)
+        label = f"{body} · {r['variant']}" if body else r["variant"]
         labels.append(f"{r['experiment']}: {label}" if several else label)
     frame.insert(2, "label", labels)
     return frame
 
 
 def _composed_section(frame: pd.DataFrame) -> dict | None:
-    """Rows of the composed table: per (experiment, label), mean ± 95% t-interval over seeds."""
+    """Rows of the composed table: per label, mean ± 95% t-interval over seeds and the best per metric,
+    as the results table (aggregate.summarize, every row in one table)."""
     if frame.empty:
         return None
     metrics = [m for m in collect.METRICS if frame[m].notna().any()]
+    extra = [k for k in COMPOSED_EXTRA if frame[k].notna().any()]
+    records = frame.rename(columns={"variant": "compose_variant"}).assign(scene="", variant=frame["label"],
+                                                                          state="done")
+    summary = aggregate.summarize(records, metrics, extra=extra)
     columns = [(m, tables.metric_header(m), tables.DIGITS[m]) for m in metrics]
-    columns += [(k, head, d) for k, (head, d) in COMPOSED_EXTRA.items() if frame[k].notna().any()]
+    columns += [(k, *COMPOSED_EXTRA[k]) for k in extra]
+    by_label = dict(tuple(records.groupby("label", sort=False)))
     rows = []
-    for (_, label), g in frame.groupby(["experiment", "label"], sort=False):
-        cells = []
-        for key, _, digits in columns:
-            mean, ci, n = aggregate.t_interval(g[key])
-            cells.append({"key": key, "mean": mean, "ci": ci, "n": n, "best": False,
-                          "text": tables.mean_ci(mean, ci, digits)})
+    for _, r in summary.iterrows():
+        g = by_label[r["variant"]]
+        cells = [{"key": key, "mean": r[f"{key}_mean"], "ci": r[f"{key}_ci"], "n": int(r[f"{key}_n"]),
+                  "best": bool(r.get(f"{key}_best", False)),  # extra columns are not ranked
+                  "text": tables.mean_ci(r[f"{key}_mean"], r[f"{key}_ci"], digits)}
+                 for key, _, digits in columns]
         seam_n = [f"{int(v)}" for v in (g["seam_n_overlap"].max(), g["seam_n_interior"].max())
                   if collect.finite(v)]
-        rows.append({"label": label, "variant": str(g["variant"].iloc[0]), "n": len(g),
+        rows.append({"label": r["variant"], "variant": str(g["compose_variant"].iloc[0]), "n": len(g),
                      "seeds": ", ".join(_value(s) for s in g["seed"].tolist()), "cells": cells,
                      "ids": ", ".join(g["id"]), "seam_n": "/".join(seam_n) if len(seam_n) == 2 else "–"})
-    for i, m in enumerate(metrics):  # best per metric column, as in the results table
-        means = [r["cells"][i]["mean"] for r in rows]
-        finite = [v for v in means if collect.finite(v)]
-        if finite:
-            best = max(finite) if collect.HIGHER_IS_BETTER[m] else min(finite)
-            for r in rows:
-                r["cells"][i]["best"] = collect.finite(r["cells"][i]["mean"]) and abs(r["cells"][i]["mean"] - best) <= 1e-12
     return {"columns": [{"key": k, "header": h} for k, h, _ in columns], "rows": rows, "n_records": len(frame)}
 
 
