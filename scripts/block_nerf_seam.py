@@ -1,60 +1,119 @@
-"""Seam check of a composed Block-NeRF (docs/block_nerf.md, run 5).
+"""Seam check of a composed Block-NeRF (docs/block_nerf.md; baselines/block_nerf/seam.py).
 
-On the test views that the composition blends from two or more blocks, compare the PSNR of the blend
-with each of those blocks rendered alone (float renders; the compose record scores 8-bit PNGs). A
-seam from blending would show as a blend worse than the block nearest the camera.
+    python scripts/block_nerf_seam.py [EXP] [--bind B ...] [--novel N] [--novel-seed S] [--out FILE]
 
-    python scripts/block_nerf_seam.py [EXP] [--bind B ...]
+Every composition group of EXP (default block_nerf_ablation) whose block trials are finished is
+composed with the experiment's `full` composition options (appearance matching off), and its PSNR is
+compared between views in the overlap of two block regions and views inside one region. Views are
+classed by the group's own partition (a one-block group, the control that blends nothing, by the first
+multi-block group's). On views blended from two or more blocks, the blend is compared with each block
+alone. Two multi-block groups with different partitions (block_nerf_seam: `BlockPartition.shift` 0 and
+0.5) give the paired check: views in one partition's overlap and the other's interior are scored as
+overlap and as interior views, so the seam is measured without the views' own difficulty.
 
-EXP defaults to block_nerf_ablation; the first group of at least two finished blocks is used (bind
-`Sweep.zipped` to pick a row), with the experiment's own composition options.
+Views: the scene's test views, or with `--novel N` N novel views of the procedural street drawn like
+its own cameras from `--novel-seed` (exact ground truth from the generator; 25 test views leave 8 in
+the overlaps, too few to separate a seam from the views' own difficulty). Bind `Sweep.zipped` to pick
+rows. The result is printed and written as JSON to `--out` (default runs/EXP/compose/seam[_novel].json).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 import harness.registry  # noqa: F401  (registers methods and loaders)
 from harness import config as cfg
 from harness.compose import declared, groups, load_member
-from harness.metrics import psnr
+from harness.errors import HarnessError
+from harness.records import TrialRecord, atomic_write_json
 from harness.sweep import expand, read_spec
 
-from baselines.block_nerf.compose import DEFAULTS, compose_view
+from baselines.block_nerf.seam import in_regions, paired_seam, score_composed
+
+
+def load_groups(experiment: str, binds: list[str], runs_dir: Path) -> tuple[dict, dict, object]:
+    """({group label: {block: method}}, composition spec, scene) for every group whose trials are all done."""
+    exp_file = cfg.experiment_path(experiment)
+    comp = declared(read_spec(exp_file, binds))
+    if comp is None:
+        raise SystemExit(f"{exp_file}: no Sweep.compose declared")
+    out, scene = {}, None
+    for key, members in groups(expand(experiment, binds), comp["over"]).items():
+        if any(TrialRecord(runs_dir / t.experiment / t.id).state != "done" for t in members):
+            print(f"skipping {key}: not every block trial is done", file=sys.stderr)
+            continue
+        methods = {}
+        for t in members:
+            methods[t.bindings[comp["over"]]], scene = load_member(exp_file, binds, t, runs_dir)
+        out[key] = methods
+    if not out:
+        raise SystemExit(f"{experiment}: no composition group with all its block trials done in {runs_dir}")
+    return out, comp, scene
+
+
+def novel_split(n: int, seed: int):
+    """N novel views of the procedural street under the Gin bindings now parsed (a member's config)."""
+    from harness.data.procedural import scene_params
+    from harness.data.procedural.street import street_views
+    from harness.data.procedural.views import render_split
+
+    return render_split(street_views(scene_params("street"), n, seed))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("experiment", nargs="?", default="block_nerf_ablation")
     ap.add_argument("--bind", action="append", default=[])
-    ap.add_argument("--runs-dir", default="runs")
+    ap.add_argument("--runs-dir", default="runs", type=Path)
+    ap.add_argument("--novel", type=int, default=0, help="score N novel street views instead of the test views")
+    ap.add_argument("--novel-seed", type=int, default=12345)
+    ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
-    torch.set_num_threads(1)
-    exp_file = cfg.experiment_path(args.experiment)
-    comp = declared(read_spec(exp_file, args.bind))
-    members = next(m for m in groups(expand(args.experiment, args.bind), comp["over"]).values() if len(m) > 1)
-    methods, scene = {}, None
-    for t in members:
-        methods[t.bindings[comp["over"]]], scene = load_member(exp_file, args.bind, t, Path(args.runs_dir))
-    split = scene.split("test")
-    opts = {**DEFAULTS, **(comp.get("options") or {}), "appearance_matching": False}
-    blend, nearest, best = [], [], []
-    for i in range(len(split)):
-        img, info = compose_view(methods, split, i, opts, None)
-        if len(info["blocks"]) < 2:
-            continue
-        alone = [psnr(np.clip(methods[k].render_view(split, i), 0, 1), split.images[i]) for k in info["blocks"]]
-        blend.append(psnr(np.clip(img, 0, 1), split.images[i]))
-        nearest.append(alone[0])  # blocks are listed nearest first
-        best.append(max(alone))
-        print(f"{split.names[i]}: blocks {info['blocks']} weights {np.round(info['weights'], 2).tolist()} "
-              f"blend {blend[-1]:.2f} alone {np.round(alone, 2).tolist()}", flush=True)
-    print(f"{len(blend)} blended views: blend {np.mean(blend):.2f} dB, nearest block alone {np.mean(nearest):.2f}, "
-          f"best single block {np.mean(best):.2f}")
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    try:
+        found, comp, scene = load_groups(args.experiment, args.bind, args.runs_dir)
+        split = novel_split(args.novel, args.novel_seed) if args.novel else scene.split("test")
+    except HarnessError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    opts = comp.get("options") or {}
+    partitions = {key: [m[k].block for k in sorted(m)] for key, m in found.items() if len(m) > 1}
+    control = next(iter(partitions.values()), None)  # classes the views of one-block groups
+    result = {"experiment": args.experiment, "views": "novel" if args.novel else "test", "n_views": len(split),
+              "novel_seed": args.novel_seed if args.novel else None, "options": opts, "groups": {}, "paired": []}
+    for key, methods in found.items():
+        print(f"{key}: {len(methods)} block(s), {len(split)} views", flush=True)
+        res = score_composed(methods, split, opts, partitions.get(key, control), alone=len(methods) > 1)
+        result["groups"][key] = res
+        line = (f"  all {res['psnr']:.2f} dB; overlap ({res['n_overlap']}) {res['psnr_overlap']:.2f}, interior "
+                f"({res['n_interior']}) {res['psnr_interior']:.2f}, gap {res['gap']:.2f}")
+        if "blended" in res:
+            b = res["blended"]
+            line += (f"; {b['n']} blended views: blend {b['blend']:.2f}, nearest block alone {b['nearest_alone']:.2f}, "
+                     f"best block alone {b['best_alone']:.2f}")
+        print(line, flush=True)
+    positions = split.cameras.c2w[:, :, 3]
+    keys = list(partitions)
+    for i, a in enumerate(keys):  # partitions composed on the same views: the seam without the views' difficulty
+        for b in keys[i + 1:]:
+            regions = [[in_regions(x, partitions[k]) for x in positions] for k in (a, b)]
+            pair = paired_seam([v["psnr"] for v in result["groups"][a]["views"]], regions[0],
+                               [v["psnr"] for v in result["groups"][b]["views"]], regions[1])
+            result["paired"].append({"a": a, "b": b, **pair})
+            if pair["n"]:
+                print(f"paired, {pair['n']} views in one partition's overlap and the other's interior: as overlap "
+                      f"{pair['psnr_overlap']:.2f} dB, as interior {pair['psnr_interior']:.2f}, seam {pair['seam']:.2f}\n"
+                      f"  a = {a}\n  b = {b}", flush=True)
+    out = args.out or args.runs_dir / args.experiment / "compose" / ("seam_novel.json" if args.novel else "seam.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out, result)
+    print(f"wrote {out}")
+    print(json.dumps({k: {m: v[m] for m in ("psnr", "psnr_overlap", "psnr_interior", "gap")}
+                      for k, v in result["groups"].items()}, indent=1))
 
 
 if __name__ == "__main__":

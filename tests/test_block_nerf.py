@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from harness.errors import ConfigError
+
 from baselines.block_nerf import protocol as proto
 from baselines.block_nerf.compose import compose_view, idw_weights, match_code
 from baselines.block_nerf.encoding import frustum_gaussian, integrated_pos_enc
@@ -17,6 +19,7 @@ from baselines.block_nerf.partition import Block, BlockPartition, overlap_fracti
 from baselines.block_nerf.pose import (PoseRefinement, perturb_poses, pose_errors, pose_errors_aligned, remove_gauge,
                                       rigid_gauge)
 from baselines.block_nerf.sampling import coarse_edges, composite
+from baselines.block_nerf.seam import in_regions, paired_seam, seam_summary
 from tests.test_block_nerf_toy import toy_scene
 
 
@@ -122,6 +125,32 @@ def test_block_assignment_on_a_hand_made_trajectory():
     wide = BlockPartition(n_blocks=4, reach=1.0).blocks(c2w[:, :, 3])
     assert overlap_fraction(wide[0], wide[1]) == pytest.approx(1.0)
 
+
+
+def test_shifted_partition_centres_blocks_where_the_unshifted_ones_meet():
+    """shift = 0.5 moves every centre half a spacing along the trajectory (radii unchanged), so the
+    overlaps of one partition are the interiors of the other (the paired seam check)."""
+    c2w = _line_poses(np.arange(0.0, 101.0))
+    base = BlockPartition(n_blocks=4, reach=0.75).blocks(c2w[:, :, 3])
+    shifted = BlockPartition(n_blocks=4, reach=0.75, shift=0.5).blocks(c2w[:, :, 3])
+    assert np.allclose(sorted(b.center[0] for b in shifted), [25.0, 50.0, 75.0, 100.0], atol=1e-6)
+    assert [b.radius for b in shifted] == pytest.approx([b.radius for b in base])
+    for x, regions_base, regions_shifted in ((25.0, 2, 1), (37.5, 1, 2), (50.0, 2, 1)):
+        pos = np.array([x, 0.0, 0.0])
+        assert (in_regions(pos, base), in_regions(pos, shifted)) == (regions_base, regions_shifted)
+    with pytest.raises(ConfigError, match="shift"):
+        BlockPartition(shift=1.0)
+
+
+def test_seam_summary_compares_overlap_with_interior_views():
+    s = seam_summary([20.0, 22.0, 18.0, 19.0, 30.0], [1, 1, 2, 3, 0])  # 0: outside every block, in neither set
+    assert (s["n_overlap"], s["n_interior"]) == (2, 2)
+    assert s["psnr_overlap"] == pytest.approx(18.5) and s["psnr_interior"] == pytest.approx(21.0)
+    assert s["gap"] == pytest.approx(2.5) and s["psnr"] == pytest.approx(21.8)
+    alone = seam_summary([20.0, 21.0], [1, 1])
+    assert alone["psnr_overlap"] is None and alone["gap"] is None and alone["psnr_interior"] == pytest.approx(20.5)
+    with pytest.raises(ValueError, match="2 PSNRs but 3"):
+        seam_summary([1.0, 2.0], [1, 1, 2])
 
 def test_scene_blocks_and_look_ahead():
     c2w = _line_poses(np.arange(0.0, 41.0))
@@ -490,3 +519,14 @@ def test_sequence_pose_groups_share_noise_and_offsets_within_a_drive():
     assert rec["error_before"]["translation"] == pytest.approx(0.2)
     assert rec["error_before_aligned"]["translation"] < 0.2  # the mean offset of the drives is a rigid motion
     assert rec["error_after"] == rec["error_before"]  # nothing refined yet
+
+
+def test_paired_seam_compares_the_same_views_as_overlap_and_as_interior():
+    # views 0-1: A's overlap, B's interior; view 2: B's overlap, A's interior; view 3: interior in both
+    s = paired_seam([18.0, 20.0, 25.0, 30.0], [2, 2, 1, 1], [19.0, 21.0, 24.0, 10.0], [1, 1, 3, 1])
+    assert s["a_overlap"] == {"n": 2, "psnr_overlap": 19.0, "psnr_interior": 20.0, "seam": 1.0}
+    assert s["b_overlap"] == {"n": 1, "psnr_overlap": 24.0, "psnr_interior": 25.0, "seam": 1.0}
+    assert s["n"] == 3 and s["psnr_overlap"] == pytest.approx(62 / 3) and s["seam"] == pytest.approx(1.0)
+    assert paired_seam([1.0], [1], [2.0], [1])["seam"] is None  # no view in either overlap
+    with pytest.raises(ValueError, match="same views"):
+        paired_seam([1.0, 2.0], [1, 2], [1.0], [1])

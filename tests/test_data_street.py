@@ -141,3 +141,40 @@ def test_default_street_generates_within_a_minute(tmp_path):
     folder = generate("street", tmp_path)
     assert time.perf_counter() - start < 60
     assert len(list((folder / "images").glob("*.png"))) == 200
+
+
+def test_render_split_reads_like_the_written_images(street_dir, street):
+    """render_split (views never written, e.g. novel views) quantises exactly as the saved PNGs load."""
+    from harness.data.procedural.views import render_split
+
+    scene = build_street(street_scene(**SMALL))
+    split = render_split(scene)
+    test = street.split("test")
+    idx = [i for i, s in enumerate(scene.splits) if s == "test"]
+    np.testing.assert_array_equal(split.images[idx], test.images)
+    np.testing.assert_allclose(split.exposure[idx], test.exposure)
+    np.testing.assert_array_equal(split.appearance_id[idx], test.appearance_id)
+    np.testing.assert_array_equal(split.sequence_id[idx], test.sequence_id)
+
+
+def test_novel_street_views_are_new_cameras_on_the_same_street():
+    from harness.data.procedural.street import street_views
+
+    p = street_scene(**SMALL)
+    own = build_street(p)
+    a, b, again = street_views(p, 30, seed=5), street_views(p, 30, seed=6), street_views(p, 30, seed=5)
+    np.testing.assert_array_equal(a.cameras.c2w, again.cameras.c2w)  # deterministic in the seed
+    assert not np.allclose(a.cameras.c2w, b.cameras.c2w)
+    assert a.shapes is not None and len(a.materials) == len(own.materials)  # the same buildings
+    assert len(a.names) == 30 and set(a.splits) == {"test"} and a.names[0].startswith("novel_")
+    # drawn like the street's own cameras: every condition and drive, both headings, along the whole street
+    assert set(np.unique(a.condition)) == set(np.unique(own.condition))
+    assert set(np.unique(a.sequence)) == set(np.unique(own.sequence))
+    assert (a.cameras.fx == own.cameras.fx[0]).all() and a.cameras.width == own.cameras.width
+    x = a.cameras.c2w[:, 0, 3]
+    assert x.min() < own.cameras.c2w[:, 0, 3].min() + 10 and x.max() > own.cameras.c2w[:, 0, 3].max() - 10
+    # no novel camera coincides with one of the street's own
+    d = np.linalg.norm(a.cameras.c2w[:, None, :, 3] - own.cameras.c2w[None, :, :, 3], axis=-1)
+    assert d.min() > 1e-3
+    with pytest.raises(Exception, match="n_images"):
+        street_views(p, 2, seed=0)

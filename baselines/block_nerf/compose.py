@@ -30,6 +30,7 @@ from harness.data.scene import Split
 
 from baselines.block_nerf import protocol as proto
 from baselines.block_nerf.partition import Block
+from baselines.block_nerf.seam import in_regions, seam_summary
 
 log = logging.getLogger(__name__)
 DEFAULTS = {"power": 4.0, "select_radius": 1.0, "visibility_threshold": 0.1, "visibility_stride": 8,
@@ -169,7 +170,7 @@ def compose_view(methods: dict, split: Split, i: int, options: dict, matched: di
     w = idw_weights(dist, options["power"])
     info = {"blocks": [int(k) for k in chosen], "weights": [round(float(x), 4) for x in w],
             "visibility": {str(k): round(v, 4) for k, v in vis.items()},
-            "in_blocks": int(sum(np.linalg.norm(pos - b.center) <= b.radius for b in blocks))}
+            "in_blocks": in_regions(pos, blocks)}
     return blend(images, w), info
 
 
@@ -214,13 +215,11 @@ def compose_blocks(methods: dict, scene, evaluation, options: dict, renders_dir=
     per_view = result["per_view"]
     for name, info in infos.items():
         per_view[name].update(info)
-    overlap = [v["psnr"] for v in per_view.values() if v["in_blocks"] >= 2]
-    interior = [v["psnr"] for v in per_view.values() if v["in_blocks"] == 1]
+    seam = seam_summary([v["psnr"] for v in per_view.values()], [v["in_blocks"] for v in per_view.values()])
     result.update(
         options=opts, appearance_protocol=first.protocol_record(split), appearance_matching=match_log,
         blocks=[methods[k].block.as_record() for k in sorted(methods)],
         blocks_rendered_mean=float(np.mean([len(v["blocks"]) for v in infos.values()])),
-        seam={"psnr_overlap": float(np.mean(overlap)) if overlap else None, "n_overlap": len(overlap),
-              "psnr_interior": float(np.mean(interior)) if interior else None, "n_interior": len(interior)},
+        seam={k: seam[k] for k in ("psnr_overlap", "n_overlap", "psnr_interior", "n_interior")},
         compose_time=round(time.perf_counter() - t0, 3))
     return result

@@ -1,7 +1,8 @@
 """Block partition: block centres and radii, and which images belong to which block.
 
 Centres come from the scene's `blocks` list (source='scene') or are spaced evenly along the camera
-trajectory's principal axis (source='trajectory'). Block-NeRF places one block per intersection,
+trajectory's principal axis (source='trajectory'; `shift` moves them along it by that fraction of their
+spacing, e.g. 0.5 puts centres where the unshifted blocks meet, for a seam check). Block-NeRF places one block per intersection,
 reaching 75% of the way to each neighbour, which gives adjacent blocks a 50% overlap; here
 `reach` sets radius = reach * (distance to the nearest neighbouring centre), so the overlap of two
 neighbours is (2 * reach - 1) of their spacing. A single block covers every camera (its radius is the
@@ -37,17 +38,20 @@ class Block:
 @gin.configurable
 class BlockPartition:
     def __init__(self, source: str = "trajectory", n_blocks: int = 4, reach: float | None = 0.75,
-                 look_distance: float = 0.0, cover_all: bool = True, single_margin: float = 1.05):
+                 look_distance: float = 0.0, cover_all: bool = True, single_margin: float = 1.05, shift: float = 0.0):
         if source not in SOURCES:
             raise ConfigError(f"BlockPartition.source must be one of {SOURCES}, got {source!r}")
         if n_blocks < 1:
             raise ConfigError(f"BlockPartition.n_blocks must be >= 1, got {n_blocks}")
         if reach is not None and not 0.5 <= reach <= 2.0:
             raise ConfigError(f"BlockPartition.reach must be in [0.5, 2] (0.5: blocks just touch), got {reach}")
+        if not -1.0 < shift < 1.0:
+            raise ConfigError(f"BlockPartition.shift must be in (-1, 1) block spacings, got {shift}")
         if look_distance < 0:
             raise ConfigError(f"BlockPartition.look_distance must be >= 0, got {look_distance}")
         self.source, self.n_blocks, self.reach = source, int(n_blocks), reach
         self.look_distance, self.cover_all, self.single_margin = float(look_distance), bool(cover_all), single_margin
+        self.shift = float(shift)
 
     def blocks(self, positions: np.ndarray, scene_blocks: list[dict] | None = None) -> list[Block]:
         """The blocks for cameras at `positions` (N, 3)."""
@@ -59,7 +63,7 @@ class BlockPartition:
             if self.reach is not None and len(centres) > 1:
                 radii = self.reach * _neighbour_distance(centres)
             return [Block(i, c, float(r)) for i, (c, r) in enumerate(zip(centres, radii))]
-        centres = trajectory_centres(positions, self.n_blocks)
+        centres = trajectory_centres(positions, self.n_blocks, self.shift)
         if self.n_blocks == 1:
             radius = float(np.linalg.norm(positions - centres[0], axis=1).max()) * self.single_margin
             return [Block(0, centres[0], max(radius, 1e-6))]
@@ -86,16 +90,17 @@ class BlockPartition:
         return [np.where(row)[0] for row in table]
 
 
-def trajectory_centres(positions: np.ndarray, n_blocks: int) -> np.ndarray:
+def trajectory_centres(positions: np.ndarray, n_blocks: int, shift: float = 0.0) -> np.ndarray:
     """`n_blocks` centres evenly spaced along the principal axis of the camera positions (the segment
-    between the extreme projections is cut into equal parts; each centre is a part's middle)."""
+    between the extreme projections is cut into equal parts; each centre is a part's middle, moved by
+    `shift` parts along the axis)."""
     mean = positions.mean(0)
     centred = positions - mean
     _, _, vt = np.linalg.svd(centred, full_matrices=False)
     axis = vt[0] * (1.0 if vt[0][np.argmax(np.abs(vt[0]))] > 0 else -1.0)  # a stable sign
     proj = centred @ axis
     lo, hi = float(proj.min()), float(proj.max())
-    ts = lo + (np.arange(n_blocks) + 0.5) * (hi - lo) / n_blocks
+    ts = lo + (np.arange(n_blocks) + 0.5 + shift) * (hi - lo) / n_blocks
     return mean[None] + ts[:, None] * axis[None]
 
 

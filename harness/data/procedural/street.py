@@ -12,6 +12,7 @@ Every `test_every`-th image is held out for testing. All randomness comes from `
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import gin
@@ -20,6 +21,7 @@ import numpy as np
 from harness.data.loading import cameras_from_arrays
 from harness.data.procedural.raycast import build_shapes
 from harness.data.procedural.views import ProceduralScene, heading_pose
+from harness.errors import ConfigError
 
 CONDITIONS = (
     {"name": "morning", "light_azimuth_deg": 60.0, "light_elevation_deg": 25.0, "light_colour": [1.05, 0.85, 0.6],
@@ -105,10 +107,32 @@ def _cameras(p: dict, rng, street_end: float):
     return np.stack(poses), np.array(cond, dtype=np.int64), np.array(drive, dtype=np.int64), exposure
 
 
+def _street_end(p: dict) -> float:
+    return p["n_blocks"] * (p["block_length"] + p["cross_street_width"]) - p["cross_street_width"]
+
+
+def _intrinsics(p: dict, c2w: np.ndarray):
+    n, w, h = len(c2w), int(p["width"]), int(p["height"])
+    focal = 0.5 * w / math.tan(math.radians(p["fov_x_deg"]) / 2)
+    return cameras_from_arrays(c2w, np.full(n, focal), np.full(n, focal), np.full(n, w / 2), np.full(n, h / 2), w, h)
+
+
+def street_views(p: dict, n_images: int, seed: int) -> ProceduralScene:
+    """The street of `p` seen by `n_images` new cameras, drawn as its own are (every drive, both
+    directions, lanes, heights, headings, exposures) but from `seed`: novel views with exact ground
+    truth, all in split 'test' (e.g. a dense track across block boundaries, scripts/block_nerf_seam.py)."""
+    if not isinstance(n_images, int) or n_images < len(p["conditions"]) * p["drives_per_condition"]:
+        raise ConfigError(f"street_views: n_images must be an integer >= the number of drives, got {n_images!r}")
+    scene = build_street(p)
+    c2w, cond, drive, exposure = _cameras({**p, "n_images": n_images}, np.random.default_rng(seed), _street_end(p))
+    return dataclasses.replace(scene, cameras=_intrinsics(p, c2w), names=[f"novel_{i:05d}" for i in range(n_images)],
+                               splits=["test"] * n_images, condition=cond, exposure=exposure, sequence=drive)
+
+
 def build_street(p: dict) -> ProceduralScene:
     rng = np.random.default_rng(p["seed"])
     spacing = p["block_length"] + p["cross_street_width"]
-    street_end = p["n_blocks"] * spacing - p["cross_street_width"]
+    street_end = _street_end(p)
     crossings = [[k * spacing - p["cross_street_width"], k * spacing] for k in range(1, p["n_blocks"])]
     materials = [{"type": "street", "road_half_width": p["road_half_width"], "sidewalk_width": p["sidewalk_width"],
                   "crossings": crossings, "asphalt": [0.07, 0.07, 0.08], "paint": [0.85, 0.85, 0.8],
@@ -118,9 +142,7 @@ def build_street(p: dict) -> ProceduralScene:
     _objects(p, rng, boxes, spheres, materials)
     shapes = build_shapes(boxes, spheres, ground_material=0)
     c2w, cond, drive, exposure = _cameras(p, rng, street_end)
-    n, w, h = len(c2w), int(p["width"]), int(p["height"])
-    focal = 0.5 * w / math.tan(math.radians(p["fov_x_deg"]) / 2)
-    cams = cameras_from_arrays(c2w, np.full(n, focal), np.full(n, focal), np.full(n, w / 2), np.full(n, h / 2), w, h)
+    n, cams = len(c2w), _intrinsics(p, c2w)
     reach = p["road_half_width"] + p["sidewalk_width"] + p["building_depth"][1] + 2.0
     aabb = [[-10.0, -reach, -1.0], [street_end + 10.0, reach, p["building_height"][1] + 5.0]]
     mean_height = round(float(np.mean(p["camera_heights"])), 6)

@@ -13,7 +13,8 @@ import numpy as np
 from harness.data.procedural.raycast import Shapes, cast
 from harness.data.procedural.shading import radiance, srgb_encode
 from harness.data.rays import image_rays
-from harness.data.scene import Cameras
+from harness.data.scene import Cameras, Split
+from harness.evaluation.image import to_uint8
 
 
 @dataclass
@@ -64,3 +65,15 @@ def render_view(scene: ProceduralScene, index: int, exposure: float | None = Non
     linear = (rad * exposure).reshape(*shape, 3)
     return {"linear": linear, "rgb": srgb_encode(linear), "alpha": (hits.prim >= 0).reshape(shape).astype(np.float64),
             "depth": hits.t.astype(np.float32).reshape(shape)}
+
+
+def render_split(scene: ProceduralScene) -> Split:
+    """Every view of an opaque-sky `scene` rendered and quantised to 8 bits, as the written scene's
+    images are read back: the form a model is scored on (views never written to disk, e.g. novel views)."""
+    if not scene.sky:
+        raise ValueError("render_split: scenes with a transparent background are scored against RGBA files")
+    images = np.stack([to_uint8(render_view(scene, i)["rgb"]) for i in range(len(scene.names))])
+    return Split(images=images.astype(np.float32) / 255.0, cameras=scene.cameras, names=list(scene.names),
+                 exposure=None if scene.exposure is None else np.asarray(scene.exposure, np.float32),
+                 appearance_id=np.asarray(scene.condition, np.int64) if len(scene.conditions) > 1 else None,
+                 sequence_id=None if scene.sequence is None else np.asarray(scene.sequence, np.int64))

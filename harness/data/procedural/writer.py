@@ -9,12 +9,9 @@ import numpy as np
 from PIL import Image
 
 from harness.data.procedural.views import ProceduralScene, render_view
+from harness.evaluation.image import to_uint8
 
 DEPTH_CONVENTION = "float32 distance along the unit-length pixel ray (harness.data.rays), metres; inf: no surface"
-
-
-def to_uint8(values: np.ndarray) -> np.ndarray:
-    return np.round(np.clip(values, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 def encode_view(view: dict, with_alpha: bool) -> np.ndarray:
