@@ -227,7 +227,7 @@ def build_report(experiments: list[str], runs_dir: Path, out_dir: Path | None = 
             overview=provenance.overview(trials, col.sweeps),
             results=_results_rows(summary, metrics), baseline=base,
             diffs=_diff_rows(diffs, metrics), ranking=aggregate.ranking(summary, metrics),
-            composed=_composed_section(composed),
+            composed=_composed_section(composed), seams=[x for e in experiments for x in collect.collect_seam(runs_dir, e)],
             n_scenes=trials["scene"].nunique(), figures=figs, grids=grids, bench=bench_section,
             variants=provenance.per_variant(trials, col.configs), unfinished=provenance.unfinished(trials),
             protocols=provenance.protocols(trials), axes=all_axes,

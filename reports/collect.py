@@ -8,6 +8,7 @@ Everything here reads `runs/<exp>/<id>/{status,metrics,progress}.json`, `config.
 from __future__ import annotations
 
 import ast
+import json
 import logging
 import math
 import re
@@ -303,3 +304,42 @@ def finite(x) -> bool:
         return math.isfinite(float(x))
     except (TypeError, ValueError):
         return False
+
+
+def collect_seam(runs_dir: Path, experiment: str) -> list[dict]:
+    """The seam checks `scripts/block_nerf_seam.py` wrote (runs/EXP/compose/seam*.json), one dict per file:
+    experiment, file, views ('test' | 'novel'), n_views, `groups` rows (label: the group bindings that
+    differ between the file's groups; psnr, overlap and interior PSNR with their view counts, gap, and
+    over the blended views the blend, nearest block alone and best block alone) and `paired` rows (two
+    partitions on the same views: n, PSNR as overlap, as interior, seam). Unreadable files are skipped."""
+    out = []
+    for path in sorted((Path(runs_dir) / experiment / "compose").glob("seam*.json")):
+        data = _read(path)
+        if not isinstance(data, dict) or not isinstance(data.get("groups"), dict):
+            continue
+        bindings = {key: _group_bindings(key) for key in data["groups"]}
+        keys = sorted({k for b in bindings.values() for k in b})
+        differ = [k for k in keys if len({fmt_value(b.get(k)) for b in bindings.values()}) > 1]
+        label = {key: _variant_label("", {k: b[k] for k in differ if k in b}, differ, several=False) or "all"
+                 for key, b in bindings.items()}
+        groups = []
+        for key, g in data["groups"].items():
+            blended = g.get("blended") or {}
+            groups.append({"label": label[key], **{k: g.get(k) for k in ("psnr", "psnr_overlap", "n_overlap",
+                                                                        "psnr_interior", "n_interior", "gap")},
+                           "blend": blended.get("blend"), "nearest_alone": blended.get("nearest_alone"),
+                           "best_alone": blended.get("best_alone"), "n_blended": blended.get("n")})
+        paired = [{"a": label.get(p.get("a"), "?"), "b": label.get(p.get("b"), "?"),
+                   **{k: p.get(k) for k in ("n", "psnr_overlap", "psnr_interior", "seam")}}
+                  for p in data.get("paired") or [] if isinstance(p, dict)]
+        out.append({"experiment": experiment, "file": path.name, "views": data.get("views"),
+                    "n_views": data.get("n_views"), "groups": groups, "paired": paired})
+    return out
+
+
+def _group_bindings(key: str) -> dict:
+    try:
+        value = json.loads(key)
+    except ValueError:
+        return {}
+    return {k: v for k, v in value.items() if k != "seed"} if isinstance(value, dict) else {}

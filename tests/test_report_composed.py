@@ -135,4 +135,41 @@ def test_report_without_compose_records_has_no_composed_section(tmp_path):
     out = build_report(["plain"], runs, tmp_path / "rep", bench_paths=[])
     html = out.read_text()
     assert "Composed results" not in html and 'class="composed"' not in html and "#composed" not in html
+    assert "Seam checks" not in html and "#seam" not in html
     assert not (out.parent / "composed.csv").exists()
+
+
+def test_report_shows_seam_checks(tmp_path):
+    """runs/EXP/compose/seam*.json (scripts/block_nerf_seam.py) become a 'Seam checks' section: one table
+    per file with the group labels (the bindings that differ), and the paired rows."""
+    import json
+
+    runs = tmp_path / "runs"
+    synthetic_experiment(runs, "seamx", {"BlockNeRF.block": [0, 1]}, seeds=(0,), views=2, log_steps=1)
+    key = {s: json.dumps({"BlockPartition.shift": s, "BlockPartition.n_blocks": 4, "seed": 0}, sort_keys=True)
+           for s in (0.0, 0.5)}
+    one = json.dumps({"BlockPartition.shift": 0.0, "BlockPartition.n_blocks": 1, "seed": 0}, sort_keys=True)
+
+    def group(psnr, gap, blended=None):
+        g = {"views": [], "psnr": psnr, "psnr_overlap": psnr - gap / 2, "n_overlap": 10,
+             "psnr_interior": psnr + gap / 2, "n_interior": 30, "gap": gap}
+        return {**g, "blended": blended} if blended else g
+
+    seam = {"views": "novel", "n_views": 40,
+            "groups": {key[0.0]: group(20.0, 1.0, {"n": 9, "blend": 19.5, "nearest_alone": 19.2, "best_alone": 19.4}),
+                       key[0.5]: group(19.8, -0.4), one: group(19.0, 1.3)},
+            "paired": [{"a": key[0.0], "b": key[0.5], "n": 25, "psnr_overlap": 19.6, "psnr_interior": 19.75,
+                        "seam": 0.15}]}
+    atomic_write_json(runs / "seamx" / "compose" / "seam_novel.json", seam)
+    atomic_write_json(runs / "seamx" / "compose" / "seam_broken.json", {"no": "groups"})  # skipped
+    out = build_report(["seamx"], runs, tmp_path / "rep", bench_paths=[])
+    html = out.read_text()
+    assert 'id="seam"' in html and "40 novel views" in html and "seam_broken" not in html
+    rows = parse_tables(out).table("seam")
+    body = {cells[0]: cells for _, cells in rows[1:]}
+    assert set(body) == {"n_blocks=4, shift=0", "n_blocks=4, shift=0.5", "n_blocks=1, shift=0"}
+    assert body["n_blocks=4, shift=0"][1:5] == ["20.00", "19.50 (10)", "20.50 (30)", "1.00"]
+    assert body["n_blocks=4, shift=0"][5:] == ["19.50 (9)", "19.20", "19.40"]
+    assert body["n_blocks=1, shift=0"][5:] == ["–", "–", "–"]
+    paired = parse_tables(out).table("seam-paired")
+    assert paired[1][1] == ["n_blocks=4, shift=0 | n_blocks=4, shift=0.5", "25", "19.60", "19.75", "0.15"]
