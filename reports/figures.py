@@ -6,6 +6,8 @@ Intervals drawn here are the same Student-t 95% intervals over seeds as in the t
 
 from __future__ import annotations
 
+import json
+
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -251,6 +253,19 @@ def training_curves(curves: pd.DataFrame, out_dir: Path) -> Figure | None:
     return _save(fig, out_dir, "training_curves", "training curves", caption)
 
 
+def _separate_partitions(key: tuple, blocks: dict) -> tuple:
+    """Records without the partition's centres: a block whose index its panel already shows at another
+    place belongs to another partition, so it goes to the first panel of that scene and size that shows
+    its index at its place or not at all."""
+    base, rest = key[0], key[1:]
+    for n in range(len(blocks) + 1):
+        panel = base if n == 0 else (*base, n)
+        same = [k for k in blocks if k[0] == panel and k[1] == key[1]]
+        if not same or (panel, *rest) in blocks:
+            return (panel, *rest)
+    raise AssertionError("unreachable: more panels than blocks")
+
+
 def block_map(trials: pd.DataFrame, out_dir: Path, metric: str = "psnr") -> Figure | None:
     """Top-down (x, y) map of Block-NeRF blocks: circles of each block's radius coloured by its
     mean metric over trials, and the cameras assigned to each block. Needs metrics.json 'block'."""
@@ -261,11 +276,14 @@ def block_map(trials: pd.DataFrame, out_dir: Path, metric: str = "psnr") -> Figu
         try:
             center = [float(c) for c in b["center"]][:2]
             radius = float(b["radius"])
-            # one panel per scene and partition: blocks of different partitions (n_blocks) differ
-            panel = (str(r["scene"]), str(b.get("n_blocks", "")))
+            # one panel per scene and partition: blocks of different partitions (n_blocks, or the
+            # centres of all blocks where the record lists them) differ
+            panel = (str(r["scene"]), str(b.get("n_blocks", "")), json.dumps(b.get("partition")))
             key = (panel, int(b["index"]), round(center[0], 3), round(center[1], 3), round(radius, 3))
         except (KeyError, TypeError, ValueError, IndexError):
             continue
+        if key not in blocks:
+            key = _separate_partitions(key, blocks)
         entry = blocks.setdefault(key, {"center": center, "radius": radius, "values": [], "cameras": []})
         if r["state"] == "done" and np.isfinite(r[metric]):
             entry["values"].append(r[metric])
@@ -289,7 +307,7 @@ def block_map(trials: pd.DataFrame, out_dir: Path, metric: str = "psnr") -> Figu
     norm = matplotlib.colors.Normalize(min(means, default=0), max(means, default=1) + 1e-9)
     cmap = matplotlib.colormaps["viridis"]
     for ax, panel in zip(axs, panels):
-        mine = sorted((k[1], b) for k, b in blocks.items() if k[0] == panel)
+        mine = sorted(((k[1], b) for k, b in blocks.items() if k[0] == panel), key=lambda x: x[0])
         for idx, b in mine:
             val = np.mean(b["values"]) if b["values"] else None
             face = cmap(norm(val)) if val is not None else (0.85, 0.85, 0.85, 1)
@@ -306,6 +324,8 @@ def block_map(trials: pd.DataFrame, out_dir: Path, metric: str = "psnr") -> Figu
         ax.set_xlabel("x")
         ax.set_ylabel("y")
         part = f", {panel[1]}-block partition" if panel[1] else ""
+        siblings = [p for p in panels if p[:2] == panel[:2]]
+        part += f" {siblings.index(panel) + 1}" if len(siblings) > 1 else ""
         ax.set_title(f"{panel[0]}{part}: top view")
     fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), ax=axs, label=f"block {metric.upper()}",
                  shrink=0.8, location="bottom" if wide else "right", aspect=40 if wide else 20)

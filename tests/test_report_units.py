@@ -265,3 +265,31 @@ def test_categorical_and_tuple_axes(tmp_path):
                         "res=[64, 64], optimizer=@RMSprop", "res=[128, 128], optimizer=@RMSprop"]
     assets = tmp_path / "rep" / "assets"
     assert (assets / "psnr_vs_Trainer_optimizer.png").exists() and (assets / "psnr_vs_Grid_res.png").exists()
+
+
+def test_block_map_keeps_two_partitions_of_one_size_apart(tmp_path):
+    """Two 2-block partitions half a spacing apart (block_nerf_seam): each gets its own panel, with or
+    without the records listing the partition's centres (older records do not)."""
+    from reports import figures
+
+    def rows(with_partition: bool):
+        out = []
+        for centres in ([0.0, 10.0], [5.0, 15.0]):
+            for seed in (0, 1):  # a block seen twice stays one circle
+                for i, c in enumerate(centres):
+                    block = {"index": i, "center": [c, 0.0, 0.0], "radius": 7.5, "n_blocks": 2,
+                             "cameras": [[c - 1, 0.0, 1.0], [c + 1, 0.5, 1.0]]}
+                    if with_partition:
+                        block["partition"] = [[x, 0.0, 0.0] for x in centres]
+                    out.append({"scene": "street", "block": block, "state": "done", "psnr": 20.0 + i + seed})
+        return pd.DataFrame(out)
+
+    for with_partition in (True, False):
+        assert figures.block_map(rows(with_partition), tmp_path / str(with_partition), "psnr") is not None
+    key = (("street", "2", "null"), 0, 5.0, 0.0, 7.5)
+    blocks = {(("street", "2", "null"), 0, 0.0, 0.0, 7.5): {}}
+    assert figures._separate_partitions(key, blocks)[0] == ("street", "2", "null", 1)  # index 0 taken elsewhere
+    blocks[(("street", "2", "null", 1), 0, 5.0, 0.0, 7.5)] = {}
+    assert figures._separate_partitions(key, blocks)[0] == ("street", "2", "null", 1)  # its own place again
+    other = (("street", "2", "null"), 1, 10.0, 0.0, 7.5)
+    assert figures._separate_partitions(other, blocks)[0] == ("street", "2", "null")  # index 1 is free

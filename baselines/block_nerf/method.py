@@ -294,6 +294,7 @@ class BlockNeRF:
             result["block"] = {**self.block.as_record(),
                                "cameras": [[float(x) for x in c] for c in self.true_c2w[:, :, 3]],
                                "n_blocks": len(self.blocks), "n_train_images": len(self.train_index),
+                               "partition": [[round(float(x), 4) for x in b.center] for b in self.blocks],
                                "test_views": list(split.names)}
             result["pose"] = self.pose_record()
             vis = self.visibility_error(split)
