@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 import harness.registry  # noqa: F401  (registers methods and loaders)
 from harness import config as cfg
@@ -65,6 +66,11 @@ def novel_split(n: int, seed: int):
     return render_split(street_views(scene_params("street"), n, seed))
 
 
+def _f(value) -> str:
+    """2 decimals, or '-' where a set of views was empty."""
+    return "-" if value is None else f"{value:.2f}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("experiment", nargs="?", default="block_nerf_ablation")
@@ -87,14 +93,16 @@ def main() -> None:
               "novel_seed": args.novel_seed if args.novel else None, "options": opts, "groups": {}, "paired": []}
     for key, methods in found.items():
         print(f"{key}: {len(methods)} block(s), {len(split)} views", flush=True)
-        res = score_composed(methods, split, opts, partitions.get(key, control), alone=len(methods) > 1)
+        with tqdm(total=len(split), desc="views", unit="view", leave=False) as bar:
+            res = score_composed(methods, split, opts, partitions.get(key, control), alone=len(methods) > 1,
+                                 progress=lambda done, total: bar.update(done - bar.n))
         result["groups"][key] = res
-        line = (f"  all {res['psnr']:.2f} dB; overlap ({res['n_overlap']}) {res['psnr_overlap']:.2f}, interior "
-                f"({res['n_interior']}) {res['psnr_interior']:.2f}, gap {res['gap']:.2f}")
+        line = (f"  all {_f(res['psnr'])} dB; overlap ({res['n_overlap']}) {_f(res['psnr_overlap'])}, interior "
+                f"({res['n_interior']}) {_f(res['psnr_interior'])}, gap {_f(res['gap'])}")
         if "blended" in res:
             b = res["blended"]
-            line += (f"; {b['n']} blended views: blend {b['blend']:.2f}, nearest block alone {b['nearest_alone']:.2f}, "
-                     f"best block alone {b['best_alone']:.2f}")
+            line += (f"; {b['n']} blended views: blend {_f(b['blend'])}, nearest block alone "
+                     f"{_f(b['nearest_alone'])}, best block alone {_f(b['best_alone'])}")
         print(line, flush=True)
     positions = split.cameras.c2w[:, :, 3]
     keys = list(partitions)
