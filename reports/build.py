@@ -92,9 +92,7 @@ def _trial_rows(trials: pd.DataFrame, axes: list[str], metrics: list[str]) -> li
 
 
 def _value(v) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "–"
-    return collect.fmt_value(v)
+    return collect.fmt_or_dash(v)
 
 
 COMPOSED_EXTRA = {"blocks_rendered_mean": ("blocks / view", 2), "seam_psnr_overlap": ("seam PSNR overlap", 2),
@@ -110,12 +108,9 @@ def _composed_frame(runs_dir: Path, experiments: list[str]) -> pd.DataFrame:
     frame = pd.concat(frames, ignore_index=True)
     fixed = {"experiment", "id", "variant", "seed", *collect.COMPOSED_VALUES}
     keys = [c for c in frame.columns if c not in fixed]
-    differ = [k for k in keys if frame[k].map(_value).nunique() > 1]
     several = len(experiments) > 1
     labels = []
-    for r in frame.to_dict("records"):
-        bindings = {k: r[k] for k in differ if _value(r[k]) != "–"}
-        body = collect._variant_label("", bindings, differ, several=False)
+    for r, body in zip(frame.to_dict("records"), collect.differing_labels(frame[keys].to_dict("records"))):
         label = f"{body} · {r['variant']}" if body else r["variant"]
         labels.append(f"{r['experiment']}: {label}" if several else label)
     frame.insert(2, "label", labels)

@@ -99,6 +99,22 @@ def fmt_value(v) -> str:
     return str(v)
 
 
+def fmt_or_dash(v) -> str:
+    """fmt_value, or '–' for a missing value (None or NaN)."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    return fmt_value(v)
+
+
+def differing_labels(rows: list[dict]) -> list[str]:
+    """Per row of bindings, a label of the bindings whose values differ between the rows (a row's
+    missing values left out); '' where none differ."""
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    differ = [k for k in keys if len({fmt_or_dash(r.get(k)) for r in rows}) > 1]
+    return [_variant_label("", {k: r[k] for k in differ if fmt_or_dash(r.get(k)) != "–"}, differ, several=False)
+            for r in rows]
+
+
 def _variant_label(experiment: str, bindings: dict, axes: list[str], several: bool) -> str:
     parts = [f"{k.split('.')[-1] if _short_ok(k, axes) else k}={fmt_value(bindings[k])}" for k in axes if k in bindings]
     body = ", ".join(parts)
@@ -317,11 +333,8 @@ def collect_seam(runs_dir: Path, experiment: str) -> list[dict]:
         data = _read(path)
         if not isinstance(data, dict) or not isinstance(data.get("groups"), dict):
             continue
-        bindings = {key: _group_bindings(key) for key in data["groups"]}
-        keys = sorted({k for b in bindings.values() for k in b})
-        differ = [k for k in keys if len({fmt_value(b.get(k)) for b in bindings.values()}) > 1]
-        label = {key: _variant_label("", {k: b[k] for k in differ if k in b}, differ, several=False) or "all"
-                 for key, b in bindings.items()}
+        label = {key: text or "all" for key, text in
+                 zip(data["groups"], differing_labels([_group_bindings(key) for key in data["groups"]]))}
         groups = []
         for key, g in data["groups"].items():
             blended = g.get("blended") or {}

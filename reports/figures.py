@@ -7,7 +7,6 @@ Intervals drawn here are the same Student-t 95% intervals over seeds as in the t
 from __future__ import annotations
 
 import json
-
 import warnings
 from dataclasses import dataclass
 from pathlib import Path

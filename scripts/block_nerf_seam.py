@@ -24,7 +24,6 @@ import json
 import sys
 from pathlib import Path
 
-import torch
 from tqdm.auto import tqdm
 
 import harness.registry  # noqa: F401  (registers methods and loaders)
@@ -34,7 +33,7 @@ from harness.errors import HarnessError
 from harness.records import TrialRecord, atomic_write_json
 from harness.sweep import expand, read_spec
 
-from baselines.block_nerf.seam import in_regions, paired_seam, score_composed
+from baselines.block_nerf.seam import paired_seam, score_composed
 
 
 def load_groups(experiment: str, binds: list[str], runs_dir: Path) -> tuple[dict, dict, object]:
@@ -80,7 +79,6 @@ def main() -> None:
     ap.add_argument("--novel-seed", type=int, default=12345)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     try:
         found, comp, scene = load_groups(args.experiment, args.bind, args.runs_dir)
         split = novel_split(args.novel, args.novel_seed) if args.novel else scene.split("test")
@@ -104,13 +102,12 @@ def main() -> None:
             line += (f"; {b['n']} blended views: blend {_f(b['blend'])}, nearest block alone "
                      f"{_f(b['nearest_alone'])}, best block alone {_f(b['best_alone'])}")
         print(line, flush=True)
-    positions = split.cameras.c2w[:, :, 3]
     keys = list(partitions)
     for i, a in enumerate(keys):  # partitions composed on the same views: the seam without the views' difficulty
         for b in keys[i + 1:]:
-            regions = [[in_regions(x, partitions[k]) for x in positions] for k in (a, b)]
-            pair = paired_seam([v["psnr"] for v in result["groups"][a]["views"]], regions[0],
-                               [v["psnr"] for v in result["groups"][b]["views"]], regions[1])
+            va, vb = result["groups"][a]["views"], result["groups"][b]["views"]  # classed by their own partitions
+            pair = paired_seam([v["psnr"] for v in va], [v["regions"] for v in va],
+                               [v["psnr"] for v in vb], [v["regions"] for v in vb])
             result["paired"].append({"a": a, "b": b, **pair})
             if pair["n"]:
                 print(f"paired, {pair['n']} views in one partition's overlap and the other's interior: as overlap "

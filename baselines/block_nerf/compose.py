@@ -130,6 +130,14 @@ def _left_rays(split: Split, i: int):
 
 def compose_view(methods: dict, split: Split, i: int, options: dict, matched: dict | None) -> tuple[np.ndarray, dict]:
     """The composed render of view i (full image; the caller crops for the left-half protocol)."""
+    images, weights, info = render_blocks(methods, split, i, options, matched)
+    return blend(images, weights), info
+
+
+def render_blocks(methods: dict, split: Split, i: int, options: dict,
+                  matched: dict | None) -> tuple[list[np.ndarray], np.ndarray, dict]:
+    """View i rendered by each block the composition selects (nearest first, full images), their IDW
+    weights and the view's record (blocks, weights, visibility, in_blocks)."""
     pos = split.cameras.c2w[i, :, 3].astype(np.float64)
     blocks = [methods[k].block for k in sorted(methods)]
     chosen = candidates(pos, blocks, options["select_radius"])
@@ -171,7 +179,7 @@ def compose_view(methods: dict, split: Split, i: int, options: dict, matched: di
     info = {"blocks": [int(k) for k in chosen], "weights": [round(float(x), 4) for x in w],
             "visibility": {str(k): round(v, 4) for k, v in vis.items()},
             "in_blocks": in_regions(pos, blocks)}
-    return blend(images, w), info
+    return images, w, info
 
 
 def compose_blocks(methods: dict, scene, evaluation, options: dict, renders_dir=None) -> dict:

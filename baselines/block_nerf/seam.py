@@ -5,8 +5,8 @@ composition blends blocks) and in a block *interior* when it lies inside one. `s
 the mean PSNR of the two sets. Views differ in difficulty (on the street the overlaps sit at the
 intersections, which look down the cross streets), so the same comparison for a model that blends
 nothing (one block over the whole street) on the same views is the control: a seam is the part of
-the gap the control does not show. `score_composed` also renders every blended view from each of its
-blocks alone, so the blend can be compared with the block nearest the camera and the best single block.
+the gap the control does not show. `score_composed` also scores every blended view as rendered by each
+of its blocks alone, so the blend can be compared with the block nearest the camera and the best single block.
 """
 
 from __future__ import annotations
@@ -43,21 +43,22 @@ def score_composed(methods: dict, split, options: dict, classify: list[Block] | 
     (appearance matching off) and score it as the compose record does (8-bit render). Views are
     classed by the regions of `classify` (default: the methods' own blocks), so a one-block control can
     be classed by the partition it is compared with. With `alone`, every view blended from two or more
-    blocks is also rendered from each of those blocks alone. Returns per-view rows and `seam_summary`
+    blocks is also scored as each of those blocks' own render (the images the blend is made of). Returns per-view rows and `seam_summary`
     (plus, over the blended views, the blend, the nearest block alone and the best block alone)."""
-    from baselines.block_nerf.compose import DEFAULTS, compose_view  # compose uses this module's summary
+    from baselines.block_nerf.compose import DEFAULTS, blend, render_blocks  # compose uses this module's summary
 
     opts = {**DEFAULTS, **options, "appearance_matching": False}
     classify = classify if classify is not None else [methods[k].block for k in sorted(methods)]
     part = methods[min(methods)].scored_part  # the left-half protocol scores the right half
     rows = []
     for i in range(len(split)):
-        img, info = compose_view(methods, split, i, opts, None)
+        images, weights, info = render_blocks(methods, split, i, opts, None)
         gt = part(split.images[i])
-        row = {"name": split.names[i], "psnr": psnr(to_8bit(part(np.clip(img, 0, 1))), gt), "blocks": info["blocks"],
+        score = lambda img: psnr(to_8bit(part(np.clip(img, 0, 1))), gt)  # noqa: E731
+        row = {"name": split.names[i], "psnr": score(blend(images, weights)), "blocks": info["blocks"],
                "regions": in_regions(split.cameras.c2w[i, :, 3], classify)}
-        if alone and len(info["blocks"]) > 1:
-            row["alone"] = [psnr(to_8bit(np.clip(methods[k].render_view(split, i), 0, 1)), gt) for k in info["blocks"]]
+        if alone and len(images) > 1:
+            row["alone"] = [score(img) for img in images]
         rows.append(row)
         if progress is not None:
             progress(i + 1, len(split))
