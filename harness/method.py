@@ -36,3 +36,22 @@ class Method(Protocol):
 
     def stats(self) -> dict[str, float]:
         """Model facts for the record (e.g. parameter count, memory in bytes, voxel count)."""
+
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def pick_device(device: str) -> torch.device:
+    """A method's `device` binding: 'auto' is the GPU when torch sees one, else the CPU. A
+    specific device ('cuda:1') is taken as given."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device must be one of {DEVICES} or a torch device string, got {device!r}") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but torch sees no CUDA GPU here "
+                         f"(torch {torch.__version__}); use device='auto' or 'cpu'")
+    return dev
+

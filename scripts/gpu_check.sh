@@ -1,46 +1,82 @@
 #!/usr/bin/env bash
-# Issue 7's GPU checks in one run, sized to fit a 10-minute device call (docs/benchmarks.md):
-#   1. the CUDA tests of the kernels (Triton and the CUDA C++ compositing kernel against the reference),
-#   2. the kernel benchmarks at the sizes the targets name (1M rays x 128 samples; 512^3 grid),
-#   3. Plenoxels rays/s on lego with the fast kernels and with the torch reference.
-# Everything it measures lands in $OUT (default ./gpu_out): device.txt, tests.log, bench.json, bench.log,
-# plenoxels_{auto,torch}.log. Uses the interpreter in $PYTHON (default python3) without a venv.
+# Issue 7's GPU checks in one run of under 10 minutes (docs/benchmarks.md), in order of value, each
+# step with its own time limit and its output under $OUT as it goes (a run stopped early still
+# returns what it measured):
+#   0. device, driver, torch, Triton                                       -> device.txt
+#   1. in the background: build the CUDA C++ compositing extension and nerfacc's (if installed)
+#                                                                          -> build.log
+#   2. the kernels' correctness tests on CUDA tensors                      -> tests.log, tests_cuda.log
+#   3. the benchmark cases the targets name: compositing at 1M rays x 128 samples (torch, compile,
+#      triton, cuda, nerfacc), fused trilinear+SH at 512^3 (fwd, fwd+bwd), TV at 128^3 (a draw of
+#      131072 voxels, as Plenoxels draws) and 256^3 (every voxel)       -> bench.json, bench.log
+#   4. Plenoxels training throughput on the GPU with the fast kernels and with the torch reference
+#      (same steps, same data)                                             -> plenoxels_{auto,torch}.log
+# Uses the interpreter in $PYTHON (default python3) without a venv.
 #
-# A GPU host without network lacks gin-config, submitit and lpips: download their wheels here first
-# (see the device notes), e.g.
+# A GPU host without network lacks gin-config, submitit and lpips (and nerfacc): download their
+# wheels here first (see the device notes), e.g.
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-#       --platform manylinux2014_x86_64 -d .whl gin-config submitit lpips cloudpickle
+#       --platform manylinux2014_x86_64 -d .whl gin-config submitit lpips cloudpickle nerfacc==0.5.3
 # and pass .whl along; this script installs them into /tmp/site when the folder is there. data/ links
 # to ../shared, which does not travel: name data/nerf_synthetic/lego_200 in the device call's carry.
 set -uo pipefail
 PYTHON=${PYTHON:-python3}
 OUT=${OUT:-gpu_out}
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1 MAX_JOBS=${MAX_JOBS:-8}
+START=$SECONDS
+stamp() { echo "== $1 at $((SECONDS - START)) s"; }
 if [ -d .whl ]; then
     $PYTHON -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
         && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 
+# 0. the device
 {
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
     $PYTHON -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"
+    nvcc --version | tail -1
 } > "$OUT/device.txt" 2>&1
 cat "$OUT/device.txt"
 
-# 1. correctness on the GPU (the same tests CI runs in interpreter mode, now on CUDA tensors)
-timeout 150 $PYTHON -m pytest -q -p no:cacheprovider tests/test_kernels_*.py -m "not slow" 2>&1 | tee "$OUT/tests.log" | tail -3
+# 1. extension builds, in the background while the tests run (torch's build lock makes a test or
+#    benchmark that needs an extension wait for its build instead of starting another)
+{
+    stamp "build start"
+    timeout 300 $PYTHON -c "from kernels.cuda.composite import module; module(); print('CUDA C++ compositing extension built')" &
+    timeout 300 $PYTHON -m tests.bench.nerfacc_peer
+    wait
+    stamp "build end"
+} > "$OUT/build.log" 2>&1 &
+BUILD=$!
 
-# 2. the benchmark cases the targets name, plus the smallest size of each op for the curve's start
-timeout 300 $PYTHON -m pytest tests/bench/test_bench_kernels.py -p no:cacheprovider --override-ini addopts= -q -rs \
-    -k "1048576x128 or 4096x64 or 512 or 65536 or 131072" \
-    --benchmark-json="$OUT/bench.json" 2>&1 | tee "$OUT/bench.log" | tail -25
+# 2. correctness on the GPU: the tests CI runs in interpreter mode, now on CUDA tensors
+stamp tests
+#    (impl='cuda' cases after the build, in step 3b)
+timeout 110 $PYTHON -m pytest -q -p no:cacheprovider tests/test_kernels_*.py tests/test_plenoxels_kernels.py \
+    -m "not slow" -k "not cuda" 2>&1 | tee "$OUT/tests.log" | tail -4
 
-# 3. Plenoxels training throughput with and without the kernels (same steps, same data)
+# 3. the benchmark cases the targets name
+stamp bench
+timeout 250 $PYTHON -m pytest tests/bench/test_bench_kernels.py -p no:cacheprovider --override-ini addopts= -q -rs \
+    -k "1048576x128 or (sample and 512) or (tv and (131072 or 256))" \
+    --benchmark-json="$OUT/bench.json" 2>&1 | tee "$OUT/bench.log" | tail -30
+# 3b. the CUDA C++ kernel against the reference, once its build is done
+wait $BUILD
+tail -4 "$OUT/build.log"
+timeout 60 $PYTHON -m pytest -q -p no:cacheprovider tests/test_kernels_composite.py -k cuda 2>&1 \
+    | tee "$OUT/tests_cuda.log" | tail -3
+
+# 4. Plenoxels training throughput on the GPU with and without the kernels
+stamp plenoxels
 if [ -d data/nerf_synthetic/lego_200 ]; then
     for k in auto torch; do
-        timeout 60 $PYTHON scripts/plenoxels_speed.py --data data/nerf_synthetic/lego_200 --iterations 1000 --test-views 5 \
-            --bind "Plenoxels.kernels = '$k'" > "$OUT/plenoxels_$k.log" 2>&1
-        tail -3 "$OUT/plenoxels_$k.log"
+        timeout 80 $PYTHON scripts/plenoxels_speed.py --data data/nerf_synthetic/lego_200 --iterations 800 \
+            --test-views 5 --bind "Plenoxels.kernels = '$k'" --bind "Plenoxels.device = 'cuda'" \
+            > "$OUT/plenoxels_$k.log" 2>&1
+        grep -E "steady|^iterations|PSNR" "$OUT/plenoxels_$k.log" || tail -5 "$OUT/plenoxels_$k.log"
     done
+else
+    echo "data/nerf_synthetic/lego_200 is missing: name it in the device call's carry"
 fi
+stamp done

@@ -33,6 +33,12 @@ DEFAULT_DATA = ROOT / "data/nerf_synthetic/lego_100"
 DEFAULT_GIN = ROOT / "experiments/base/plenoxels.gin"
 
 
+def _sync(model) -> None:
+    """Wait for queued GPU work, so wall-clock intervals cover it."""
+    if getattr(model, "device", torch.device("cpu")).type == "cuda":
+        torch.cuda.synchronize()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=DEFAULT_DATA)
@@ -45,6 +51,8 @@ def main() -> None:
     ap.add_argument("--test-views", type=int, default=None, help="first N test views (default: all)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--log-every", type=int, default=500)
+    ap.add_argument("--warmup", type=int, default=50,
+                    help="steps left out of the steady-state rays/s (kernel compiles, allocator warm-up)")
     args = ap.parse_args()
     args.gin = args.gin or [str(DEFAULT_GIN)]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -66,7 +74,11 @@ def main() -> None:
     model = Trainer().method_cls(scene=scene, seed=args.seed)
 
     t0, c0 = time.perf_counter(), time.process_time()
+    t_warm = None
     for step in range(iterations):
+        if step == min(args.warmup, iterations - 1):
+            _sync(model)
+            t_warm = time.perf_counter()
         losses = model.train_step(step, sampler.sample(step, model.batch_size))
         if not math.isfinite(losses["loss"]):
             raise SystemExit(f"diverged at step {step}: {losses}")
@@ -75,7 +87,9 @@ def main() -> None:
             print(f"step {step:5d} {el:6.1f}s cpu {time.process_time() - c0:6.1f}s mse {losses['mse']:.5f} "
                   f"psnr~{-10 * math.log10(losses['mse']):.2f} samples/ray {losses['samples_per_ray']:.1f} "
                   f"voxels {model.stats()['voxels']:.0f}", flush=True)
+    _sync(model)
     train_s, train_cpu = time.perf_counter() - t0, time.process_time() - c0
+    steady_steps, steady_s = iterations - min(args.warmup, iterations - 1), time.perf_counter() - t_warm
 
     n_views = len(test) if args.test_views is None else min(args.test_views, len(test))
     scores = []
@@ -89,6 +103,8 @@ def main() -> None:
     n_test_rays = n_views * test.cameras.width * test.cameras.height
     print(f"iterations {iterations}  train {train_s:.1f} s  ({n_train_rays / train_s:,.0f} rays/s), "
           f"CPU {train_cpu:.1f} s")
+    print(f"steady state (steps {iterations - steady_steps}-{iterations - 1}): "
+          f"{steady_steps * model.batch_size / steady_s:,.0f} rays/s on {model.device}, kernels {model.kernels!r}")
     print(f"render {n_views} views {render_s:.1f} s  ({n_test_rays / render_s:,.0f} rays/s), "
           f"CPU {render_cpu:.1f} s")
     print(f"trial total (train + render) {train_s + render_s:.1f} s")

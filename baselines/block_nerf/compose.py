@@ -109,7 +109,7 @@ def match_appearance(methods: dict, codes: dict, cameras, options: dict) -> tupl
                 continue
             cam = shared_view(methods[a], methods[b], cameras)
             o, d = image_rays(cameras, cam)
-            pick = torch.arange(0, o.shape[0], max(1, o.shape[0] // options["match_rays"]))
+            pick = torch.arange(0, o.shape[0], max(1, o.shape[0] // options["match_rays"]), device="cpu")
             code, info = match_code(methods[a], matched[a], methods[b], codes[b], o[pick], d[pick], 1.0,
                                     options["match_steps"], options["match_lr"], options["match_rays"], seed=a * 97 + b)
             matched[b] = code
@@ -146,7 +146,7 @@ def render_blocks(methods: dict, split: Split, i: int, options: dict,
     o, d = image_rays(split.cameras, i)
     vis = {}
     if options["visibility_threshold"] > 0 and len(chosen) > 1:
-        pick = torch.arange(0, o.shape[0], options["visibility_stride"])
+        pick = torch.arange(0, o.shape[0], options["visibility_stride"], device="cpu")
         weighted = {"samples": False, "weights": True}[options.get("visibility_mean", "samples")]
         vis = {k: methods[k].mean_visibility(o[pick], d[pick], weighted, bool(options.get("visibility_region", False)))
                for k in chosen

@@ -25,7 +25,7 @@ def frustum_gaussian(origins: torch.Tensor, directions: torch.Tensor, t_edges: t
     denom = 3 * mu ** 2 + hw ** 2
     t_mean = mu + 2 * mu * hw ** 2 / denom
     t_var = hw ** 2 / 3 - (4.0 / 15.0) * hw ** 4 * (12 * mu ** 2 - hw ** 2) / denom ** 2
-    r_var = torch.as_tensor(radius, dtype=t_edges.dtype) ** 2 * (
+    r_var = torch.as_tensor(radius, dtype=t_edges.dtype, device=t_edges.device) ** 2 * (
         mu ** 2 / 4 + (5.0 / 12.0) * hw ** 2 - (4.0 / 15.0) * hw ** 4 / denom)
     d = directions[:, None, :]
     mean = origins[:, None, :] + t_mean[..., None] * d

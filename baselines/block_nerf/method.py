@@ -19,6 +19,7 @@ import torch
 
 from harness.data.rays import image_rays, rays_for_pixels
 from harness.data.scene import Scene, Split
+from harness.method import pick_device
 
 from baselines.block_nerf import protocol as proto
 from baselines.block_nerf.field import BlockField
@@ -73,8 +74,7 @@ class BlockNeRF:
         _check(pose_noise_deg >= 0 and pose_noise_frac >= 0, "pose noise must be >= 0")
         _check(pose_groups in POSE_GROUPS, f"pose_groups must be one of {POSE_GROUPS}, got {pose_groups!r}")
         self.seed, self.block_index, self.batch_size = int(seed), int(block), int(batch_size)
-        self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                                   ("cpu" if device == "auto" else device))
+        self.device = pick_device(device)
         self.partition = partition or BlockPartition()
         self.scene = scene
         train, test = scene.split("train"), scene.split("test")
@@ -183,7 +183,7 @@ class BlockNeRF:
         m = origins.shape[0]
         if code is not None and code.dim() == 1:
             code = code[None].expand(m, -1)
-        exp = torch.as_tensor(exposure, dtype=torch.float32).reshape(-1).expand(m)
+        exp = torch.as_tensor(exposure, dtype=torch.float32, device=self.device).reshape(-1).expand(m)
         return self.field(origins.to(self.device), directions.to(self.device), code, self.exposure_in(exp), **kw)
 
     # ---- protocol -----------------------------------------------------------------------------
@@ -343,7 +343,7 @@ class BlockNeRF:
         with torch.no_grad():
             for k, i in enumerate(self.test_index):
                 o, d = image_rays(cams, k)
-                pick = torch.arange(0, o.shape[0], self.visibility_eval_stride)
+                pick = torch.arange(0, o.shape[0], self.visibility_eval_stride, device="cpu")
                 code, exposure = (self.default_code(), 1.0)
                 out = self.render_rays(o[pick], d[pick], code, exposure, want_visibility=True)
                 fine = out["fine"]

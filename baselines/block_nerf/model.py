@@ -93,7 +93,7 @@ def exposure_input(exposure: torch.Tensor, scale: float) -> torch.Tensor:
 
 
 def init_codes(n: int, dim: int, generator: torch.Generator, std: float = 0.01) -> torch.Tensor:
-    return torch.randn(n, dim, generator=generator) * std
+    return torch.randn(n, dim, generator=generator, device=generator.device) * std
 
 
 def param_count(module: nn.Module) -> int:

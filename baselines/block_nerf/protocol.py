@@ -68,7 +68,7 @@ def fit_code(render_fn, init: torch.Tensor, origins: torch.Tensor, directions: t
     gen = torch.Generator().manual_seed(seed)
     n = origins.shape[0]
     for _ in range(int(steps)):
-        pick = torch.randint(0, n, (min(rays_per_step, n),), generator=gen)
+        pick = torch.randint(0, n, (min(rays_per_step, n),), generator=gen, device="cpu")
         rgb = render_fn(origins[pick], directions[pick], code)
         loss = ((rgb - target[pick].to(rgb.device)) ** 2).mean()
         opt.zero_grad()

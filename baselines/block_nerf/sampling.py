@@ -18,7 +18,7 @@ def coarse_edges(n_rays: int, n_samples: int, near: float, far: float, spacing: 
         mids = (u[:, 1:] + u[:, :-1]) / 2
         lower = torch.cat([u[:, :1], mids], -1)
         upper = torch.cat([mids, u[:, -1:]], -1)
-        u = lower + (upper - lower) * torch.rand(u.shape, generator=generator).to(u.device)
+        u = lower + (upper - lower) * torch.rand(u.shape, generator=generator, device=generator.device).to(u.device)
     if spacing == "linear":
         return near + (far - near) * u
     if spacing == "disparity":
@@ -40,7 +40,7 @@ def fine_edges(t_edges: torch.Tensor, weights: torch.Tensor, n_samples: int, gen
     if generator is None:
         u = torch.linspace(0.0, 1.0, m, device=w.device).expand(w.shape[0], m).contiguous()
     else:
-        u = (torch.arange(m, device=w.device) + torch.rand(w.shape[0], m, generator=generator).to(w.device)) / m
+        u = (torch.arange(m, device=w.device) + torch.rand(w.shape[0], m, generator=generator, device=generator.device).to(w.device)) / m
         u = u.clamp(max=1.0 - 1e-6)
     idx = torch.searchsorted(cdf, u, right=True).clamp(1, cdf.shape[-1] - 1)
     c0, c1 = torch.gather(cdf, 1, idx - 1), torch.gather(cdf, 1, idx)

@@ -45,7 +45,8 @@ def _check_fraction(owner: str, fraction: float) -> None:
 def draw_voxels(grid: SparseGrid, fraction: float, generator: torch.Generator) -> torch.Tensor:
     """Flat voxel indices (M,) of randomly drawn allocated voxels (with replacement)."""
     n = max(1, math.ceil(fraction * grid.n_rows))
-    rows = torch.randint(0, grid.n_rows, (n,), generator=generator).to(grid.voxels.device)
+    # drawn on the CPU generator whatever the grid's device, so the draws do not depend on it
+    rows = torch.randint(0, grid.n_rows, (n,), generator=generator, device="cpu").to(grid.voxels.device)
     return grid.voxels[rows]
 
 

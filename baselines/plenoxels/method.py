@@ -20,6 +20,7 @@ import gin
 import torch
 import torch.nn.functional as F
 
+from harness.method import pick_device
 from kernels.grid import as_resolution, interpolate
 from kernels.render import composite, early_termination
 from kernels.sh import check_degree, num_coeffs, sh_basis
@@ -70,7 +71,7 @@ class Plenoxels:
                  render_chunk: int = 16384, background: str = "scene", lr_background: float = 0.01,
                  reconstruction: Reconstruction | None = None, tv: TVLoss | None = None,
                  sparsity: Sparsity | None = None, smoothness: Smoothness | None = None,
-                 kernels: str = "auto", device: str = "cpu"):
+                 kernels: str = "auto", device: str = "auto"):
         check_degree(sh_degree)
         self.upsample_steps = _steps("upsample_steps", upsample_steps)
         self.prune_steps = _steps("prune_steps", prune_steps)
@@ -113,7 +114,7 @@ class Plenoxels:
         self.sparsity = sparsity if sparsity is not None else Sparsity()
         self.smoothness = smoothness if smoothness is not None else Smoothness()
         self.patch_size = self.reconstruction.patch_size  # the trainer samples p x p patches
-        self.device = torch.device(device)
+        self.device = pick_device(device)
         self.near, self.far = float(scene.near), float(scene.far)
         # forward-facing scenes (LLFF) are marched in NDC, as the paper does; the box then is [-1, 1]^3
         self.ndc = dict(scene.extras["ndc"]) if scene.ndc else None

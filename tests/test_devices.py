@@ -1,0 +1,117 @@
+"""Device placement, checked without a GPU.
+
+On a GPU a baseline fails when one of its tensors is made on the CPU by a call that names no
+device. Under `with torch.device("meta")` such a tensor lands on the meta device instead, and
+mixing it with the model's CPU tensors raises, so a CPU machine catches what would break on a
+GPU. Tensors the methods keep on the CPU on purpose (draws from a CPU generator, renders handed
+back to the runner) must name their device.
+"""
+
+from __future__ import annotations
+
+import gin
+import numpy as np
+import pytest
+import torch
+
+from baselines.block_nerf.compose import compose_view, match_appearance
+from baselines.block_nerf.method import BlockNeRF
+from baselines.block_nerf.partition import BlockPartition
+from baselines.plenoxels import Plenoxels, TVLoss
+from baselines.plenoxels.losses import Smoothness, Sparsity
+from harness.data.rays import RaySampler
+from harness.method import pick_device
+from tests.test_block_nerf_toy import toy_scene
+from tests.test_plenoxels import random_batch, synthetic_scene
+
+
+@pytest.fixture(autouse=True)
+def _clean():
+    gin.clear_config()
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+    gin.clear_config()
+
+
+def _on_meta(fn, *args):
+    with torch.device("meta"):
+        return fn(*args)
+
+
+def _is_cpu_result(out: dict) -> None:
+    for key in ("rgb", "depth", "acc"):
+        assert out[key].device.type == "cpu", key
+        assert torch.isfinite(out[key]).all(), key
+
+
+def test_meta_default_device_catches_a_tensor_made_without_a_device():
+    """The check itself: a model tensor mixed with one made without a device raises."""
+    model_tensor = torch.ones(3)
+    with pytest.raises(RuntimeError), torch.device("meta"):
+        model_tensor + torch.zeros(3)
+
+
+def test_plenoxels_training_and_render_name_their_devices():
+    """Steps through every schedule event (occupancy refresh, pruning, upsampling) and every
+    loss term with random draws, then a render, all with meta as the default device."""
+    m = Plenoxels(synthetic_scene(), 0, resolution=32, upsample_steps=(4,), prune_steps=(3, 6),
+                  occupancy_every=2, batch_size=256, kernels="torch", device="cpu",
+                  tv=TVLoss(weight_density=1e-4, weight_sh=1e-4), sparsity=Sparsity(weight=1e-4),
+                  smoothness=Smoothness(weight_density=1e-4, weight_sh=1e-4))
+    for step in range(8):
+        losses = _on_meta(m.train_step, step, random_batch(step, 256))
+        assert np.isfinite(losses["loss"])
+    batch = random_batch(99, 300)
+    _is_cpu_result(_on_meta(m.render, batch["origins"], batch["directions"]))
+
+
+@pytest.mark.parametrize("appearance", ["appearance_id", "image"])
+def test_block_nerf_training_and_render_name_their_devices(appearance):
+    """One block with appearance codes, exposure, visibility and pose refinement on; per-image
+    codes render a test view through the left-half protocol (a code fitted on the left half)."""
+    scene = toy_scene()
+    m = BlockNeRF(scene, 0, batch_size=128, n_coarse=8, n_fine=8, width=32, colour_width=16, pos_freqs=6,
+                  spacing="linear", near=0.5, far=8.0, appearance_dim=4, visibility_width=16, render_chunk=4096,
+                  pose_noise_deg=1.0, pose_noise_frac=0.01, device="cpu", appearance=appearance)
+    train = m.trial_scene.split("train")
+    sampler = RaySampler(train.images, train.cameras, 0)
+    for step in range(3):
+        losses = _on_meta(m.train_step, step, sampler.sample(step, m.batch_size))
+        assert np.isfinite(losses["loss"])
+    test = m.trial_scene.split("test")
+    img = _on_meta(m.render_view, test, 0)
+    assert img.shape[-1] == 3 and np.isfinite(img).all()
+    vis = _on_meta(m.visibility_error, test)
+    assert np.isfinite(vis["mae"])
+
+
+def test_block_nerf_composition_names_its_devices():
+    """Blending two blocks at a view in their overlap: block selection by visibility in the
+    region, appearance matching, inverse-distance weights."""
+    scene = toy_scene()
+    small = dict(batch_size=128, n_coarse=8, n_fine=8, width=32, colour_width=16, pos_freqs=6, spacing="linear",
+                 near=0.5, far=8.0, appearance_dim=4, visibility_width=16, device="cpu")
+    models = {b: BlockNeRF(scene, 0, block=b, partition=BlockPartition(n_blocks=2), **small) for b in (0, 1)}
+    test = scene.split("test")
+    mid = int(np.argmin(np.abs(test.cameras.c2w[:, 0, 3] - 6.0)))
+    opts = {"power": 4.0, "select_radius": 1.0, "visibility_threshold": 0.1, "max_blocks": 0,
+            "visibility_stride": 4, "visibility_region": True, "root_block": 0, "match_rays": 64,
+            "match_steps": 2, "match_lr": 0.05}
+    codes = {b: {0: m.codes.detach()[0]} for b, m in models.items()}
+    matched, log_rows = _on_meta(match_appearance, models, {b: c[0] for b, c in codes.items()}, test.cameras, opts)
+    assert len(log_rows) == 1
+    img, info = _on_meta(compose_view, models, test, mid, opts, codes)
+    assert np.isfinite(img).all() and sorted(info["blocks"]) == [0, 1]
+
+
+def test_auto_device_is_the_cpu_without_a_gpu_and_a_missing_gpu_is_a_clear_error():
+    if torch.cuda.is_available():
+        assert pick_device("auto").type == "cuda"
+        return
+    assert pick_device("auto") == torch.device("cpu")
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        pick_device("cuda")
+    with pytest.raises(ValueError, match="device must be one of"):
+        pick_device("gpu0")
