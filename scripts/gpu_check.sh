@@ -13,12 +13,14 @@
 #      (same steps, same data)                                             -> plenoxels_{auto,torch}.log
 # Uses the interpreter in $PYTHON (default python3) without a venv.
 #
-# A GPU host without network lacks gin-config, submitit and lpips (and nerfacc): download their
-# wheels here first (see the device notes), e.g.
+# A GPU host without network lacks gin-config, submitit and lpips (and nerfacc, the peer): download
+# their wheels here first (all pure Python; the host has their dependencies), e.g.
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-#       --platform manylinux2014_x86_64 -d .whl gin-config submitit lpips cloudpickle nerfacc==0.5.3
+#       --platform manylinux2014_x86_64 -d .whl gin-config submitit lpips nerfacc==0.5.3
 # and pass .whl along; this script installs them into /tmp/site when the folder is there. data/ links
 # to ../shared, which does not travel: name data/nerf_synthetic/lego_200 in the device call's carry.
+# The call: command "OUT=$OUT bash scripts/gpu_check.sh", carry [".whl", "data/nerf_synthetic/lego_200"],
+# timeout_s 590 (docs/benchmarks.md).
 set -uo pipefail
 PYTHON=${PYTHON:-python3}
 OUT=${OUT:-gpu_out}

@@ -1,7 +1,8 @@
 """Plenoxels through the fast kernels (Plenoxels.kernels): a training step with impl='triton' (the
-Triton interpreter on this CPU, real kernels on a GPU) matches the PyTorch reference."""
+Triton interpreter on this CPU, real kernels on CUDA tensors when there is a GPU) matches the
+PyTorch reference on the same device."""
 
-import tests.test_kernels_fixtures  # noqa: F401  (sets TRITON_INTERPRET before triton is imported)
+from tests.test_kernels_fixtures import DEVICE  # first: sets TRITON_INTERPRET before triton is imported
 
 import pytest
 import torch
@@ -15,7 +16,7 @@ pytestmark = pytest.mark.skipif(not _impl.triton_available(), reason="triton doe
 
 def _model(kernels):
     return Plenoxels(synthetic_scene(), 0, resolution=16, upsample_steps=(), prune_steps=(), batch_size=64,
-                     kernels=kernels, tv=TVLoss(weight_density=1e-3, weight_sh=1e-3), device="cpu")
+                     kernels=kernels, tv=TVLoss(weight_density=1e-3, weight_sh=1e-3), device=DEVICE)
 
 
 def _capture_grads(model):
