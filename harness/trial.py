@@ -265,6 +265,8 @@ class Trainer:
         np.random.seed(self.seed % 2**32)
         scene = load_scene()
         method = self.method_cls(scene=scene, seed=self.seed)
+        if getattr(method, "device", None) is not None:  # what it computes on, not only what is there
+            record.update(device=device_name(method.device))
         scene = getattr(method, "trial_scene", scene)  # optional: the part of the scene it trains on
         step, train_time = self.train(method, scene, record, evaluation)
         evaluated = self._load_evaluated(method, record)
@@ -331,10 +333,12 @@ def check_settings() -> None:
         raise ConfigError(f"Trainer: {str(exc).strip().splitlines()[0]}") from None
 
 
-def _device_name() -> str:
-    """What the trial computes on, for the record and the report's provenance."""
-    if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name()} (torch {torch.__version__}, CUDA {torch.version.cuda})"
+def device_name(device: torch.device | str | None = None) -> str:
+    """What the trial computes on, for the record and the report's provenance: `device` (a
+    method's), or the GPU when there is one."""
+    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if dev.type == "cuda":
+        return f"{torch.cuda.get_device_name(dev)} (torch {torch.__version__}, CUDA {torch.version.cuda})"
     return f"CPU ({os.cpu_count()} cores, torch {torch.__version__})"
 
 
@@ -361,7 +365,7 @@ def run_trial(trial_dir: Path, job_info: dict | None = None, wait: bool = True) 
             if folder.is_dir():
                 remove_temp_files(folder)
         _pin_threads(record)
-        record.begin_attempt(torch_threads=torch.get_num_threads(), device=_device_name(), **(job_info or {}))
+        record.begin_attempt(torch_threads=torch.get_num_threads(), device=device_name(), **(job_info or {}))
         try:
             metrics = Trainer().run(record)
             record.set_state("done", psnr=metrics.get("psnr"))

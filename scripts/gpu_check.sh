@@ -13,14 +13,10 @@
 #      (same steps, same data)                                             -> plenoxels_{auto,torch}.log
 # Uses the interpreter in $PYTHON (default python3) without a venv.
 #
-# A GPU host without network lacks gin-config, submitit and lpips (and nerfacc, the peer): download
-# their wheels here first (all pure Python; the host has their dependencies), e.g.
-#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-#       --platform manylinux2014_x86_64 -d .whl gin-config submitit lpips nerfacc==0.5.3
-# and pass .whl along; this script installs them into /tmp/site when the folder is there. data/ links
-# to ../shared, which does not travel: name data/nerf_synthetic/lego_200 in the device call's carry.
-# The call: command "OUT=$OUT bash scripts/gpu_check.sh", carry [".whl", "data/nerf_synthetic/lego_200"],
-# timeout_s 590 (docs/benchmarks.md).
+# A GPU host without network lacks gin-config, submitit and lpips (and nerfacc, the peer), and data/
+# links to ../shared, which does not travel. scripts/gpu_prepare.sh (run here first) puts their
+# wheels in .whl (installed into /tmp/site by this script) and lego 200x200 in .gpu_data. The call:
+#   run(command="OUT=$OUT bash scripts/gpu_check.sh", carry=[".whl", ".gpu_data"], timeout_s=590)
 set -uo pipefail
 PYTHON=${PYTHON:-python3}
 OUT=${OUT:-gpu_out}
@@ -71,14 +67,16 @@ timeout 60 $PYTHON -m pytest -q -p no:cacheprovider tests/test_kernels_composite
 
 # 4. Plenoxels training throughput on the GPU with and without the kernels
 stamp plenoxels
-if [ -d data/nerf_synthetic/lego_200 ]; then
+LEGO=.gpu_data/lego_200
+[ -e $LEGO/transforms_train.json ] || LEGO=data/nerf_synthetic/lego_200
+if [ -e $LEGO/transforms_train.json ]; then
     for k in auto torch; do
-        timeout 80 $PYTHON scripts/plenoxels_speed.py --data data/nerf_synthetic/lego_200 --iterations 800 \
+        timeout 80 $PYTHON scripts/plenoxels_speed.py --data $LEGO --iterations 800 \
             --test-views 5 --bind "Plenoxels.kernels = '$k'" --bind "Plenoxels.device = 'cuda'" \
             > "$OUT/plenoxels_$k.log" 2>&1
         grep -E "steady|^iterations|PSNR" "$OUT/plenoxels_$k.log" || tail -5 "$OUT/plenoxels_$k.log"
     done
 else
-    echo "data/nerf_synthetic/lego_200 is missing: name it in the device call's carry"
+    echo "lego 200x200 is missing: run scripts/gpu_prepare.sh here and carry .gpu_data"
 fi
 stamp done

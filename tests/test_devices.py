@@ -9,18 +9,20 @@ back to the runner) must name their device.
 
 from __future__ import annotations
 
+import contextlib
+
 import gin
 import numpy as np
 import pytest
 import torch
 
 from baselines.block_nerf.compose import compose_view, match_appearance
-from baselines.block_nerf.method import BlockNeRF
 from baselines.block_nerf.partition import BlockPartition
 from baselines.plenoxels import Plenoxels, TVLoss
 from baselines.plenoxels.losses import Smoothness, Sparsity
 from harness.data.rays import RaySampler
 from harness.method import pick_device
+from tests.test_block_nerf import small
 from tests.test_block_nerf_toy import toy_scene
 from tests.test_plenoxels import random_batch, synthetic_scene
 
@@ -72,9 +74,7 @@ def test_block_nerf_training_and_render_name_their_devices(appearance):
     """One block with appearance codes, exposure, visibility and pose refinement on; per-image
     codes render a test view through the left-half protocol (a code fitted on the left half)."""
     scene = toy_scene()
-    m = BlockNeRF(scene, 0, batch_size=128, n_coarse=8, n_fine=8, width=32, colour_width=16, pos_freqs=6,
-                  spacing="linear", near=0.5, far=8.0, appearance_dim=4, visibility_width=16, render_chunk=4096,
-                  pose_noise_deg=1.0, pose_noise_frac=0.01, device="cpu", appearance=appearance)
+    m = small(scene, pose_noise_deg=1.0, pose_noise_frac=0.01, device="cpu", appearance=appearance)
     train = m.trial_scene.split("train")
     sampler = RaySampler(train.images, train.cameras, 0)
     for step in range(3):
@@ -87,13 +87,31 @@ def test_block_nerf_training_and_render_name_their_devices(appearance):
     assert np.isfinite(vis["mae"])
 
 
+def test_block_nerf_mixed_precision_path_trains(monkeypatch):
+    """The CUDA-only float16 path (autocast + one GradScaler over the per-component optimisers),
+    with the CPU's float16 autocast standing in for CUDA's: losses fall and stay finite, and the
+    scaler's state survives a state_dict round trip."""
+    import baselines.block_nerf.method as block_method
+
+    monkeypatch.setattr(block_method, "autocast", lambda device, enabled: torch.autocast("cpu", dtype=torch.float16)
+                        if enabled else contextlib.nullcontext())
+    m = small(toy_scene(), device="cpu", pose_noise_deg=1.0, pose_noise_frac=0.01)
+    m.mixed, m.scaler = True, torch.amp.GradScaler("cpu")
+    train = m.trial_scene.split("train")
+    sampler = RaySampler(train.images, train.cameras, 0)
+    losses = [m.train_step(step, sampler.sample(step, m.batch_size))["mse"] for step in range(12)]
+    assert np.isfinite(losses).all() and np.mean(losses[-3:]) < np.mean(losses[:3]), losses
+    state = m.state_dict()
+    assert state["scaler"]["scale"] > 0
+    m.load_state_dict(state)
+    assert m.render_view(m.trial_scene.split("test"), 0).dtype == np.float32
+
+
 def test_block_nerf_composition_names_its_devices():
     """Blending two blocks at a view in their overlap: block selection by visibility in the
     region, appearance matching, inverse-distance weights."""
     scene = toy_scene()
-    small = dict(batch_size=128, n_coarse=8, n_fine=8, width=32, colour_width=16, pos_freqs=6, spacing="linear",
-                 near=0.5, far=8.0, appearance_dim=4, visibility_width=16, device="cpu")
-    models = {b: BlockNeRF(scene, 0, block=b, partition=BlockPartition(n_blocks=2), **small) for b in (0, 1)}
+    models = {b: small(scene, block=b, partition=BlockPartition(n_blocks=2), device="cpu") for b in (0, 1)}
     test = scene.split("test")
     mid = int(np.argmin(np.abs(test.cameras.c2w[:, 0, 3] - 6.0)))
     opts = {"power": 4.0, "select_radius": 1.0, "visibility_threshold": 0.1, "max_blocks": 0,
@@ -115,3 +133,11 @@ def test_auto_device_is_the_cpu_without_a_gpu_and_a_missing_gpu_is_a_clear_error
         pick_device("cuda")
     with pytest.raises(ValueError, match="device must be one of"):
         pick_device("gpu0")
+
+
+def test_the_record_names_the_device_the_method_computes_on():
+    from harness.trial import device_name
+
+    assert device_name("cpu").startswith("CPU (")
+    expected = "CUDA" if torch.cuda.is_available() else "CPU ("
+    assert expected in device_name()
