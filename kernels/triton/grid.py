@@ -55,13 +55,20 @@ def _cols(c: int) -> int:
     return max(triton.next_power_of_2(c), 2)
 
 
+def samples_block(device, cols: int) -> int:
+    """Samples per program for tiles of `cols` (padded) columns: BLOCKS['samples'] is sized for up to
+    32 columns; wider rows (SH degree 3: 48 -> 64) get proportionally fewer samples, so the tile,
+    and the registers it takes, stay the same size."""
+    return max(1, block("samples", device) * 32 // max(cols, 32))
+
+
 def interpolate_forward(features, index, weight):
     K, S = index.shape
     C = features.shape[1]
     out = torch.empty(S, C, device=features.device, dtype=features.dtype)
     if S == 0:
         return out
-    bs = block("samples", features.device)
+    bs = samples_block(features.device, _cols(C))
     _interp_fwd[(triton.cdiv(S, bs),)](features, index, weight, out, S, C, K=K, BLOCK_S=bs, CP=_cols(C))
     return out
 
@@ -73,7 +80,7 @@ def interpolate_backward(features, index, weight, grad_out, need_features: bool,
     d_weight = torch.empty_like(weight) if need_weight else None
     if S == 0:
         return d_feat, d_weight
-    bs = block("samples", features.device)
+    bs = samples_block(features.device, _cols(C))
     _interp_bwd[(triton.cdiv(S, bs),)](
         features, index, weight, grad_out, d_feat if need_features else features,
         d_weight if need_weight else weight, S, C, K=K, D_FEAT=need_features, D_WEIGHT=need_weight,
@@ -112,6 +119,19 @@ def _sh_tile(x, y, z, kc, NB: tl.constexpr):
 
 
 @triton.jit
+def _basis(dir_ptr, ray_ptr, s, smask, col, NB: tl.constexpr, HAS_RAY: tl.constexpr):
+    """SH basis tile (BLOCK_S, CP) at each sample's direction (its ray's, when HAS_RAY)."""
+    if HAS_RAY:
+        d_idx = tl.load(ray_ptr + s, mask=smask, other=0).to(tl.int64)
+    else:
+        d_idx = s.to(tl.int64)
+    dx = tl.load(dir_ptr + d_idx * 3, mask=smask, other=0.0)
+    dy = tl.load(dir_ptr + d_idx * 3 + 1, mask=smask, other=0.0)
+    dz = tl.load(dir_ptr + d_idx * 3 + 2, mask=smask, other=0.0)
+    return _sh_tile(dx, dy, dz, col % NB, NB)
+
+
+@triton.jit
 def _cell(coord_ptr, s, smask, axis: tl.constexpr, size):
     c = tl.load(coord_ptr + s * 3 + axis, mask=smask, other=0.0)
     base = tl.minimum(tl.maximum(tl.floor(c), 0.0), (size - 2) * 1.0)
@@ -138,18 +158,10 @@ def _sample_sh(dens_ptr, sh_ptr, links_ptr, coord_ptr, dir_ptr, ray_ptr, out_sig
     by, fy = _cell(coord_ptr, s, smask, 1, Y)
     bz, fz = _cell(coord_ptr, s, smask, 2, Z)
     flat0 = (bx * Y + by) * Z + bz
-    if HAS_RAY:
-        d_idx = tl.load(ray_ptr + s, mask=smask, other=0).to(tl.int64)
-    else:
-        d_idx = s.to(tl.int64)
-    dx = tl.load(dir_ptr + d_idx * 3, mask=smask, other=0.0)
-    dy = tl.load(dir_ptr + d_idx * 3 + 1, mask=smask, other=0.0)
-    dz = tl.load(dir_ptr + d_idx * 3 + 2, mask=smask, other=0.0)
-    basis = _sh_tile(dx, dy, dz, col % NB, NB)
     if BACKWARD:
         g_sig = tl.load(g_sigma_ptr + s, mask=smask, other=0.0)
         g_c = tl.load(g_rgb_ptr + s[:, None] * 3 + ch[None, :], mask=m2, other=0.0)
-        g_tile = g_c * basis
+        g_tile = g_c * _basis(dir_ptr, ray_ptr, s, smask, col, NB, HAS_RAY)
     else:
         dens = tl.zeros([BLOCK_S], dtype=dens_ptr.dtype.element_ty)
         coef = tl.zeros([BLOCK_S, CP], dtype=dens_ptr.dtype.element_ty)
@@ -178,7 +190,8 @@ def _sample_sh(dens_ptr, sh_ptr, links_ptr, coord_ptr, dir_ptr, ray_ptr, out_sig
             coef += w[:, None] * tl.load(sh_ptr + row[:, None] * C + col[None, :], mask=mc, other=0.0)
     if not BACKWARD:
         tl.store(out_sigma_ptr + s, dens, mask=smask)
-        prod = coef * basis
+        # the basis tile is made after the gathers, so it does not hold registers across them
+        prod = coef * _basis(dir_ptr, ray_ptr, s, smask, col, NB, HAS_RAY)
         for c in tl.static_range(3):
             v = tl.sum(tl.where((ch == c)[None, :], prod, 0.0), axis=1)
             if SIGMOID:
@@ -190,7 +203,7 @@ def _launch(density, sh, links, coords, dirs, ray_index, resolution, n_basis, si
             out_sigma, out_rgb, g_sigma, g_rgb, d_dens, d_sh):
     S = coords.shape[0]
     X, Y, Z = resolution
-    bs = block("samples", coords.device)
+    bs = samples_block(coords.device, _cols(3 * n_basis))
     dummy = density
     _sample_sh[(triton.cdiv(S, bs),)](
         density, sh, links if links is not None else dummy, coords, dirs,

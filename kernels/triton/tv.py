@@ -63,8 +63,15 @@ def _tv(val_ptr, row_ptr, nb_ptr, part_ptr, g_ptr, d_ptr, M, C, eps,
 
 
 def _cfg(values, M):
-    bm = block("tv", values.device)
-    return bm, (triton.cdiv(max(M, 1), bm),), max(triton.next_power_of_2(values.shape[1]), 2)
+    cp = max(triton.next_power_of_2(values.shape[1]), 2)
+    bm = voxels_block(values.device, cp)
+    return bm, (triton.cdiv(max(M, 1), bm),), cp
+
+
+def voxels_block(device, cols: int) -> int:
+    """Voxels per program: BLOCKS['tv'] is sized for up to 32 (padded) channels; wider rows get
+    proportionally fewer voxels, so the tile stays the same size."""
+    return max(1, block("tv", device) * 32 // max(cols, 32))
 
 
 def tv_sum(values, row, neighbours, l2: bool, eps: float):
