@@ -5,12 +5,14 @@
 #   0. device, driver, torch, Triton                                       -> device.txt
 #   1. in the background: build the CUDA C++ compositing extension and nerfacc's (if installed)
 #                                                                          -> build.log
-#   2. the kernels' correctness tests on CUDA tensors                      -> tests.log, tests_cuda.log
+#   2. the kernels' correctness tests on CUDA tensors (impl='cuda' after its build) -> tests.log
 #   3. the benchmark cases the targets name: compositing at 1M rays x 128 samples (torch, compile,
 #      triton, cuda, nerfacc), fused trilinear+SH at 512^3 (fwd, fwd+bwd), TV at 128^3 (a draw of
 #      131072 voxels, as Plenoxels draws) and 256^3 (every voxel)       -> bench.json, bench.log
 #   4. Plenoxels training throughput on the GPU with the fast kernels and with the torch reference
 #      (same steps, same data)                                             -> plenoxels_{auto,torch}.log
+#   5. Nsight Compute on one launch of each Triton kernel at the targets' sizes, with the time left
+#                                                                          -> ncu.log
 # Uses the interpreter in $PYTHON (default python3) without a venv.
 #
 # A GPU host without network lacks gin-config, submitit and lpips (and nerfacc, the peer), and data/
@@ -63,7 +65,7 @@ timeout 250 $PYTHON -m pytest tests/bench/test_bench_kernels.py -p no:cacheprovi
 wait $BUILD
 tail -4 "$OUT/build.log"
 timeout 60 $PYTHON -m pytest -q -p no:cacheprovider tests/test_kernels_composite.py -k cuda 2>&1 \
-    | tee "$OUT/tests_cuda.log" | tail -3
+    | tee -a "$OUT/tests.log" | tail -3
 
 # 4. Plenoxels training throughput on the GPU with and without the kernels
 stamp plenoxels
@@ -78,5 +80,14 @@ if [ -e $LEGO/transforms_train.json ]; then
     done
 else
     echo "lego 200x200 is missing: run scripts/gpu_prepare.sh here and carry .gpu_data"
+fi
+# 5. what limits the kernels (Nsight Compute), with the time that is left of the 10-minute call
+left=$((570 - (SECONDS - START)))
+if command -v ncu >/dev/null && [ $left -gt 60 ]; then
+    stamp "ncu ($left s left)"
+    timeout $left ncu --section SpeedOfLight --section Occupancy --section MemoryWorkloadAnalysis \
+        -k regex:"_sample_sh|_fwd|_bwd" $PYTHON scripts/kernel_profile.py > "$OUT/ncu.log" 2>&1
+    grep -E "^  _|Duration|DRAM Throughput|Memory Throughput|Compute \(SM\) Throughput|Achieved Occupancy|Registers Per" \
+        "$OUT/ncu.log" | head -60
 fi
 stamp done
