@@ -54,4 +54,3 @@ def pick_device(device: str) -> torch.device:
         raise ValueError(f"device {device!r} asked for, but torch sees no CUDA GPU here "
                          f"(torch {torch.__version__}); use device='auto' or 'cpu'")
     return dev
-
