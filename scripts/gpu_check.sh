@@ -11,7 +11,8 @@
 #      131072 voxels, as Plenoxels draws) and 256^3 (every voxel)       -> bench.json, bench.log
 #   4. Plenoxels training throughput on the GPU with the fast kernels and with the torch reference
 #      (same steps, same data)                                             -> plenoxels_{auto,torch}.log
-#   5. Nsight Compute on one launch of each Triton kernel at the targets' sizes, with the time left
+#   5. the Triton kernels at other block sizes than kernels.triton.BLOCKS   -> bench.log
+#   6. Nsight Compute on one launch of each Triton kernel at the targets' sizes, with the time left
 #                                                                          -> ncu.log
 # Uses the interpreter in $PYTHON (default python3) without a venv.
 #
@@ -81,7 +82,11 @@ if [ -e $LEGO/transforms_train.json ]; then
 else
     echo "lego 200x200 is missing: run scripts/gpu_prepare.sh here and carry .gpu_data"
 fi
-# 5. what limits the kernels (Nsight Compute), with the time that is left of the 10-minute call
+# 5. the Triton kernels at other block sizes than the chosen ones (appended to bench.log)
+stamp "block sizes"
+timeout 90 $PYTHON scripts/triton_blocks.py 2>&1 | tee -a "$OUT/bench.log" | tail -20
+
+# 6. what limits the kernels (Nsight Compute), with the time that is left of the 10-minute call
 left=$((570 - (SECONDS - START)))
 if command -v ncu >/dev/null && [ $left -gt 60 ]; then
     stamp "ncu ($left s left)"
