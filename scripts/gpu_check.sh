@@ -5,12 +5,12 @@
 #   0. device, driver, torch, Triton                                       -> device.txt
 #   1. in the background: build the CUDA C++ compositing extension and nerfacc's (if installed)
 #                                                                          -> build.log
-#   2. the kernels' correctness tests on CUDA tensors (impl='cuda' after its build) -> tests.log
-#   3. the benchmark cases the targets name: compositing at 1M rays x 128 samples (torch, compile,
+#   2. the benchmark cases the targets name: compositing at 1M rays x 128 samples (torch, compile,
 #      triton, cuda, nerfacc), fused trilinear+SH at 512^3 (fwd, fwd+bwd), TV at 128^3 (a draw of
 #      131072 voxels, as Plenoxels draws) and 256^3 (every voxel)       -> bench.json, bench.log
-#   4. Plenoxels training throughput on the GPU with the fast kernels and with the torch reference
+#   3. Plenoxels training throughput on the GPU with the fast kernels and with the torch reference
 #      (same steps, same data)                                             -> plenoxels_{auto,torch}.log
+#   4. the kernels' correctness tests on CUDA tensors (impl='cuda' after its build) -> tests.log
 #   5. the Triton kernels at other block sizes than kernels.triton.BLOCKS   -> bench.log
 #   6. Nsight Compute on one launch of each Triton kernel at the targets' sizes, with the time left
 #                                                                          -> ncu.log
@@ -40,8 +40,8 @@ fi
 } > "$OUT/device.txt" 2>&1
 cat "$OUT/device.txt"
 
-# 1. extension builds, in the background while the tests run (torch's build lock makes a test or
-#    benchmark that needs an extension wait for its build instead of starting another)
+# 1. extension builds, in the background (torch's build lock makes a benchmark or test that needs
+#    an extension wait for its build instead of starting another)
 {
     stamp "build start"
     timeout 300 $PYTHON -c "from kernels.cuda.composite import module; module(); print('CUDA C++ compositing extension built')" &
@@ -51,24 +51,13 @@ cat "$OUT/device.txt"
 } > "$OUT/build.log" 2>&1 &
 BUILD=$!
 
-# 2. correctness on the GPU: the tests CI runs in interpreter mode, now on CUDA tensors
-stamp tests
-#    (impl='cuda' cases after the build, in step 3b)
-timeout 110 $PYTHON -m pytest -q -p no:cacheprovider tests/test_kernels_*.py tests/test_plenoxels_kernels.py \
-    -m "not slow" -k "not cuda" 2>&1 | tee "$OUT/tests.log" | tail -4
-
-# 3. the benchmark cases the targets name
+# 2. the benchmark cases the targets name (criterion 2)
 stamp bench
 timeout 250 $PYTHON -m pytest tests/bench/test_bench_kernels.py -p no:cacheprovider --override-ini addopts= -q -rs \
     -k "1048576x128 or (sample and 512) or (tv and (131072 or 256))" \
     --benchmark-json="$OUT/bench.json" 2>&1 | tee "$OUT/bench.log" | tail -30
-# 3b. the CUDA C++ kernel against the reference, once its build is done
-wait $BUILD
-tail -4 "$OUT/build.log"
-timeout 60 $PYTHON -m pytest -q -p no:cacheprovider tests/test_kernels_composite.py -k cuda 2>&1 \
-    | tee -a "$OUT/tests.log" | tail -3
 
-# 4. Plenoxels training throughput on the GPU with and without the kernels
+# 3. Plenoxels training throughput on the GPU with and without the kernels (criterion 3)
 stamp plenoxels
 LEGO=.gpu_data/lego_200
 [ -e $LEGO/transforms_train.json ] || LEGO=data/nerf_synthetic/lego_200
@@ -82,6 +71,17 @@ if [ -e $LEGO/transforms_train.json ]; then
 else
     echo "lego 200x200 is missing: run scripts/gpu_prepare.sh here and carry .gpu_data"
 fi
+
+# 4. correctness on the GPU: the tests CI runs in interpreter mode, now on CUDA tensors, and the
+#    CUDA C++ kernel against the reference once its build is done
+stamp tests
+timeout 110 $PYTHON -m pytest -q -p no:cacheprovider tests/test_kernels_*.py tests/test_plenoxels_kernels.py \
+    -m "not slow" -k "not cuda" 2>&1 | tee "$OUT/tests.log" | tail -4
+wait $BUILD
+tail -4 "$OUT/build.log"
+timeout 60 $PYTHON -m pytest -q -p no:cacheprovider tests/test_kernels_composite.py -k cuda 2>&1 \
+    | tee -a "$OUT/tests.log" | tail -3
+
 # 5. the Triton kernels at other block sizes than the chosen ones (appended to bench.log)
 stamp "block sizes"
 timeout 90 $PYTHON scripts/triton_blocks.py 2>&1 | tee -a "$OUT/bench.log" | tail -20
