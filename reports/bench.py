@@ -3,8 +3,8 @@
 Kernel benchmarks describe themselves in `extra_info`: `op`, `impl` (torch | compile | triton |
 cuda | nerfacc), `size` (string), `bytes` (bytes moved by one call) and `device`. From those:
 speedup = mean time of impl 'torch' for the same op and size (same device when there is one) /
-mean time; effective bandwidth = bytes / mean time. Benchmarks without `op` are listed by name
-and time only.
+mean time; effective bandwidth = bytes / mean time, and its fraction of the GPU's peak memory
+bandwidth (PEAK_BANDWIDTH_GBS). Benchmarks without `op` are listed by name and time only.
 """
 
 from __future__ import annotations
@@ -24,6 +24,31 @@ from harness.errors import HarnessError  # noqa: E402
 from reports.figures import Figure, _safe, _save, _theme  # noqa: E402
 
 IMPL_ORDER = ("torch", "compile", "triton", "cuda", "nerfacc")
+
+# Peak memory bandwidth (GB/s) by GPU, from NVIDIA's data sheets, matched against the benchmark's
+# `device` (torch.cuda.get_device_name()): the first row whose words all occur in it wins, so
+# specific models come before their family.
+PEAK_BANDWIDTH_GBS = (
+    (("H200",), 4800.0),
+    (("H100", "NVL"), 3900.0),
+    (("H100", "PCIe"), 2000.0),
+    (("H100",), 3350.0),  # SXM5, HBM3 ("NVIDIA H100 80GB HBM3")
+    (("A100", "80GB", "PCIe"), 1935.0),
+    (("A100", "80GB"), 2039.0),
+    (("A100",), 1555.0),  # 40 GB
+    (("L40S",), 864.0),
+    (("RTX 4090",), 1008.0),
+    (("V100",), 900.0),
+)
+
+
+def peak_bandwidth_gbs(device: str | None) -> float:
+    """The device's peak memory bandwidth in GB/s, NaN when it is not in PEAK_BANDWIDTH_GBS (CPUs)."""
+    name = device.lower() if isinstance(device, str) else ""  # None / NaN for benchmarks without one
+    for words, gbs in PEAK_BANDWIDTH_GBS:
+        if all(w.lower() in name for w in words):
+            return gbs
+    return float("nan")
 
 
 def load(paths: list[Path]) -> pd.DataFrame:
@@ -71,6 +96,7 @@ def derive(df: pd.DataFrame) -> pd.DataFrame:
     df = df.copy()
     df["speedup"] = np.nan
     df["bandwidth_gbs"] = df["bytes"] / df["mean"] / 1e9
+    df["peak_fraction"] = df["bandwidth_gbs"] / df["device"].map(peak_bandwidth_gbs)
     kern = df["op"].notna()
     torch_rows = df[kern & (df["impl"] == "torch")]
     for i, r in df[kern].iterrows():

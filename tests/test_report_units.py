@@ -241,6 +241,7 @@ def test_bench_speedup_bandwidth_and_section(tmp_path):
     assert df.loc["composite[triton-1k]", "bandwidth_gbs"] == pytest.approx(8e6 / 0.001 / 1e9)
     assert math.isnan(df.loc["composite[compile-4k]", "bandwidth_gbs"])  # no bytes given
     assert math.isnan(df.loc["test_psnr", "speedup"])
+    assert math.isnan(df.loc["composite[triton-1k]", "peak_fraction"])  # a CPU: no data-sheet peak
 
     runs = tmp_path / "runs"
     synthetic_experiment(runs, "e", {"M.lr": [1]}, seeds=(0, 1))
@@ -252,6 +253,19 @@ def test_bench_speedup_bandwidth_and_section(tmp_path):
     assert t.table("bench-other")[1][1][0] == "test_psnr"
     assert (tmp_path / "rep" / "assets" / "bench_composite.png").exists()
     assert (tmp_path / "rep" / "bench.csv").exists()
+
+
+@pytest.mark.parametrize("device, gbs", [("NVIDIA H100 80GB HBM3", 3350.0), ("NVIDIA H100 PCIe", 2000.0),
+                                         ("NVIDIA H100 NVL", 3900.0), ("NVIDIA H200", 4800.0),
+                                         ("NVIDIA A100-SXM4-80GB", 2039.0), ("NVIDIA A100 80GB PCIe", 1935.0),
+                                         ("NVIDIA A100-SXM4-40GB", 1555.0)])
+def test_bench_fraction_of_the_gpus_peak_bandwidth(device, gbs):
+    assert bench.peak_bandwidth_gbs(device) == gbs
+    df = pd.DataFrame([{"name": "k", "op": "composite", "impl": "triton", "size": "1x1", "device": device,
+                        "mean": 0.002, "bytes": 4e9}])
+    row = bench.derive(df).iloc[0]
+    assert row["bandwidth_gbs"] == pytest.approx(2000.0)
+    assert row["peak_fraction"] == pytest.approx(2000.0 / gbs)
 
 
 def test_categorical_and_tuple_axes(tmp_path):
