@@ -69,6 +69,24 @@ def test_plenoxels_training_and_render_name_their_devices():
     _is_cpu_result(_on_meta(m.render, batch["origins"], batch["directions"]))
 
 
+def test_plenoxels_in_ndc_names_its_devices():
+    """Forward-facing scenes (LLFF) are marched in NDC: a step and a render of rays down -z."""
+    scene = synthetic_scene()
+    scene.ndc = True
+    scene.bbox = np.array([[-1, -1, -1], [1, 1, 1]], dtype=np.float32)
+    scene.extras["ndc"] = {"focal": 100.0, "width": 200, "height": 100, "near": 1.0}
+    m = Plenoxels(scene, 0, resolution=16, upsample_steps=(), prune_steps=(), batch_size=64, kernels="torch",
+                  device="cpu", tv=TVLoss(weight_density=1e-4, weight_sh=1e-4))
+    g = torch.Generator().manual_seed(0)
+    d = torch.nn.functional.normalize(torch.cat([torch.rand(64, 2, generator=g) * 0.6 - 0.3,
+                                                 -torch.ones(64, 1)], 1), dim=1)
+    batch = {"origins": torch.zeros(64, 3), "directions": d, "rgb": torch.rand(64, 3, generator=g),
+             "image_index": torch.zeros(64, dtype=torch.long)}
+    for step in range(2):
+        assert np.isfinite(_on_meta(m.train_step, step, batch)["loss"])
+    _is_cpu_result(_on_meta(m.render, batch["origins"], batch["directions"]))
+
+
 @pytest.mark.parametrize("appearance", ["appearance_id", "image"])
 def test_block_nerf_training_and_render_name_their_devices(appearance):
     """One block with appearance codes, exposure, visibility and pose refinement on; per-image
