@@ -84,15 +84,11 @@ def _trial_rows(trials: pd.DataFrame, axes: list[str], metrics: list[str]) -> li
                 cells.append({"text": tables.num(v, tables.DIGITS[m]), "cls": "" if state == "done" else "old"})
         rows.append({"id": r["id"], "experiment": r["experiment"], "state": state, "shown": shown,
                      "variant": str(r["variant"]), "scene": r["scene"], "seed": r["seed"],
-                     "axes": [_value(r.get(a)) for a in axes],
+                     "axes": [collect.fmt_or_dash(r.get(a)) for a in axes],
                      "cells": cells, "time": tables.num(r["train_time"], 1),
                      "error": (r["error"] or "").splitlines()[0][:200] if isinstance(r["error"], str) else "",
                      "stale": not bool(r["current"])})
     return rows
-
-
-def _value(v) -> str:
-    return collect.fmt_or_dash(v)
 
 
 COMPOSED_EXTRA = {"blocks_rendered_mean": ("blocks / view", 2), "seam_psnr_overlap": ("seam PSNR overlap", 2),
@@ -140,7 +136,7 @@ def _composed_section(frame: pd.DataFrame) -> dict | None:
         seam_n = [f"{int(v)}" for v in (g["seam_n_overlap"].max(), g["seam_n_interior"].max())
                   if collect.finite(v)]
         rows.append({"label": r["variant"], "variant": str(g["compose_variant"].iloc[0]), "n": len(g),
-                     "seeds": ", ".join(_value(s) for s in g["seed"].tolist()), "cells": cells,
+                     "seeds": ", ".join(collect.fmt_or_dash(s) for s in g["seed"].tolist()), "cells": cells,
                      "ids": ", ".join(g["id"]), "seam_n": "/".join(seam_n) if len(seam_n) == 2 else "–"})
     return {"columns": [{"key": k, "header": h} for k, h, _ in columns], "rows": rows, "n_records": len(frame)}
 

@@ -73,10 +73,10 @@ def main() -> None:
     sampler = RaySampler(train.images, train.cameras, seed=args.seed)
     model = Trainer().method_cls(scene=scene, seed=args.seed)
 
+    warm = min(args.warmup, iterations - 1)  # the first step of the steady state
     t0, c0 = time.perf_counter(), time.process_time()
-    t_warm = None
     for step in range(iterations):
-        if step == min(args.warmup, iterations - 1):
+        if step == warm:
             _sync(model)
             t_warm = time.perf_counter()
         losses = model.train_step(step, sampler.sample(step, model.batch_size))
@@ -89,7 +89,7 @@ def main() -> None:
                   f"voxels {model.stats()['voxels']:.0f}", flush=True)
     _sync(model)
     train_s, train_cpu = time.perf_counter() - t0, time.process_time() - c0
-    steady_steps, steady_s = iterations - min(args.warmup, iterations - 1), time.perf_counter() - t_warm
+    steady_steps, steady_s = iterations - warm, time.perf_counter() - t_warm
 
     n_views = len(test) if args.test_views is None else min(args.test_views, len(test))
     scores = []
@@ -103,7 +103,7 @@ def main() -> None:
     n_test_rays = n_views * test.cameras.width * test.cameras.height
     print(f"iterations {iterations}  train {train_s:.1f} s  ({n_train_rays / train_s:,.0f} rays/s), "
           f"CPU {train_cpu:.1f} s")
-    print(f"steady state (steps {iterations - steady_steps}-{iterations - 1}): "
+    print(f"steady state (steps {warm}-{iterations - 1}): "
           f"{steady_steps * model.batch_size / steady_s:,.0f} rays/s on {model.device}, kernels {model.kernels!r}")
     print(f"render {n_views} views {render_s:.1f} s  ({n_test_rays / render_s:,.0f} rays/s), "
           f"CPU {render_cpu:.1f} s")
