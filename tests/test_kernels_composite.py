@@ -180,3 +180,27 @@ def test_impl_switch_rules():
     sigma, rgb, delta, t, ray = random_packed([3, 2], dtype=torch.float32)
     half = composite(sigma.half(), rgb.half(), 0.1, ray, 2, impl="auto")  # reference, in float16
     assert half["rgb"].dtype == torch.float16
+
+
+def test_a_failed_cuda_build_is_reported_again_not_rebuilt(monkeypatch):
+    """Each impl='cuda' test or benchmark case asks for the extension; a build that failed once must
+    raise its error again at once, not compile for minutes per case."""
+    import torch.utils.cpp_extension as ext
+
+    from kernels.cuda import composite as cuda_composite
+
+    calls = []
+
+    def failing_load(**kw):
+        calls.append(kw["name"])
+        raise RuntimeError("nvcc: error: planted")
+
+    monkeypatch.setattr(ext, "load", failing_load)
+    cuda_composite._build.cache_clear()
+    try:
+        for _ in range(3):
+            with pytest.raises(RuntimeError, match="planted"):
+                cuda_composite.module()
+    finally:
+        cuda_composite._build.cache_clear()
+    assert calls == ["nerf_harness_composite"]

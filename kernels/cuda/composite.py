@@ -26,13 +26,25 @@ def unavailable_reason() -> str | None:
     return None
 
 
-@functools.lru_cache(maxsize=1)
 def module():
-    """The compiled extension (builds it on first call)."""
+    """The compiled extension (builds it on first call). A failed build raises the same error on
+    every later call instead of compiling again (minutes) for each test or benchmark case."""
+    ext, error = _build()
+    if error is not None:
+        raise error
+    return ext
+
+
+@functools.lru_cache(maxsize=1)
+def _build():
+    """(extension, None) or (None, the build's exception)."""
     from torch.utils.cpp_extension import load
 
-    return load(name="nerf_harness_composite", sources=[str(SOURCE)],
-                extra_cuda_cflags=["-O3", "--use_fast_math"], verbose=False)
+    try:
+        return load(name="nerf_harness_composite", sources=[str(SOURCE)],
+                    extra_cuda_cflags=["-O3", "--use_fast_math"], verbose=False), None
+    except Exception as exc:  # a compile or link error: kept, so it is reported, not rebuilt
+        return None, exc
 
 
 def _empty(x: torch.Tensor) -> torch.Tensor:

@@ -23,23 +23,50 @@ from pathlib import Path
 RENAMED = "nerfacc_lerp"
 
 
-def _patched_sources(csrc: Path, dest: Path) -> list[Path]:
-    """Copy nerfacc's csrc to `dest` with the `lerp` helpers renamed; returns the sources to build."""
-    if dest.exists():
-        shutil.rmtree(dest)
-    shutil.copytree(csrc, dest)
-    header = dest / "include" / "utils_math.cuh"
+def _is_patched(header: Path) -> bool:
+    if not header.is_file():
+        return False
     text = header.read_text()
-    if not re.search(r"\blerp\(", text):
-        raise RuntimeError(f"nerfacc's {header.name} defines no lerp(): another nerfacc version? "
-                           f"(sources at {csrc})")
-    header.write_text(re.sub(r"\blerp\(", f"{RENAMED}(", text))
+    return RENAMED in text and not re.search(r"\blerp\(", text)
+
+
+def _patched_sources(csrc: Path, dest: Path) -> list[Path]:
+    """Copy nerfacc's csrc to `dest` with the `lerp` helpers renamed; returns the sources to build.
+    A copy already patched is left as it is: rewriting it would make every process rebuild (the
+    build is cached by the sources' times)."""
+    header = dest / "include" / "utils_math.cuh"
+    if not _is_patched(header):
+        if dest.exists():
+            shutil.rmtree(dest)
+        shutil.copytree(csrc, dest)
+        text = header.read_text()
+        if not re.search(r"\blerp\(", text):
+            raise RuntimeError(f"nerfacc's {header.name} defines no lerp(): another nerfacc version? "
+                               f"(sources at {csrc})")
+        header.write_text(re.sub(r"\blerp\(", f"{RENAMED}(", text))
     return sorted(dest.glob("*.cu")) + sorted(dest.glob("*.cpp"))
 
 
-@functools.lru_cache(maxsize=1)
 def load_nerfacc():
-    """The nerfacc module with a working CUDA extension; raises RuntimeError saying why not."""
+    """The nerfacc module with a working CUDA extension; raises RuntimeError saying why not. The
+    outcome, a failure too, is kept for the process: each benchmark case asks, and a failed build
+    must not be tried again (minutes) for every one."""
+    module, reason = _attempt()
+    if module is None:
+        raise RuntimeError(reason)
+    return module
+
+
+@functools.lru_cache(maxsize=1)
+def _attempt():
+    """(nerfacc, None) or (None, why not)."""
+    try:
+        return _load(), None
+    except RuntimeError as exc:
+        return None, str(exc)
+
+
+def _load():
     try:
         import nerfacc
     except ImportError as exc:
