@@ -25,9 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _variants():
     """(label, kernel, pointer/scalar types, constexprs) for every specialisation the ops launch."""
-    import triton
-
-    from kernels.triton import BLOCKS, composite as C, grid as G, tv as T
+    from kernels.triton import BLOCKS, composite as C, grid as G, padded_cols, row_block, tv as T
 
     br, bs = BLOCKS["composite_rays"][1], BLOCKS["composite_samples"][1]
 
@@ -48,21 +46,21 @@ def _variants():
                dict(HAS_DELTA=has_delta, HAS_T=True, HAS_GW=True, D_DELTA=has_delta, D_T=True,
                     BLOCK_R=br, BLOCK_S=bs))
     ints = dict(index_ptr=i64p, S="i32", C="i32")
-    yield "interpolate fwd", G._interp_fwd, types(G._interp_fwd, **ints), dict(K=8, BLOCK_S=G.samples_block("cuda", 32), CP=32)
+    yield "interpolate fwd", G._interp_fwd, types(G._interp_fwd, **ints), dict(K=8, BLOCK_S=row_block("samples", "cuda", 32), CP=32)
     yield ("interpolate bwd", G._interp_bwd, types(G._interp_bwd, **ints),
-           dict(K=8, D_FEAT=True, D_WEIGHT=True, BLOCK_S=G.samples_block("cuda", 32), CP=32))
+           dict(K=8, D_FEAT=True, D_WEIGHT=True, BLOCK_S=row_block("samples", "cuda", 32), CP=32))
     st = types(G._sample_sh, links_ptr=i32p, ray_ptr=i64p, S="i32", X="i32", Y="i32", Z="i32")
     for nb in (1, 9, 16):
-        cp = max(triton.next_power_of_2(3 * nb), 2)
+        cp = padded_cols(3 * nb)
         for bw in (False, True):
             yield (f"sample_grid_sh B={nb} backward={bw}", G._sample_sh, st,
                    dict(NB=nb, HAS_LINKS=True, HAS_RAY=True, SIGMOID=True, BACKWARD=bw, D_DENS=bw,
-                        D_SH=bw, BLOCK_S=G.samples_block("cuda", cp), CP=cp))
+                        D_SH=bw, BLOCK_S=row_block("samples", "cuda", cp), CP=cp))
     tt = types(T._tv, row_ptr=i64p, nb_ptr=i64p, M="i32", C="i32", eps="fp32")
     for cp in (32, 64):  # SH degree 2 (27 channels) and 3 (48)
         for bw in (False, True):
             yield (f"tv {cp} columns backward={bw}", T._tv, tt,
-                   dict(L2=True, BACKWARD=bw, BLOCK_M=T.voxels_block("cuda", cp), CP=cp))
+                   dict(L2=True, BACKWARD=bw, BLOCK_M=row_block("tv", "cuda", cp), CP=cp))
 
 
 def resource_usage(cubin: bytes) -> dict[str, int]:

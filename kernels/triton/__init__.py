@@ -2,7 +2,8 @@
 in `kernels.*` import these lazily, only when a Triton implementation is asked for.
 
 Block sizes: the interpreter (TRITON_INTERPRET=1, CPU tensors) runs each program as vectorised
-NumPy, so it wants few, large programs; a GPU wants many small ones. `block(name, device)` picks.
+NumPy, so it wants few, large programs; a GPU wants many small ones. `block(name, device)` picks;
+`row_block` scales it for tiles of wider rows.
 """
 
 from __future__ import annotations
@@ -22,3 +23,15 @@ BLOCKS = {
 def block(name: str, device) -> int:
     interp, gpu = BLOCKS[name]
     return gpu if getattr(device, "type", device) == "cuda" else interp
+
+
+def padded_cols(c: int) -> int:
+    """Columns of a tile that holds rows of `c` values: the next power of two, at least 2."""
+    return 1 << max(c - 1, 1).bit_length()
+
+
+def row_block(name: str, device, cols: int) -> int:
+    """Rows per program for tiles of `cols` padded columns: BLOCKS[name] is sized for up to 32;
+    wider rows (SH degree 3: 48 -> 64) get proportionally fewer, so the tile, and the registers it
+    takes, stay the same size."""
+    return max(1, block(name, device) * 32 // max(cols, 32))

@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.triton import block
+from kernels.triton import padded_cols, row_block
 
 
 # ---- generic interpolation: out[s] = sum_k weight[k, s] * features[index[k, s]] -----------------
@@ -51,25 +51,14 @@ def _interp_bwd(feat_ptr, index_ptr, weight_ptr, g_ptr, d_feat_ptr, d_weight_ptr
             tl.store(d_weight_ptr + k * S + s, tl.sum(f * g, axis=1), mask=smask)
 
 
-def _cols(c: int) -> int:
-    return max(triton.next_power_of_2(c), 2)
-
-
-def samples_block(device, cols: int) -> int:
-    """Samples per program for tiles of `cols` (padded) columns: BLOCKS['samples'] is sized for up to
-    32 columns; wider rows (SH degree 3: 48 -> 64) get proportionally fewer samples, so the tile,
-    and the registers it takes, stay the same size."""
-    return max(1, block("samples", device) * 32 // max(cols, 32))
-
-
 def interpolate_forward(features, index, weight):
     K, S = index.shape
     C = features.shape[1]
     out = torch.empty(S, C, device=features.device, dtype=features.dtype)
     if S == 0:
         return out
-    bs = samples_block(features.device, _cols(C))
-    _interp_fwd[(triton.cdiv(S, bs),)](features, index, weight, out, S, C, K=K, BLOCK_S=bs, CP=_cols(C))
+    bs = row_block("samples", features.device, padded_cols(C))
+    _interp_fwd[(triton.cdiv(S, bs),)](features, index, weight, out, S, C, K=K, BLOCK_S=bs, CP=padded_cols(C))
     return out
 
 
@@ -80,11 +69,11 @@ def interpolate_backward(features, index, weight, grad_out, need_features: bool,
     d_weight = torch.empty_like(weight) if need_weight else None
     if S == 0:
         return d_feat, d_weight
-    bs = samples_block(features.device, _cols(C))
+    bs = row_block("samples", features.device, padded_cols(C))
     _interp_bwd[(triton.cdiv(S, bs),)](
         features, index, weight, grad_out, d_feat if need_features else features,
         d_weight if need_weight else weight, S, C, K=K, D_FEAT=need_features, D_WEIGHT=need_weight,
-        BLOCK_S=bs, CP=_cols(C))
+        BLOCK_S=bs, CP=padded_cols(C))
     return d_feat, d_weight
 
 
@@ -203,7 +192,7 @@ def _launch(density, sh, links, coords, dirs, ray_index, resolution, n_basis, si
             out_sigma, out_rgb, g_sigma, g_rgb, d_dens, d_sh):
     S = coords.shape[0]
     X, Y, Z = resolution
-    bs = samples_block(coords.device, _cols(3 * n_basis))
+    bs = row_block("samples", coords.device, padded_cols(3 * n_basis))
     dummy = density
     _sample_sh[(triton.cdiv(S, bs),)](
         density, sh, links if links is not None else dummy, coords, dirs,
@@ -213,7 +202,7 @@ def _launch(density, sh, links, coords, dirs, ray_index, resolution, n_basis, si
         d_dens if d_dens is not None else dummy, d_sh if d_sh is not None else dummy,
         S, X, Y, Z, NB=n_basis, HAS_LINKS=links is not None, HAS_RAY=ray_index is not None,
         SIGMOID=sigmoid, BACKWARD=backward, D_DENS=d_dens is not None, D_SH=d_sh is not None,
-        BLOCK_S=bs, CP=_cols(3 * n_basis))
+        BLOCK_S=bs, CP=padded_cols(3 * n_basis))
 
 
 def sample_sh_forward(density, sh, links, coords, dirs, ray_index, resolution, n_basis, sigmoid):

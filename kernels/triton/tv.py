@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.triton import block
+from kernels.triton import padded_cols, row_block
 
 
 @triton.jit
@@ -63,15 +63,9 @@ def _tv(val_ptr, row_ptr, nb_ptr, part_ptr, g_ptr, d_ptr, M, C, eps,
 
 
 def _cfg(values, M):
-    cp = max(triton.next_power_of_2(values.shape[1]), 2)
-    bm = voxels_block(values.device, cp)
+    cp = padded_cols(values.shape[1])
+    bm = row_block("tv", values.device, cp)
     return bm, (triton.cdiv(max(M, 1), bm),), cp
-
-
-def voxels_block(device, cols: int) -> int:
-    """Voxels per program: BLOCKS['tv'] is sized for up to 32 (padded) channels; wider rows get
-    proportionally fewer voxels, so the tile stays the same size."""
-    return max(1, block("tv", device) * 32 // max(cols, 32))
 
 
 def tv_sum(values, row, neighbours, l2: bool, eps: float):
