@@ -31,6 +31,30 @@ def triton_available() -> bool:
     return True
 
 
+def build_once(build):
+    """`build()` (no arguments) run once per process, its result or its exception kept: a failed
+    build (minutes of compiling) raises the same error again at once for every later test or
+    benchmark case, where functools.lru_cache alone would retry it, since it caches no exceptions.
+    `.cache_clear()` forgets the outcome."""
+
+    @functools.lru_cache(maxsize=1)
+    def attempt():
+        try:
+            return build(), None
+        except Exception as exc:  # a compile or link error: kept, so it is reported, not rebuilt
+            return None, exc
+
+    @functools.wraps(build)
+    def once():
+        value, error = attempt()
+        if error is not None:
+            raise error
+        return value
+
+    once.cache_clear = attempt.cache_clear
+    return once
+
+
 def triton_interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 

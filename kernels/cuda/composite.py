@@ -7,10 +7,11 @@ kernels/triton/composite.py so kernels.render.composite can switch between them.
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import torch
+
+from kernels._impl import build_once
 
 SOURCE = Path(__file__).with_name("composite.cu")
 
@@ -26,25 +27,13 @@ def unavailable_reason() -> str | None:
     return None
 
 
+@build_once
 def module():
-    """The compiled extension (builds it on first call). A failed build raises the same error on
-    every later call instead of compiling again (minutes) for each test or benchmark case."""
-    ext, error = _build()
-    if error is not None:
-        raise error
-    return ext
-
-
-@functools.lru_cache(maxsize=1)
-def _build():
-    """(extension, None) or (None, the build's exception)."""
+    """The compiled extension (built on the first call; a failed build is raised again, not rebuilt)."""
     from torch.utils.cpp_extension import load
 
-    try:
-        return load(name="nerf_harness_composite", sources=[str(SOURCE)],
-                    extra_cuda_cflags=["-O3", "--use_fast_math"], verbose=False), None
-    except Exception as exc:  # a compile or link error: kept, so it is reported, not rebuilt
-        return None, exc
+    return load(name="nerf_harness_composite", sources=[str(SOURCE)],
+                extra_cuda_cflags=["-O3", "--use_fast_math"], verbose=False)
 
 
 def _empty(x: torch.Tensor) -> torch.Tensor:

@@ -13,12 +13,13 @@ first (`nerfacc.csrc`). Nothing else in nerfacc's code changes.
 
 from __future__ import annotations
 
-import functools
 import re
 import shutil
 import sys
 import time
 from pathlib import Path
+
+from kernels._impl import build_once
 
 RENAMED = "nerfacc_lerp"
 
@@ -47,23 +48,12 @@ def _patched_sources(csrc: Path, dest: Path) -> list[Path]:
     return sorted(dest.glob("*.cu")) + sorted(dest.glob("*.cpp"))
 
 
+@build_once
 def load_nerfacc():
     """The nerfacc module with a working CUDA extension; raises RuntimeError saying why not. The
-    outcome, a failure too, is kept for the process: each benchmark case asks, and a failed build
-    must not be tried again (minutes) for every one."""
-    module, reason = _attempt()
-    if module is None:
-        raise RuntimeError(reason)
-    return module
-
-
-@functools.lru_cache(maxsize=1)
-def _attempt():
-    """(nerfacc, None) or (None, why not)."""
-    try:
-        return _load(), None
-    except RuntimeError as exc:
-        return None, str(exc)
+    outcome, a failure too, is kept for the process (build_once): each benchmark case asks, and a
+    failed build must not be tried again (minutes) for every one."""
+    return _load()
 
 
 def _load():
