@@ -23,6 +23,7 @@ from harness.data.load import load_scene
 from harness.data.rays import RaySampler
 from harness.errors import ConfigError, HarnessError, RecordError, TrialDiverged
 from harness.evaluate import Evaluation
+from harness.method import pick_device
 from harness.records import TrialRecord, remove_temp_files
 
 log = logging.getLogger(__name__)
@@ -336,7 +337,7 @@ def check_settings() -> None:
 def device_name(device: torch.device | str | None = None) -> str:
     """What the trial computes on, for the record and the report's provenance: `device` (a
     method's), or the GPU when there is one."""
-    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device) if device is not None else pick_device("auto")
     if dev.type == "cuda":
         return f"{torch.cuda.get_device_name(dev)} (torch {torch.__version__}, CUDA {torch.version.cuda})"
     return f"CPU ({os.cpu_count()} cores, torch {torch.__version__})"
