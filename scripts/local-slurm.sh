@@ -84,21 +84,35 @@ CONF
     ln -sf "$D/slurmdbd.conf" /etc/slurm/slurmdbd.conf
 }
 
-alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# alive PIDFILE: its process exists and is not a zombie (PID 1 here may not reap what we stop)
+alive() {
+    local pid; pid=$(cat "$1" 2>/dev/null) || return 1  # a daemon removes its file as it exits
+    kill -0 "$pid" 2>/dev/null && [ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" != Z ]
+}
 
+# Daemons this script starts write their PID under $D/run; `down` stops those PIDs and nothing else
+# (a munged or MariaDB that was already running on the machine is used, never stopped).
 start_munge() {
     # a killed munged can linger as a zombie (PID 1 here does not reap), so test the service, not the process
     if munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then return; fi
     [ -f /etc/munge/munge.key ] || mungekey -c -f 2>/dev/null || create-munge-key -f
     mkdir -p /run/munge && chown munge:munge /run/munge 2>/dev/null || true
-    su -s /bin/sh munge -c /usr/sbin/munged 2>/dev/null || /usr/sbin/munged --force
+    rm -f "$D/run/munged.pid"
+    local pidfile=/run/munge/harness-munged.pid
+    su -s /bin/sh munge -c "/usr/sbin/munged --pid-file=$pidfile" 2>/dev/null \
+        || /usr/sbin/munged --force --pid-file="$pidfile"
+    if wait_for 10 test -s "$pidfile"; then cp "$pidfile" "$D/run/munged.pid"; fi
 }
 
 start_mariadb() {
     mkdir -p /run/mysqld && chown mysql:mysql /run/mysqld
     if ! mysqladmin ping --silent 2>/dev/null; then
-        (setsid mariadbd --user=mysql >"$D/log/mariadb.log" 2>&1 &)
-        for _ in $(seq 60); do mysqladmin ping --silent 2>/dev/null && break; sleep 0.5; done
+        rm -f "$D/run/mariadbd.pid"
+        local pidfile=/run/mysqld/harness-mariadbd.pid  # a folder the mysql user may write
+        (setsid mariadbd --user=mysql --pid-file="$pidfile" >"$D/log/mariadb.log" 2>&1 &)
+        wait_for 30 mysqladmin ping --silent \
+            || { echo "MariaDB did not come up: see $D/log/mariadb.log" >&2; exit 1; }
+        cp "$pidfile" "$D/run/mariadbd.pid"
     fi
     mysql -e "CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY 'slurm'; \
               GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost'; FLUSH PRIVILEGES;"
@@ -112,14 +126,16 @@ wait_for() {  # wait_for SECONDS COMMAND...
 
 stop_pid() {  # stop_pid PIDFILE: TERM, then wait up to 10 s for the process to go
     alive "$1" || return 0
-    local pid; pid=$(cat "$1")
+    local pid; pid=$(cat "$1" 2>/dev/null) || return 0
     kill "$pid" 2>/dev/null || true
-    for _ in $(seq 20); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.5; done
+    for _ in $(seq 20); do alive "$1" || return 0; sleep 0.5; done
+    echo "pid $pid ($1) did not stop in 10 s" >&2
 }
 
 up() {
     install_packages
-    local before; before=$(cat "$D/slurm.conf" "$D/gres.conf" 2>/dev/null | md5sum)
+    # on a fresh machine the files do not exist yet: cat fails, which pipefail would turn into exit 1
+    local before; before=$({ cat "$D/slurm.conf" "$D/gres.conf" 2>/dev/null || true; } | md5sum)
     write_config
     if [ "$before" != "$(cat "$D/slurm.conf" "$D/gres.conf" | md5sum)" ] && alive "$D/run/slurmctld.pid"; then
         echo "slurm.conf changed: restarting slurmctld and slurmd" >&2
@@ -140,21 +156,19 @@ up() {
 }
 
 down() {
-    for d in slurmd slurmctld slurmdbd; do
-        if alive "$D/run/$d.pid"; then kill "$(cat "$D/run/$d.pid")" 2>/dev/null || true; fi
-    done
-    sleep 1
+    for d in slurmd slurmctld slurmdbd; do stop_pid "$D/run/$d.pid"; done
     if [ "${1:-}" = "--purge" ]; then
         mysql -e "DROP DATABASE IF EXISTS slurm_acct_db;" 2>/dev/null || true
         rm -rf "$D/state" "$D/spool"
     fi
-    mysqladmin shutdown 2>/dev/null || true
-    pkill -x munged 2>/dev/null || true
+    # only the MariaDB and munged this script started (by PID), never another user's
+    stop_pid "$D/run/mariadbd.pid"; rm -f "$D/run/mariadbd.pid"
+    stop_pid "$D/run/munged.pid"; rm -f "$D/run/munged.pid"
 }
 
 status() {
-    for d in slurmdbd slurmctld slurmd; do
-        if alive "$D/run/$d.pid"; then echo "$d: running"; else echo "$d: stopped"; fi
+    for d in munged mariadbd slurmdbd slurmctld slurmd; do
+        if alive "$D/run/$d.pid"; then echo "$d: running (pid $(cat "$D/run/$d.pid"))"; else echo "$d: not started by this script"; fi
     done
     sinfo 2>/dev/null || true
     squeue 2>/dev/null || true
