@@ -36,16 +36,21 @@ def cmd_sweep(args) -> int:
     outcome = run_sweep(args.experiment, args.bind, args.runs_dir,
                         {"cluster": args.cluster, "parallel": args.parallel, "threads": args.threads,
                          "retry_failed": args.retry_failed or None})
-    submitted = {k: v for k, v in outcome.items() if v.startswith("submitted")}
-    bad = {k: v for k, v in outcome.items() if v != "done" and k not in submitted}
-    done = len(outcome) - len(bad) - len(submitted)
+    from harness.launch import QUEUED_EARLIER, SUBMITTED
+
+    submitted = {k for k, v in outcome.items() if v.startswith(SUBMITTED)}
+    queued = {k for k, v in outcome.items() if v.startswith(QUEUED_EARLIER)}
+    bad = {k: v for k, v in outcome.items() if v != "done" and k not in submitted | queued}
+    done = len(outcome) - len(bad) - len(submitted) - len(queued)
     print(f"{args.experiment}: {done} of {len(outcome)} trials done"
-          + (f", {len(submitted)} submitted to SLURM (follow with make status)" if submitted else "")
+          + (f", {len(submitted)} submitted to SLURM" if submitted else "")
+          + (f", {len(queued)} already queued on SLURM by an earlier sweep" if queued else "")
+          + (" (follow with make status)" if submitted or queued else "")
           + ("" if not bad else "; not done: " + "; ".join(f"{k}: {v}" for k, v in bad.items())))
     from harness.config import experiment_name
 
     name = experiment_name(args.experiment)
-    if not bad and not submitted:  # every trial done: run the experiment's compose step, if it declares one
+    if not bad and not submitted and not queued:  # every trial done: run the experiment's compose step, if it declares one
         from harness.compose import compose_if_declared
 
         for where, what in compose_if_declared(args.experiment, args.bind, args.runs_dir).items():

@@ -79,9 +79,11 @@ def run_sweep(experiment: str, user_bindings: list[str], runs_dir: Path, overrid
         with _submit_lock(folder.parent):  # two sweeps started at once queue each trial once
             todo, queued = launch.unqueued(todo, settings["retry_failed"])
             jobs = launch.submit_slurm(settings, exp_file, user_bindings, todo, folder) if todo else []
-        outcome = {**skipped, **queued, **{p.trial.id: f"submitted as {job.job_id}" for p, job in zip(todo, jobs)}}
-        if settings["wait"]:
-            waiting = [r for t, r in zip(trials, records) if outcome[t.id].startswith("submitted")]
+        outcome = {**skipped, **queued,
+                   **{p.trial.id: f"{launch.SUBMITTED} as {job.job_id}" for p, job in zip(todo, jobs)}}
+        if settings["wait"]:  # on the trials this sweep queued and those an earlier sweep left queued
+            waiting = [r for t, r in zip(trials, records)
+                       if outcome[t.id].startswith((launch.SUBMITTED, launch.QUEUED_EARLIER))]
             log.info("%s: waiting for %d trials on SLURM", experiment, len(waiting))
             outcome.update(launch.wait_slurm(waiting))
         return outcome

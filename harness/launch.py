@@ -6,9 +6,13 @@ strings, never Gin objects, which do not pickle); each job parses Gin itself.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
+import socket
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -29,16 +33,21 @@ def launch_settings(cluster: str = "local", parallel: int = 1, threads: int | No
                     cpus_per_task: int = 2, mem_gb: float | None = None, gpus_per_node: int = 0,
                     slurm_constraint: str | None = None, slurm_array_parallelism: int = 32,
                     slurm_additional_parameters: dict | None = None, retry_failed: bool = False,
-                    wait: bool = False):
+                    wait: bool = False, stop_grace_s: float = 60.0):
     """How to run a sweep; none of this changes a trial's result, so none of it is in trial ids.
 
     `wait` (slurm): stay until every submitted trial has finished, noticing through sacct the
     jobs that ended without a result (cancelled, killed, out of memory); by default the sweep
-    returns once the array is queued (follow it with `make status`)."""
+    returns once the array is queued (follow it with `make status`).
+
+    `stop_grace_s` (local): how long a sweep stopped by SIGTERM or Ctrl-C waits for its running
+    trials to save their last step and end before it kills them."""
     if cluster not in ("local", "debug", "slurm"):
         raise ConfigError(f"launch.cluster = '{cluster}': expected 'local', 'debug' or 'slurm'")
     if parallel < 1:
         raise ConfigError(f"launch.parallel = {parallel}: expected a positive integer")
+    if isinstance(stop_grace_s, bool) or not isinstance(stop_grace_s, (int, float)) or stop_grace_s < 0:
+        raise ConfigError(f"launch.stop_grace_s = {stop_grace_s!r}: expected a number of seconds >= 0")
     return dict(locals())
 
 
@@ -171,26 +180,107 @@ class _Bars:
 
 
 def run_local(settings: dict, exp_file: Path, user_bindings, todo: list[Pending], folder: Path) -> dict:
-    """Run trials with at most `parallel` jobs at once; returns {trial id: 'done'|error line}."""
+    """Run trials with at most `parallel` jobs at once; returns {trial id: 'done'|error line}.
+
+    SIGTERM or Ctrl-C stops the sweep: no new trial starts, the running ones are told to stop
+    (SIGTERM: each saves its last completed step and ends `preempted`), and the sweep waits for
+    them (`launch.stop_grace_s`, then SIGKILL) before raising KeyboardInterrupt, so no trial is
+    left running without its sweep."""
     executor = make_executor(settings, folder)
     threads = _threads(settings)
     bars, queue, active, outcome = _Bars(), list(todo), [], {}
-    while queue or active:
-        while queue and len(active) < settings["parallel"]:
-            p = queue.pop(0)
-            job = executor.submit(TrialJob(), *_job_args(exp_file, user_bindings, p, threads))
-            log.info("trial %s submitted (job %s): %s", p.trial.id, job.job_id, p.trial.label)
-            active.append((p, job))
-            if settings["cluster"] == "debug":
-                break  # debug jobs run when their result is asked for, one at a time
-        for p, job in list(active):
-            bars.update(p)
-            if settings["cluster"] == "debug" or job.done():
-                outcome[p.trial.id] = _finish(p, job)
+    with _SweepStop() as stop:
+        while (queue or active) and not stop.signum:
+            while queue and len(active) < settings["parallel"] and not stop.signum:
+                p = queue.pop(0)
+                job = _submit_local(executor, settings, _job_args(exp_file, user_bindings, p, threads))
+                log.info("trial %s submitted (job %s): %s", p.trial.id, job.job_id, p.trial.label)
+                active.append((p, job))
+                if settings["cluster"] == "debug":
+                    break  # debug jobs run when their result is asked for, one at a time
+            for p, job in list(active):
+                bars.update(p)
+                if settings["cluster"] == "debug" or job.done():
+                    outcome[p.trial.id] = _finish(p, job)
+                    bars.close(p)
+                    active.remove((p, job))
+                    if settings["cluster"] == "debug" and isinstance(job.exception(), _interrupted_types()):
+                        stop.signum = job.exception().signum  # it ran in this process: the signal was ours
+            time.sleep(0.2 if active and not stop.signum else 0)
+        if stop.signum:
+            _stop_jobs(active, settings["stop_grace_s"])
+            for p, _ in active:
                 bars.close(p)
-                active.remove((p, job))
-        time.sleep(0.2 if active else 0)
+            raise KeyboardInterrupt(f"sweep stopped by {signal.Signals(stop.signum).name}")
     return outcome
+
+
+def _interrupted_types():
+    from harness.trial import TrialInterrupted
+
+    return (TrialInterrupted,)
+
+
+class _SweepStop:
+    """While a local sweep runs: SIGTERM and SIGINT set `signum` instead of killing the sweep
+    mid-loop (main thread only; elsewhere the defaults stay)."""
+
+    def __init__(self):
+        self.signum, self.previous = 0, {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self.previous[sig] = signal.signal(sig, self._note)
+        return self
+
+    def _note(self, signum, frame):
+        if not self.signum:
+            log.warning("%s: stopping the sweep; running trials save their last step and stop",
+                        signal.Signals(signum).name)
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        return False
+
+
+def _submit_local(executor, settings: dict, args: tuple):
+    """Submit one job. A local job's processes start with SIGINT ignored: a Ctrl-C on the terminal
+    reaches the whole process group, and submitit's job controller would kill the trial within a
+    second; the sweep instead tells each trial to stop at a step boundary (_stop_jobs)."""
+    if settings["cluster"] != "local" or threading.current_thread() is not threading.main_thread():
+        return executor.submit(TrialJob(), *args)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited through fork and exec
+    try:
+        return executor.submit(TrialJob(), *args)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _stop_jobs(active: list, grace_s: float) -> None:
+    """SIGTERM each running local job (submitit's controller forwards it to the trial), wait up to
+    `grace_s` for them to end, then SIGKILL what is left (controller and trial process)."""
+    procs = [(p, getattr(job, "_process", None)) for p, job in active]
+    for _, proc in procs:
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and any(proc is not None and proc.poll() is None for _, proc in procs):
+        time.sleep(0.2)
+    for p, proc in procs:
+        if proc is None or proc.poll() is not None:
+            log.warning("trial %s stopped: %s", p.trial.id, p.record.status().get("error") or "before it started")
+            continue
+        log.error("trial %s did not stop within %.0f s of SIGTERM: killing it (it resumes from its last "
+                  "checkpoint)", p.trial.id, grace_s)
+        pid = p.record.status().get("pid")
+        if pid and p.record.status().get("host") == socket.gethostname():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(int(pid), signal.SIGKILL)
+        proc.kill()
+        proc.wait()
 
 
 def _finish(p: Pending, job) -> str:
@@ -225,7 +315,10 @@ def submit_slurm(settings: dict, exp_file: Path, user_bindings, todo: list[Pendi
     t1 = time.perf_counter()
 
     def record_job(p: Pending, job) -> None:
-        p.record.update(slurm_job_id=job.job_id, log_stdout=str(job.paths.stdout), log_stderr=str(job.paths.stderr))
+        # a retried trial goes back to `pending` under its new job, so status counts it as queued and
+        # `harness cancel` finds its job (its earlier outcome moves to `previous`)
+        p.record.resubmitted(slurm_job_id=job.job_id, log_stdout=str(job.paths.stdout),
+                             log_stderr=str(job.paths.stderr))
 
     try:  # threads: each is an fsync-bound write of one record
         with ThreadPoolExecutor(max_workers=16) as pool:
@@ -238,6 +331,8 @@ def submit_slurm(settings: dict, exp_file: Path, user_bindings, todo: list[Pendi
 
 
 FINAL_STATES = ("done", "failed", "diverged", "cancelled")
+# Outcome prefixes of a SLURM sweep: queued now by this sweep, or found queued by an earlier one.
+SUBMITTED, QUEUED_EARLIER = "submitted", "queued earlier"
 
 
 def unqueued(todo: list[Pending], retry_failed: bool) -> tuple[list[Pending], dict]:
@@ -256,7 +351,7 @@ def unqueued(todo: list[Pending], retry_failed: bool) -> tuple[list[Pending], di
     for p in todo:
         info, state = infos.get(p.record.dir.name), p.record.state
         if info is not None and info.source == "squeue":
-            skipped[p.trial.id] = f"submitted earlier as {info.job_id} (still {info.state.lower()})"
+            skipped[p.trial.id] = f"{QUEUED_EARLIER} as {info.job_id} (still {info.state.lower()})"
         elif state == "done" or (state in FINAL_STATES and not retry_failed):
             skipped[p.trial.id] = state if state == "done" else f"{state}: {p.record.status().get('error')}"
         else:

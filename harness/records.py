@@ -228,6 +228,23 @@ class TrialRecord:
         atomic_write_json(self.status_path, status)
         return status
 
+    def resubmitted(self, **fields) -> dict:
+        """The trial was queued again as a new job (`--retry-failed` on SLURM): back to `pending`
+        with `fields` (job id, log paths). A final outcome it had is kept in `previous` (state,
+        error, job) rather than shown as if it were the current one."""
+        status = self.status()
+        old = status.get("state", "pending")
+        if old in ("running", "done"):
+            raise RecordError(f"{self.status_path}: cannot queue a {old} trial again")
+        if old != "pending":
+            status.setdefault("previous", []).append(
+                {k: status[k] for k in ("state", "error", "slurm_job_id", "slurm_state", "finished") if k in status})
+        for key in ("error", "traceback", "finished", "slurm_state"):
+            status.pop(key, None)
+        status.update(fields, state="pending", updated=now_iso())
+        atomic_write_json(self.status_path, status)
+        return status
+
     def write_metrics(self, metrics: dict) -> None:
         atomic_write_json(self.metrics_path, metrics)
 

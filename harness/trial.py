@@ -61,8 +61,23 @@ def _diverged(message: str, step: int) -> TrialDiverged:
 # an optimiser step, so while a trial trains the signal is only noted, and handed to submitit's
 # handler between steps, where the state is consistent: the job then saves that step
 # (save_at_boundary) before it is requeued, so no completed step is lost.
+# Stopping: SIGTERM (scancel, a stopped sweep; submitit itself ignores it, so SLURM would SIGKILL the
+# job ~30 s later) and SIGINT (Ctrl-C) are noted the same way; at the next step boundary the trial
+# saves that step and ends as `preempted` (TrialInterrupted), which a re-run resumes. Outside training
+# (loading, evaluation) they end the trial at once: there is no unsaved training state then.
 PREEMPT_SIGNALS = (signal.SIGUSR2,)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _boundary_saver = None  # while a trial trains: checkpoints its last completed step
+
+
+class TrialInterrupted(HarnessError):
+    """A stop signal ended the trial; its last completed step is checkpointed when it was training."""
+
+    def __init__(self, signum: int, step: int | None = None):
+        name = signal.Signals(signum).name
+        where = f"at step {step}, checkpointed" if step is not None else "outside training"
+        super().__init__(f"stopped by {name} {where}; re-run the sweep to resume")
+        self.signum, self.step = signum, step
 
 
 def save_at_boundary() -> bool:
@@ -74,24 +89,55 @@ def save_at_boundary() -> bool:
     return True
 
 
-class _DeferredSignals:
-    """Note PREEMPT_SIGNALS while active; `deliver()` hands noted ones to the handlers they replaced."""
+def _in_main_thread() -> bool:  # only the main thread may install signal handlers
+    return threading.current_thread() is threading.main_thread()
 
-    def __init__(self):
-        self.previous, self.pending = {}, []
+
+def _raise_interrupted(signum, frame):
+    raise TrialInterrupted(signum)
+
+
+class _StopSignals:
+    """For a whole trial: STOP_SIGNALS raise TrialInterrupted (training defers them, see above)."""
 
     def __enter__(self):
-        if threading.current_thread() is threading.main_thread():  # only the main thread may install
+        self.previous = {sig: signal.signal(sig, _raise_interrupted) for sig in STOP_SIGNALS} \
+            if _in_main_thread() else {}
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        return False
+
+
+class _DeferredSignals:
+    """Note PREEMPT_SIGNALS and STOP_SIGNALS while active; `deliver()`, called between steps, hands
+    noted preemptions to the handlers they replaced and ends the trial on a noted stop signal
+    (`step()` names the step just completed, which `save_at_boundary` has saved)."""
+
+    def __init__(self, step=lambda: None):
+        self.previous, self.pending, self.step = {}, [], step
+
+    def __enter__(self):
+        if _in_main_thread():
+            note = lambda signum, frame: self.pending.append((signum, frame))  # noqa: E731
             for sig in PREEMPT_SIGNALS:
                 handler = signal.getsignal(sig)
                 if callable(handler):  # someone (submitit) handles it: defer that handler
                     self.previous[sig] = handler
-                    signal.signal(sig, lambda signum, frame: self.pending.append((signum, frame)))
+                    signal.signal(sig, note)
+            for sig in STOP_SIGNALS:
+                self.previous[sig] = signal.signal(sig, note)
         return self
 
     def deliver(self) -> None:
         while self.pending:
             signum, frame = self.pending.pop(0)
+            if signum in STOP_SIGNALS:
+                self.pending.clear()
+                save_at_boundary()
+                raise TrialInterrupted(signum, self.step())
             self.previous[signum](signum, frame)
 
     def __exit__(self, *exc):
@@ -224,7 +270,7 @@ class Trainer:
         global _boundary_saver
         _boundary_saver = lambda: self._checkpoint(method, record, step, train_time)  # noqa: E731 (late-bound step)
         try:
-            with _DeferredSignals() as deferred:
+            with _DeferredSignals(step=lambda: step) as deferred:
                 while step < self.iterations:
                     step, train_time = self._train_iteration(method, scene, record, evaluation, sampler,
                                                              step, train_time)
@@ -368,7 +414,8 @@ def run_trial(trial_dir: Path, job_info: dict | None = None, wait: bool = True) 
         _pin_threads(record)
         record.begin_attempt(torch_threads=torch.get_num_threads(), device=device_name(), **(job_info or {}))
         try:
-            metrics = Trainer().run(record)
+            with _StopSignals():
+                metrics = Trainer().run(record)
             record.set_state("done", psnr=metrics.get("psnr"))
         except TrialDiverged as exc:
             last = checkpoints.newest_valid(record.checkpoint_dir)
@@ -380,7 +427,8 @@ def run_trial(trial_dir: Path, job_info: dict | None = None, wait: bool = True) 
 
             tail = "".join(traceback.format_exception(exc))[-2000:]
             # SystemExit: submitit's preemption handler requeues the job, then exits inside training
-            state = "preempted" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "failed"
+            stopped = isinstance(exc, (KeyboardInterrupt, SystemExit, TrialInterrupted))
+            state = "preempted" if stopped else "failed"
             _record_end(record, state, error=f"{exc.__class__.__name__}: {exc}".splitlines()[0], traceback=tail)
             raise
         return metrics
