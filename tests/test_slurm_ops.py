@@ -257,3 +257,66 @@ def test_a_trial_killed_for_memory_is_marked_failed_by_status(tmp_path):
     assert status["state"] == "failed" and status["slurm_state"] in slurm.LOST_STATES, status
     assert "toy: 1 trials: 1 failed" in out, out
     assert "exceeded memory limit" in out.split(f"--- {tid} failed")[1], out
+
+
+def test_retried_trials_are_pending_under_their_new_jobs_and_cancel_empties_the_queue(tmp_path):
+    """Cancel a queued array, `--retry-failed` it, cancel again: nothing stays queued, every record ends
+    `cancelled` (issue 21: a retry used to leave the records `cancelled`, so `cancel` found no job)."""
+    runs = tmp_path / "runs"
+    lrs = ", ".join(f"{0.01 * (i + 1):.2f}" for i in range(5))
+    binds = ["--bind", f"Sweep.axes = {{'ToyColour.lr': [{lrs}]}}", "--bind", "Sweep.seeds = [0, 1, 2, 3]",
+             "--bind", "ToyColour.step_delay = 1.0", "--bind", "launch.slurm_array_parallelism = 1", *SMALL]
+    harness("sweep", TOY, "--runs-dir", runs, "--cluster", "slurm", *binds, check=True)
+    first = {s["slurm_job_id"].split("_")[0] for s in _statuses(runs).values()}
+    out = harness("cancel", "toy", "--runs-dir", runs, check=True).stdout
+    assert "20 trials marked cancelled" in out, out
+    assert {s["state"] for s in _statuses(runs).values()} == {"cancelled"}
+
+    proc = harness("sweep", TOY, "--runs-dir", runs, "--cluster", "slurm", "--retry-failed", *binds, check=True)
+    try:
+        assert "20 submitted to SLURM" in proc.stdout, proc.stdout
+        statuses = _statuses(runs)
+        (array,) = {s["slurm_job_id"].split("_")[0] for s in statuses.values()}
+        assert array not in first
+        for s in statuses.values():
+            assert s["state"] in ("pending", "running") and "error" not in s, s
+            assert [p["state"] for p in s["previous"]] == ["cancelled"], s
+        out = harness("status", "toy", "--runs-dir", runs, check=True).stdout
+        assert "cancelled" not in out.splitlines()[0], out  # counted as queued, not as cancelled
+        # a second sweep finds them queued: it neither submits them again nor counts them as submitted
+        again = harness("sweep", TOY, "--runs-dir", runs, "--cluster", "slurm", "--retry-failed", *binds, check=True)
+        assert "20 already queued on SLURM" in again.stdout and "submitted" not in again.stdout, again.stdout
+    finally:
+        out = harness("cancel", "toy", "--runs-dir", runs, check=True).stdout
+    assert f"cancelled SLURM array(s) {array}" in out, out
+    assert _in_squeue(array) == ""
+    states = _statuses(runs)
+    assert {s["state"] for s in states.values()} == {"cancelled"}, states
+    assert all(len(s["previous"]) == 1 for s in states.values())
+
+
+def test_scancel_of_a_running_trial_stops_it_within_a_step_with_a_checkpoint(tmp_path):
+    """scancel sends SIGTERM (submitit ignores it; SLURM's SIGKILL follows KillWait = 30 s later): the
+    trial saves the step it is at and ends; `status` then finds the job CANCELLED and marks it."""
+    runs = tmp_path / "runs"
+    harness("sweep", TOY, "--runs-dir", runs, "--cluster", "slurm", "--bind", "Sweep.axes = {}",
+            "--bind", "Sweep.seeds = [5]", "--bind", "ToyColour.step_delay = 0.25",
+            "--bind", "Trainer.progress_every = 1", *SMALL, check=True)
+    (tid,) = _statuses(runs)
+    _wait("training past step 13", lambda: _step(runs, tid) >= 13, timeout=180)
+    job, at = _statuses(runs)[tid]["slurm_job_id"], _step(runs, tid)
+    t0 = time.monotonic()
+    subprocess.run(["scancel", job], check=True)
+    _wait("the job to leave the queue", lambda: _in_squeue(slurm.array_id(job)) == "", timeout=60)
+    gone = time.monotonic() - t0
+    print(f"\nscancel of a running trial: the job left the queue {gone:.1f} s later")
+    assert gone < 20, f"{gone:.1f} s: the trial ignored SIGTERM until SLURM killed it"
+    status = _statuses(runs)[tid]
+    assert status["state"] == "preempted" and "stopped by SIGTERM at step" in status["error"], status
+    step = int(status["error"].split(" at step ")[1].split(",")[0])
+    assert at <= step <= at + 4, (at, status["error"])
+    assert (runs / "toy" / tid / "checkpoints" / f"step_{step:08d}.pt").exists()
+    _wait("sacct to see the job end", lambda: slurm.sacct([slurm.array_id(job)]).get(job, slurm.JobInfo("", "")).ended,
+          timeout=60)
+    out = harness("status", "toy", "--runs-dir", runs, check=True).stdout
+    assert "toy: 1 trials: 1 cancelled" in out, out
