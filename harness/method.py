@@ -54,3 +54,32 @@ def pick_device(device: str) -> torch.device:
         raise ValueError(f"device {device!r} asked for, but torch sees no CUDA GPU here "
                          f"(torch {torch.__version__}); use device='auto' or 'cpu'")
     return dev
+
+
+def check_positive_settings(reference) -> None:
+    """A method may list settings that must be positive finite numbers (learning rates, batch
+    sizes) in an optional class attribute `positive_settings`; check their operative values (Gin
+    binding, else the signature's default) when the sweep expands, so a negative learning rate is
+    one ConfigError line before anything is queued, not a job failing on the cluster.
+    `reference`: Gin's reference to the method (the value of `Trainer.method`)."""
+    import inspect
+    import math
+
+    import gin
+
+    from harness.errors import ConfigError
+
+    cls, name = reference.configurable.wrapped, reference.configurable.name
+    params = inspect.signature(cls.__init__).parameters
+    for key in getattr(cls, "positive_settings", ()):
+        try:
+            value = gin.query_parameter(f"{name}.{key}")
+        except ValueError:  # not bound: the default applies
+            value = params[key].default
+        while isinstance(value, gin.config.ConfigurableReference) and value.configurable.name == "macro":
+            value = value.scoped_configurable_fn()  # a %MACRO: its value (a macro has no side effects)
+        if value is None or isinstance(value, gin.config.ConfigurableReference):
+            continue  # optional (e.g. a translation lr defaulting to another), or computed by a call
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+        if not ok:
+            raise ConfigError(f"{name}.{key} = {value!r}: expected a positive number")

@@ -139,9 +139,13 @@ def expand(experiment: str, user_bindings: list[str] = ()) -> list[Trial]:
 
 
 def check_settings() -> None:
+    import gin
+
+    from harness.method import check_positive_settings
     from harness.trial import check_settings as check_trainer  # lazy: trial imports torch
 
     check_trainer()
+    check_positive_settings(gin.query_parameter("Trainer.method"))
 
 
 def trial_config(exp_file: Path, user_bindings: list[str], trial_lines: list[str]) -> str:

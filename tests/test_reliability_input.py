@@ -47,6 +47,12 @@ def _one_line(exc_type, match, fn, *args):
     ("Sweep.scenes = ['no_such_scene']\n", r"base/scenes/no_such_scene\.gin"),
     ("Sweep.axes = {'ToyColour.lr': []}\n", r"Sweep axis 'ToyColour\.lr' must be a non-empty list"),
     ("Sweep.seeds = []\n", r"Sweep\.seeds is empty"),
+    # a method's positive settings (issue 21: a negative lr used to fail only inside the job, after queueing)
+    ("Sweep.axes = {'ToyColour.lr': [0.1, -0.1]}\n",
+     r"bad\.gin, trial \{'ToyColour\.lr': -0\.1, 'seed': 0\}: ToyColour\.lr = -0\.1: expected a positive number"),
+    ("ToyColour.lr = 0\n", r"ToyColour\.lr = 0: expected a positive number"),
+    ("ToyColour.lr = 1e999\n", r"ToyColour\.lr = inf: expected a positive number"),
+    ("ToyColour.batch_size = 'many'\n", r"ToyColour\.batch_size = 'many': expected a positive number"),
 ], ids=lambda v: v if not v.endswith("\n") else None)
 def test_bad_experiment_files_give_one_line(tiny_scene, tmp_path, text, match):
     exp = write_experiment(tmp_path, tiny_scene, text, name="bad")

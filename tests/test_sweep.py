@@ -77,3 +77,16 @@ def test_scenes_axis_includes_scene_files(tmp_path):
     trials = sweep.expand(str(exp))
     assert [t.bindings["scene"] for t in trials] == ["lego_100", "lego_200"]
     assert "lego_200" in trials[1].config and "lego_200" not in trials[0].config
+
+
+def test_negative_learning_rates_of_the_baselines_stop_the_sweep_before_anything_runs(tmp_path):
+    """Plenoxels and Block-NeRF declare their learning rates positive; `%MACRO` values are resolved."""
+    for exp, binding, key in [("plenoxels_tv", "Plenoxels.lr_sh = -0.1", "Plenoxels.lr_sh = -0.1"),
+                              ("block_nerf_ablation", "BlockNeRF.lr_pose = -1e-3", "BlockNeRF.lr_pose = -0.001"),
+                              ("plenoxels_tv", "ITERATIONS = 0", "Plenoxels.lr_decay_steps = 0")]:
+        proc = harness("sweep", exp, "--runs-dir", tmp_path, "--bind", binding)
+        assert proc.returncode == 2, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert lines[-1].startswith("error: ") and f"{key}: expected" in lines[-1], proc.stderr
+        assert "Traceback" not in proc.stderr
+    assert not any(tmp_path.iterdir())  # nothing was written

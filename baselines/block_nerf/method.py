@@ -53,6 +53,10 @@ def subset_split(split: Split, index: np.ndarray, c2w: np.ndarray | None = None)
 class BlockNeRF:
     """See the module docstring and docs/block_nerf.md for every argument."""
 
+    # checked when the sweep expands (harness.method.check_positive_settings)
+    positive_settings = ("lr_mlp", "lr_appearance", "lr_visibility", "lr_pose", "lr_pose_translation", "fit_lr",
+                         "batch_size")
+
     def __init__(self, scene: Scene, seed: int, *, block: int = 0, partition: BlockPartition | None = None,
                  batch_size: int = 1024, n_coarse: int = 32, n_fine: int = 32, spacing: str = "log",
                  near: float | None = None, far: float | None = None, coarse_loss_weight: float = 0.1,

@@ -59,6 +59,9 @@ class Plenoxels:
     or (X, Y, Z) for boxes that are not cubes, e.g. NDC for forward-facing scenes) is the final
     one: training starts at resolution / 2^len(upsample_steps) along every axis."""
 
+    # checked when the sweep expands (harness.method.check_positive_settings)
+    positive_settings = ("lr_density", "lr_sh", "lr_background", "batch_size", "lr_decay_steps")
+
     def __init__(self, scene, seed: int, *, resolution=128, upsample_steps=(400, 1500),
                  sh_degree: int = 2, batch_size: int = 4096, optimizer: str = "rmsprop",
                  lr_density: float = 3.0, lr_sh: float = 0.05, lr_final_factor: float = 0.1,
