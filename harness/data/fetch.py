@@ -97,7 +97,7 @@ def _matches(got: str, sha256: str | None, prefix: str | None) -> bool:
 
 
 def fetch(url: str, dest: Path, sha256: str | None = None, sha256_prefix: str | None = None,
-          timeout: float = 60.0, chunk: int = 1 << 16) -> str:
+          timeout: float = 60.0, chunk: int = 1 << 16, connect_timeout: float | None = None) -> str:
     """Fetch `url` to `dest` and return the file's sha256.
 
     Bytes go to `dest.part` first; an existing `.part` is resumed with `Range: bytes=N-` (a server
@@ -106,6 +106,10 @@ def fetch(url: str, dest: Path, sha256: str | None = None, sha256_prefix: str | 
     a mismatching one is deleted. With neither given any content is accepted (trust on first use:
     the caller records the returned digest). A `dest` that already matches is not fetched again.
     An interrupted transfer keeps `.part` for the next call to resume.
+
+    `connect_timeout` (default `timeout`) bounds connecting and waiting for the response headers;
+    `timeout` then bounds each read of the body. Name resolution is not bounded here (sockets have
+    no timeout for it).
     """
     from tqdm.auto import tqdm
 
@@ -128,7 +132,8 @@ def fetch(url: str, dest: Path, sha256: str | None = None, sha256_prefix: str | 
     if have:
         headers["Range"] = f"bytes={have}-"
     try:
-        response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
+        response = urllib.request.urlopen(urllib.request.Request(url, headers=headers),
+                                          timeout=timeout if connect_timeout is None else connect_timeout)
     except urllib.error.HTTPError as exc:
         if exc.code == 416 and have:  # the partial file is already complete
             response = None
@@ -138,6 +143,8 @@ def fetch(url: str, dest: Path, sha256: str | None = None, sha256_prefix: str | 
     except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
         raise DownloadError(url, f"cannot connect ({getattr(exc, 'reason', None) or exc})") from None
     if response is not None:
+        if connect_timeout is not None:
+            _set_read_timeout(response, timeout)
         with response:
             ctype = response.headers.get("Content-Type", "")
             if ctype.startswith("text/html") and not dest.name.endswith((".html", ".htm")):
@@ -175,6 +182,17 @@ def fetch(url: str, dest: Path, sha256: str | None = None, sha256_prefix: str | 
                                  "the downloaded file was removed", got)
     os.replace(part, dest)
     return got
+
+
+def _set_read_timeout(response, timeout: float) -> None:
+    """Give the open response's socket `timeout` for the body (urllib has one timeout for everything).
+
+    http.client keeps the socket as `response.fp.raw._sock` (a SocketIO's socket); without it the
+    connect timeout simply stays in force for the reads.
+    """
+    sock = getattr(getattr(response.fp, "raw", None), "_sock", None)
+    if sock is not None:
+        sock.settimeout(timeout)
 
 
 def _range_start(content_range: str) -> int | None:

@@ -1,28 +1,38 @@
-"""LPIPS (Zhang et al. 2018) through the `lpips` package, with backbone weights from local files only.
+"""LPIPS (Zhang et al. 2018) through the `lpips` package, with backbone weights from a file we choose.
 
 The package ships its own linear heads; its ImageNet backbone would normally be downloaded by
-torchvision. Here the backbone is built random (`pnet_rand=True`) and then overwritten from a local
-torchvision-keyed state dict; a check that every backbone parameter was replaced makes a silently
-random backbone impossible.
+torchvision. Here the backbone is built random (`pnet_rand=True`) and then overwritten from a
+torchvision-keyed state dict found locally or, when every local place misses, downloaded once into
+torchvision's hub cache the way torchvision does it (its published URL, read from the dataset
+manifest, sha256 prefix checked); a check that every backbone parameter was replaced makes a
+silently random backbone impossible.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import logging
 import os
+import re
+import socket
+import threading
 import warnings
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 import torch
 
-from harness.errors import MetricError
+from harness.errors import DataError, MetricError
 from harness.paths import DATA_DIR, resolve_project_path
 
 log = logging.getLogger(__name__)
 
 WEIGHTS_ENV = "HARNESS_LPIPS_WEIGHTS"
+URL_ENV = "HARNESS_LPIPS_URL"  # full URL of the backbone file to download instead of torchvision's
+OFFLINE_ENV = "HARNESS_OFFLINE"  # set (1, true, yes, on) on compute nodes without network: never download
 PROJECT_WEIGHTS_DIR = DATA_DIR / "lpips_weights"
 # net -> (torchvision's hub-cache file: a full-model state dict, features-only file in a local folder)
 BACKBONE_FILES = {
@@ -30,6 +40,13 @@ BACKBONE_FILES = {
     "alex": ("alexnet-owt-7be5be79.pth", "alexnet_features_only.pth"),
 }
 LPIPS_NETS = tuple(BACKBONE_FILES)
+# The download: an offline machine must fail within seconds, not hang (name resolution, then
+# connecting and the response headers); a started transfer may stall longer before it is given up.
+RESOLVE_TIMEOUT_S = 4.0
+CONNECT_TIMEOUT_S = 5.0
+READ_TIMEOUT_S = 60.0
+# torchvision's check_hash convention: the hex digits after the last '-' of the file name start its sha256.
+_HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,64})\.[^-]*$")
 
 _MODELS: dict[tuple[str, str, Path], tuple[torch.nn.Module, dict]] = {}
 
@@ -39,14 +56,48 @@ def _check_net(net: str) -> None:
         raise MetricError(f"unknown LPIPS net {net!r}; expected one of {LPIPS_NETS}")
 
 
+def _hub_checkpoints() -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def _download_source(net: str) -> tuple[str, Path, str]:
+    """(URL, destination in the hub cache, expected sha256 prefix) of the backbone download.
+
+    torchvision's URL, file name and hash prefix come from the manifest entry `lpips_<net>`
+    (harness/data/datasets.toml); $HARNESS_LPIPS_URL replaces the URL (`{file}` in it stands for
+    torchvision's file name), and then, as in torchvision, the file is cached under the URL's file
+    name, whose hex digits after the last '-' must start its sha256.
+    """
+    from harness.data.manifest import get_entry, load_manifest
+
+    entry = get_entry(load_manifest(), f"lpips_{net}")
+    override = os.environ.get(URL_ENV, "").strip()
+    if not override:
+        return entry.urls[0], _hub_checkpoints() / entry.file, entry.sha256_prefix
+    url = override.replace("{file}", entry.file)
+    parts = urlsplit(url)
+    name = parts.path.rsplit("/", 1)[-1]
+    match = _HASH_IN_NAME.search(name)
+    if parts.scheme not in ("http", "https") or not parts.hostname or not match:
+        raise MetricError(f"{URL_ENV}={override!r}: expected the http(s) URL of a file whose name carries the first "
+                          f"8 or more hex digits of its sha256 after a '-', as torchvision's do (e.g. "
+                          f".../{entry.file}); they are checked after the download")
+    return url, _hub_checkpoints() / name, match.group(1)
+
+
 def _candidates(net: str, weights_dir: str | Path | None) -> list[Path]:
     hub_name, local_name = BACKBONE_FILES[net]
-    paths = [Path(torch.hub.get_dir()) / "checkpoints" / hub_name]
+    paths = [_hub_checkpoints() / hub_name]
+    if os.environ.get(URL_ENV, "").strip():  # what an earlier download from $HARNESS_LPIPS_URL left
+        with contextlib.suppress(MetricError):  # a malformed value is reported only when a download is needed
+            cached = _download_source(net)[1]
+            if cached not in paths:
+                paths.append(cached)
     dirs = []
     if weights_dir is not None:
         dirs.append(resolve_project_path(weights_dir))
-    if os.environ.get(WEIGHTS_ENV):
-        dirs.append(resolve_project_path(os.environ[WEIGHTS_ENV]))
+    if os.environ.get(WEIGHTS_ENV, "").strip():  # the Makefile exports it empty when ../shared is absent
+        dirs.append(resolve_project_path(os.environ[WEIGHTS_ENV].strip()))
     dirs.append(PROJECT_WEIGHTS_DIR)
     for d in dirs:
         # A copy of torchvision's own file in a local folder is accepted too (e.g. on a cluster).
@@ -54,12 +105,20 @@ def _candidates(net: str, weights_dir: str | Path | None) -> list[Path]:
     return paths
 
 
+def downloads_off() -> str | None:
+    """`HARNESS_OFFLINE=<value>` when that switch forbids downloads, else None."""
+    value = os.environ.get(OFFLINE_ENV, "").strip()
+    return f"{OFFLINE_ENV}={value}" if value.lower() not in ("", "0", "false", "no", "off") else None
+
+
 def check_lpips_weights(net: str = "vgg", weights_dir: str | Path | None = None) -> Path:
-    """The backbone weight file LPIPS(net) will use, or a MetricError listing every path tried.
+    """The backbone weight file LPIPS(net) will use, downloading it if needed; else one-line MetricError.
 
     Order: torchvision's hub cache (torch.hub.get_dir()/checkpoints), `weights_dir` (relative paths
-    against the project root), $HARNESS_LPIPS_WEIGHTS, <project>/data/lpips_weights. Cheap: call it
-    before training so a sweep without weights stops at once.
+    against the project root), $HARNESS_LPIPS_WEIGHTS, <project>/data/lpips_weights. When all miss,
+    torchvision's file is downloaded into the hub cache (see `_download_source`), unless
+    $HARNESS_OFFLINE is set; an unreachable host fails within seconds. The error names every path
+    tried, the URL and the fixes. Call it before training so a sweep without weights stops at once.
     """
     _check_net(net)
     tried = _candidates(net, weights_dir)
@@ -67,9 +126,77 @@ def check_lpips_weights(net: str = "vgg", weights_dir: str | Path | None = None)
         if path.is_file():
             return path
     hub_name, local_name = BACKBONE_FILES[net]
-    raise MetricError(
-        f"LPIPS {net!r} backbone weights not found (expected {local_name} or torchvision's {hub_name}); "
-        f"tried: {', '.join(str(p) for p in tried)}; pass weights_dir or set {WEIGHTS_ENV}")
+    url, dest, prefix = _download_source(net)
+    missing = (f"LPIPS {net!r} backbone weights not found (expected {local_name} or torchvision's {hub_name}); "
+               f"tried: {', '.join(str(p) for p in tried)}")
+    fixes = (f"fix: run `make data DOWNLOAD=lpips_{net}` (or `python -m harness data --download lpips_{net}`) on a "
+             f"machine with network, which saves data/lpips_weights/{hub_name}, or set {WEIGHTS_ENV}=<folder with "
+             f"{local_name} or {hub_name}>")
+    switch = downloads_off()
+    if switch:
+        raise MetricError(f"{missing}; downloads are off ({switch}), so {url} was not fetched; {fixes}")
+    try:
+        _download(url, dest, prefix)
+    except (DataError, OSError) as exc:
+        reason = getattr(exc, "reason", None) or str(exc)  # DownloadError: the short cause
+        raise MetricError(f"{missing}; downloading {url} into {dest} failed: {reason}; {fixes}") from None
+    log.info("fetched LPIPS %r backbone (%s) from %s into %s", net, _size(dest.stat().st_size), url, dest)
+    return dest
+
+
+def _download(url: str, dest: Path, prefix: str) -> None:
+    """harness.data.fetch.fetch with a bounded connect, one process at a time per hub cache."""
+    from harness.data.fetch import fetch
+
+    _resolve_within(url, RESOLVE_TIMEOUT_S)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(dest.parent):
+        if dest.is_file():  # another process fetched it while this one waited
+            return
+        fetch(url, dest, sha256_prefix=prefix, timeout=READ_TIMEOUT_S, connect_timeout=CONNECT_TIMEOUT_S)
+
+
+def _resolve_within(url: str, seconds: float) -> None:
+    """Fail when the host's name does not resolve within `seconds`: socket timeouts do not cover name
+    resolution, and a node whose DNS server is unreachable can block in getaddrinfo for tens of seconds.
+    The lookup runs in a daemon thread that is left behind if it hangs. Errors other than the timeout are
+    left for the download to report."""
+    import urllib.request
+
+    parts = urlsplit(url)
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if proxy and not urllib.request.proxy_bypass(parts.hostname or ""):  # urllib connects to the proxy
+        parts = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    host = parts.hostname or ""
+    lookup = threading.Thread(target=_try_resolve, args=(host,), daemon=True, name=f"resolve {host}")
+    lookup.start()
+    lookup.join(seconds)
+    if lookup.is_alive():
+        from harness.data.fetch import DownloadError
+
+        raise DownloadError(url, f"cannot resolve {host} within {seconds:g} s (no network or no DNS?)")
+
+
+def _try_resolve(host: str) -> None:
+    with contextlib.suppress(OSError, UnicodeError):
+        socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+
+
+@contextlib.contextmanager
+def _locked(folder: Path):
+    """An exclusive flock on `folder` itself (nothing is left behind); best effort where flock fails."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _size(n: int) -> str:
+    """Binary units, as torchvision's model pages and the progress bar count them (VGG16: 528 MB)."""
+    return f"{n / 2**20:.0f} MB" if n >= 2**20 else f"{n / 2**10:.0f} kB"
 
 
 def _load_backbone(model: torch.nn.Module, path: Path) -> None:
