@@ -108,6 +108,7 @@ def test_missing_weights_lists_every_path(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     monkeypatch.setenv(M.WEIGHTS_ENV, str(tmp_path / "from_env"))
     monkeypatch.setattr(lpips_model, "PROJECT_WEIGHTS_DIR", tmp_path / "project")
+    monkeypatch.setenv("HARNESS_OFFLINE", "1")  # no download attempt (tests/test_lpips_fetch.py covers those)
     with pytest.raises(MetricError) as err:
         M.check_lpips_weights("vgg", weights_dir=tmp_path / "given")
     msg = str(err.value)
