@@ -12,6 +12,7 @@ nth     fire on the nth matching hit in this process (default 1)
 phase   write: data (after `byte` bytes of the temp file) | synced (before the rename) |
         renamed (after the rename, before the directory fsync); log: data
 byte    bytes written before a `data` fault fires (default 0; capped at the data's length)
+repeat  1: fire on every matching hit from the nth on (a disk that stays full), 0: only the nth (default)
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class Fault:
     nth: int = 1
     phase: str = "data"
     byte: int = 0
+    repeat: int = 0
 
     def fire(self, path) -> None:
         if self.action == "kill":
@@ -58,7 +60,7 @@ def parse(spec: str) -> Fault:
     try:
         fields = dict(item.split("=", 1) for item in spec.split())
         fault = Fault(fields.pop("action"), fields.pop("point"), fields.pop("file", "*"), int(fields.pop("nth", 1)),
-                      fields.pop("phase", "data"), int(fields.pop("byte", 0)))
+                      fields.pop("phase", "data"), int(fields.pop("byte", 0)), int(fields.pop("repeat", 0)))
     except (ValueError, KeyError) as exc:
         raise ValueError(f"{ENV}={spec!r}: cannot parse ({exc})") from None
     if fields or fault.action not in ("kill", "enospc") or fault.point not in ("write", "log", "step") \
@@ -76,4 +78,4 @@ def hit(point: str, path=None) -> Fault | None:
     if fault.point != point or (path is not None and not fnmatch.fnmatch(os.path.basename(path), fault.file)):
         return None
     _hits[spec] = _hits.get(spec, 0) + 1
-    return fault if _hits[spec] == fault.nth else None
+    return fault if _hits[spec] == fault.nth or (fault.repeat and _hits[spec] > fault.nth) else None

@@ -1,6 +1,7 @@
 """Reliability 3: a full disk (injected ENOSPC at any write, and a real tmpfs that fills up) gives
 one clear error naming the file, leaves the previous checkpoint intact, and the trial resumes."""
 
+import os
 import json
 import shutil
 import subprocess
@@ -68,3 +69,19 @@ def test_real_full_tmpfs(tiny_scene, tmp_path):
     assert result["after_full"]["checkpoints"] == ["step_00000010.pt"]  # intact (check_intact ran there)
     assert not [f for f in result["after_full"]["files"] if f.endswith(".tmp") or "step_00000020" in f]
     assert result["state"] == "done" and result["final_equal"]
+
+
+def test_a_job_that_cannot_record_its_failure_is_reported_by_its_exception_line(tiny_scene, tmp_path):
+    """The disk stays full from the final status on: the trial can write neither `done` nor `failed`,
+    so its record stays `running`. The sweep's line names the job's exception and its log, not
+    whatever line a cut-short log happened to end with (issue 21: `ERROR trial ... running:     ra`)."""
+    exp = write_experiment(tmp_path, tiny_scene)
+    env = {**os.environ, "HARNESS_FAULT": "action=enospc point=write file=status.json nth=3 repeat=1"}
+    proc = subprocess.run([sys.executable, "-m", "harness", "sweep", str(exp), "--runs-dir", str(tmp_path / "runs"),
+                           "--cluster", "local"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, (proc.stdout, proc.stderr[-3000:])
+    (status_path,) = (tmp_path / "runs" / "rel").glob("*/status.json")
+    assert json.loads(status_path.read_text())["state"] == "running"  # nothing could be recorded
+    expected = (f"ended without recording its outcome (disk full or read-only?): harness.records.WriteError: "
+                f"cannot write {status_path}: No space left on device (ENOSPC); log: ")
+    assert expected in proc.stdout and expected in proc.stderr, (proc.stdout, proc.stderr[-3000:])
