@@ -176,6 +176,19 @@ def final_state(trial: Trial) -> dict:
                               for v in s.values()]).tolist()}
 
 
+def can_mount_tmpfs() -> bool:
+    """Whether this machine lets a private mount namespace (unshare -rm) mount a tmpfs and remount it
+    read-only (the full-disk and read-only tests)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt && "
+                                                          "mount -o remount,ro /mnt"], capture_output=True)
+    return probe.returncode == 0
+
+
 def tmpfs_scenario(scene: Path, work: Path) -> dict:
     """Run inside a private mount namespace (unshare -rm): a trial on a tmpfs that fills up.
 

@@ -3,15 +3,14 @@ one clear error naming the file, leaves the previous checkpoint intact, and the 
 
 import os
 import json
-import shutil
 import subprocess
 import sys
 
 import pytest
 
 from tests.conftest import ROOT
-from tests.reliability_tools import (Trial, check_intact, final_state, reference, temp_files,  # noqa: F401
-                                     tiny_scene, write_experiment)
+from tests.reliability_tools import (Trial, can_mount_tmpfs, check_intact, final_state, reference,  # noqa: F401
+                                     temp_files, tiny_scene, write_experiment)
 
 
 # (file glob, nth write of it, file the error must name, relative to the trial folder)
@@ -44,15 +43,7 @@ def test_enospc_names_the_file_keeps_checkpoints_and_the_trial_resumes(tiny_scen
     assert final_state(trial) == reference
 
 
-def _can_mount_tmpfs() -> bool:
-    if shutil.which("unshare") is None:
-        return False
-    probe = subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"],
-                           capture_output=True)
-    return probe.returncode == 0
-
-
-@pytest.mark.skipif(not _can_mount_tmpfs(), reason="cannot mount a tmpfs in a user namespace here")
+@pytest.mark.skipif(not can_mount_tmpfs(), reason="cannot mount a tmpfs in a user namespace here")
 def test_real_full_tmpfs(tiny_scene, tmp_path):
     out = tmp_path / "result.json"
     proc = subprocess.run(["unshare", "-rm", sys.executable, "-m", "tests.reliability_tools", "tmpfs",

@@ -2,14 +2,13 @@
 one stops a sweep in one line; a finished sweep re-run there does nothing and succeeds; the report
 says in one line where it cannot write and how to write it elsewhere; nothing is a traceback."""
 
-import shutil
 import subprocess
 import sys
 
 import pytest
 
 from tests.conftest import ROOT
-from tests.reliability_tools import tiny_scene, write_experiment  # noqa: F401
+from tests.reliability_tools import can_mount_tmpfs, tiny_scene, write_experiment  # noqa: F401
 
 SCRIPT = """
 set -u
@@ -29,15 +28,7 @@ run elsewhere report rel --runs-dir "$MNT/runs" --bench '' --out "$OUT/report"
 """
 
 
-def _can_mount() -> bool:
-    if shutil.which("unshare") is None:
-        return False
-    probe = subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs tmpfs /mnt && mount -o remount,ro /mnt"],
-                           capture_output=True)
-    return probe.returncode == 0
-
-
-@pytest.mark.skipif(not _can_mount(), reason="cannot mount a tmpfs in a user namespace here")
+@pytest.mark.skipif(not can_mount_tmpfs(), reason="cannot mount a tmpfs in a user namespace here")
 def test_read_only_runs_dir_gives_one_line_and_a_finished_sweep_still_succeeds(tiny_scene, tmp_path):
     exp = write_experiment(tmp_path, tiny_scene)
     mnt, out = tmp_path / "mnt", tmp_path / "out"

@@ -69,17 +69,25 @@ def _check_stopped(runs, signame):
         assert (d / "checkpoints" / f"step_{step:08d}.pt").exists(), sorted(os.listdir(d / "checkpoints"))
 
 
-def test_sigterm_to_the_sweep_stops_its_trials_checkpointed_and_a_rerun_resumes_exactly(tiny_scene, tmp_path):
-    exp = write_experiment(tmp_path, tiny_scene, SLOW)
-    runs = tmp_path / "runs"
+def _stop_sweep_mid_training(exp, runs, stop) -> tuple[subprocess.Popen, str, str]:
+    """Start the two-trial sweep, call `stop(proc)` once both train past their step-10 checkpoint,
+    and wait for the sweep to end; (process, stdout, stderr)."""
     proc = _start(exp, runs)
     try:
         _wait("both trials past step 12", lambda: _both_training_past(runs, 12))
-        proc.send_signal(signal.SIGTERM)  # the sweep process only, as `kill PID` does
+        stop(proc)
         out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+    return proc, out, err
+
+
+def test_sigterm_to_the_sweep_stops_its_trials_checkpointed_and_a_rerun_resumes_exactly(tiny_scene, tmp_path):
+    exp = write_experiment(tmp_path, tiny_scene, SLOW)
+    runs = tmp_path / "runs"
+    # the sweep process only, as `kill PID` does
+    proc, out, err = _stop_sweep_mid_training(exp, runs, lambda p: p.send_signal(signal.SIGTERM))
     assert proc.returncode == 130, (out, err[-3000:])
     assert "SIGTERM: stopping the sweep" in err and "interrupted:" in err, err[-3000:]
     assert _session_processes(proc.pid) == []  # no trial keeps running without its sweep
@@ -101,14 +109,8 @@ def test_sigterm_to_the_sweep_stops_its_trials_checkpointed_and_a_rerun_resumes_
 def test_ctrl_c_stops_every_trial_at_a_step_boundary_and_leaves_no_process(tiny_scene, tmp_path):
     exp = write_experiment(tmp_path, tiny_scene, SLOW)
     runs = tmp_path / "runs"
-    proc = _start(exp, runs)
-    try:
-        _wait("both trials past step 12", lambda: _both_training_past(runs, 12))
-        os.killpg(proc.pid, signal.SIGINT)  # what the terminal sends on Ctrl-C: the whole process group
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+    # what the terminal sends on Ctrl-C: SIGINT to the whole process group
+    proc, out, err = _stop_sweep_mid_training(exp, runs, lambda p: os.killpg(p.pid, signal.SIGINT))
     assert proc.returncode == 130, (out, err[-3000:])
     assert _session_processes(proc.pid) == []
     _check_stopped(runs, "SIGINT")
