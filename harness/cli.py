@@ -100,7 +100,7 @@ def cmd_status(args) -> int:
         cols = [c for c in ("id", "state", "label", "progress", "psnr", "attempts", "job", "slurm", "elapsed",
                             "node", "error") if c in df.columns]
         print(df[cols].to_string(index=False, na_rep="-", max_colwidth=60))
-        failed = [(r, s) for r in records if (s := r.status()).get("state") in ("failed", "diverged")]
+        failed = [(r, s) for r in records if (s := r.status()).get("state") in ("failed", "diverged", "collapsed")]
         for r, status in failed[:10]:
             print(f"\n--- {r.dir.name} {status['state']}: {status.get('error')}")
             print(_log_tail(status))

@@ -49,7 +49,7 @@ def select(trials: list[Trial], records: list[TrialRecord], retry_failed: bool) 
         state = r.state
         if state == "done":
             skipped[t.id] = "done"
-        elif state in ("failed", "diverged", "cancelled") and not retry_failed:
+        elif state in ("failed", "diverged", "collapsed", "cancelled") and not retry_failed:
             skipped[t.id] = f"{state} (use --retry-failed to run again)"
         else:
             todo.append(launch.Pending(t, r))

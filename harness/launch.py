@@ -291,7 +291,7 @@ def _finish(p: Pending, job) -> str:
         line = status.get("error") or str(exc).strip().splitlines()[-1]
         log.error("trial %s %s: %s (log: %s)", p.trial.id, status.get("state", "failed"), line,
                   getattr(job.paths, "stderr", "?"))
-        return line
+        return f"collapsed: {line}" if status.get("state") == "collapsed" else line
     metrics = job.result()
     log.info("trial %s done: psnr %.2f", p.trial.id, metrics.get("psnr", float("nan")))
     return "done"
@@ -330,7 +330,7 @@ def submit_slurm(settings: dict, exp_file: Path, user_bindings, todo: list[Pendi
     return jobs
 
 
-FINAL_STATES = ("done", "failed", "diverged", "cancelled")
+FINAL_STATES = ("done", "failed", "diverged", "collapsed", "cancelled")
 # Outcome prefixes of a SLURM sweep: queued now by this sweep, or found queued by an earlier one.
 SUBMITTED, QUEUED_EARLIER = "submitted", "queued earlier"
 

@@ -27,14 +27,17 @@ from harness.errors import RecordError
 log = logging.getLogger(__name__)
 
 TEMP_SUFFIX = ".tmp"  # atomic writes go through .<name>.<random>.tmp in the same folder
-STATES = ("pending", "running", "done", "failed", "diverged", "preempted", "cancelled")
+# `collapsed`: training ended with finite numbers but learned nothing (harness.trial.Trainer's end
+# checks); final like `diverged`, with metrics.json kept.
+STATES = ("pending", "running", "done", "failed", "diverged", "collapsed", "preempted", "cancelled")
 # Allowed status transitions; anything else is a bug in the caller.
 TRANSITIONS = {
     "pending": {"running", "failed", "cancelled"},
-    "running": {"running", "done", "failed", "diverged", "preempted", "cancelled"},
+    "running": {"running", "done", "failed", "diverged", "collapsed", "preempted", "cancelled"},
     "preempted": {"running", "failed", "cancelled"},
     "failed": {"running", "cancelled"},
     "diverged": {"running", "cancelled"},
+    "collapsed": {"running", "cancelled"},
     "cancelled": {"running"},
     "done": {"running"},  # only when a re-run is explicitly asked for
 }
@@ -205,7 +208,7 @@ class TrialRecord:
         status.update(fields)
         status["state"] = state
         status["updated"] = now_iso()
-        if state in ("done", "failed", "diverged", "cancelled"):
+        if state in ("done", "failed", "diverged", "collapsed", "cancelled"):
             status["finished"] = status["updated"]
         atomic_write_json(self.status_path, status)
         return status
@@ -216,7 +219,7 @@ class TrialRecord:
                                 pid=os.getpid(), **fields)
         status["attempts"] = int(status.get("attempts", 0)) + 1
         status.setdefault("started", status["updated"])
-        for key in ("error", "traceback", "finished"):
+        for key in ("error", "traceback", "finished", "collapse"):
             status.pop(key, None)
         atomic_write_json(self.status_path, status)
         return status

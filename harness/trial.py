@@ -33,6 +33,16 @@ class TrialOutOfMemory(HarnessError):
     """Training ran out of (GPU) memory even at the smallest batch size allowed."""
 
 
+class TrialCollapsed(HarnessError):
+    """Training ended with finite numbers but learned nothing (`Trainer.collapse_psnr`,
+    `Trainer.min_loss_drop`): the trial is recorded as `collapsed`, its metrics.json kept.
+    `checks` holds the figures (status.json `collapse`)."""
+
+    def __init__(self, message: str, checks: dict):
+        super().__init__(message)
+        self.checks = checks
+
+
 def _int(name: str, value, minimum: int | None = None) -> int:
     """A Trainer setting as an int, or a ConfigError line naming the binding and the value."""
     ok = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
@@ -40,6 +50,10 @@ def _int(name: str, value, minimum: int | None = None) -> int:
         raise ConfigError(f"Trainer.{name} = {value!r}: expected an integer"
                           + (f" >= {minimum}" if minimum is not None else ""))
     return int(value)
+
+
+def _finite_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _nonfinite(state, prefix: str = "") -> list[str]:
@@ -159,13 +173,20 @@ class Trainer:
 
     With `validate_every` > 0, each validation that beats the best PSNR so far saves the state as
     `checkpoints/best_<step>.pt`; `evaluate_with = 'best'` scores the test split with that state
-    instead of the last one."""
+    instead of the last one.
+
+    A trial that ends with finite numbers but learned nothing is recorded as `collapsed` (metrics.json
+    is still written): when its test PSNR (or its best validation PSNR) is below `collapse_psnr`
+    ('mean_colour': the PSNR of predicting the split's mean colour, minus `collapse_margin` dB; a
+    number: that floor in dB; None: no check), or when the lowest logged training loss is not below
+    the first one by `min_loss_drop` of it (None: no check)."""
 
     def __init__(self, method=gin.REQUIRED, iterations: int = 1000, seed: int = 0,
                  checkpoint_every: int = 500, keep_checkpoints: int = 2, log_every: int = 50,
                  validate_every: int = 0, validation_views=(0,), progress_every: int = 10,
                  finite_check_every: int = 0, oom_retries: int = 3, oom_factor: float = 0.5,
-                 evaluate_with: str = "latest"):
+                 evaluate_with: str = "latest", collapse_psnr="mean_colour", collapse_margin: float = 6.0,
+                 min_loss_drop: float | None = 0.01):
         if not callable(method):
             raise ConfigError(f"Trainer.method = {method!r}: expected a configurable reference such as @ToyColour")
         self.method_cls = method
@@ -189,6 +210,17 @@ class Trainer:
         if evaluate_with == "best" and not self.validate_every:
             raise ConfigError("Trainer.evaluate_with = 'best' needs validation: set Trainer.validate_every > 0")
         self.evaluate_with = evaluate_with
+        if not (collapse_psnr is None or collapse_psnr == "mean_colour" or _finite_number(collapse_psnr)):
+            raise ConfigError(f"Trainer.collapse_psnr = {collapse_psnr!r}: expected 'mean_colour', "
+                              "a PSNR floor in dB, or None (no check)")
+        self.collapse_psnr = collapse_psnr if collapse_psnr in (None, "mean_colour") else float(collapse_psnr)
+        if not (_finite_number(collapse_margin) and collapse_margin >= 0):
+            raise ConfigError(f"Trainer.collapse_margin = {collapse_margin!r}: expected a number of dB >= 0")
+        self.collapse_margin = float(collapse_margin)
+        if not (min_loss_drop is None or (_finite_number(min_loss_drop) and 0 <= min_loss_drop < 1)):
+            raise ConfigError(f"Trainer.min_loss_drop = {min_loss_drop!r}: expected a fraction in [0, 1), "
+                              "or None (no check)")
+        self.min_loss_drop = None if min_loss_drop is None else float(min_loss_drop)
         self.best = None  # {"step", "psnr"} of the best validation so far (read back on resume)
 
     def _resume(self, method, record: TrialRecord) -> tuple[int, float]:
@@ -335,8 +367,66 @@ class Trainer:
                        peak_rss_mb=_peak_rss_mb(), evaluated_checkpoint=evaluated)
         if self.best is not None:
             metrics["best_validation"] = {**self.best, "split": validation_split(scene)}
-        record.write_metrics(metrics)
+        checks = self._collapse_checks(scene, metrics, record)
+        if checks is not None:
+            metrics["collapse"] = checks
+        record.write_metrics(metrics)  # also when collapsed: the numbers stay inspectable
+        if checks is not None and checks["fired"]:
+            raise TrialCollapsed("; ".join(checks["reasons"]), checks)
         return metrics
+
+    def _psnr_floor(self, scene, split: str, indices=None) -> dict:
+        """The PSNR floor of views of `split` (all, or `indices`): {"floor", and for 'mean_colour'
+        "mean_colour_psnr" and "margin"}."""
+        if self.collapse_psnr != "mean_colour":
+            return {"floor": self.collapse_psnr}
+        views = scene.split(split)
+        images = [views.images[int(i)] for i in (range(len(views)) if indices is None else indices)]
+        baseline = mean_colour_psnr(images, scene.background)
+        return {"floor": baseline - self.collapse_margin, "mean_colour_psnr": baseline, "margin": self.collapse_margin}
+
+    @staticmethod
+    def _below(what: str, psnr: float, floor: dict) -> str:
+        rule = (f"mean-colour PSNR {floor['mean_colour_psnr']:.2f} dB - {floor['margin']:g} dB"
+                if "mean_colour_psnr" in floor else "Trainer.collapse_psnr")
+        return f"{what} {psnr:.2f} dB is below the floor {floor['floor']:.2f} dB ({rule})"
+
+    def _collapse_checks(self, scene, metrics: dict, record: TrialRecord) -> dict | None:
+        """The end-of-trial checks: a trial whose numbers are finite but that learned nothing (e.g. a
+        learning rate of 1e12: flat loss, test PSNR 3 dB) must not end `done`. Returns the figures,
+        `fired` (names of the checks that fired) and `reasons` (one phrase each), or None when both
+        checks are off. A floor that is not finite (every view one flat colour) checks nothing."""
+        if self.collapse_psnr is None and self.min_loss_drop is None:
+            return None
+        out: dict = {"fired": [], "reasons": []}
+        if self.collapse_psnr is not None:
+            floor = self._psnr_floor(scene, "test")
+            test_psnr = float(metrics.get("psnr", math.nan))
+            out["psnr"] = {"test": test_psnr, "rule": "mean_colour" if "mean_colour_psnr" in floor else "dB", **floor}
+            if math.isfinite(floor["floor"]) and test_psnr < floor["floor"]:
+                out["fired"].append("test_psnr")
+                out["reasons"].append(self._below("test PSNR", test_psnr, floor))
+            if self.best is not None and validation_split(scene) is not None:
+                vfloor = self._psnr_floor(scene, validation_split(scene), self.validation_views)
+                best = float(self.best["psnr"])
+                out["psnr"]["validation"] = {"best": best, "step": self.best["step"], **vfloor}
+                if math.isfinite(vfloor["floor"]) and best < vfloor["floor"]:
+                    out["fired"].append("validation_psnr")
+                    out["reasons"].append(self._below(f"best validation PSNR (step {self.best['step']})", best, vfloor))
+        if self.min_loss_drop is not None:
+            # the log of the whole run: a resume trims it back to its checkpoint and logs on from there
+            rows = [r for r in record.read_log() if _finite_number(r.get("loss"))]
+            out["loss"] = {"min_drop": self.min_loss_drop, "logged": len(rows)}
+            if len(rows) >= MIN_LOGGED_LOSSES:
+                first, lowest = rows[0], min(rows, key=lambda r: r["loss"])
+                out["loss"].update(first=first["loss"], first_step=first.get("step"),
+                                   lowest=lowest["loss"], lowest_step=lowest.get("step"))
+                if first["loss"] - lowest["loss"] <= self.min_loss_drop * abs(first["loss"]):
+                    out["fired"].append("loss")
+                    out["reasons"].append(
+                        f"the loss never decreased by {self.min_loss_drop * 100:g}% (first {first['loss']:.4g} at step "
+                        f"{first.get('step')}, lowest {lowest['loss']:.4g} at step {lowest.get('step')})")
+        return out
 
     def _load_evaluated(self, method, record: TrialRecord) -> str:
         """Load the state the test split is scored with; 'latest' (as trained) or 'best'."""
@@ -351,6 +441,30 @@ class Trainer:
         log.info("trial %s: evaluating the best state (step %d, validation PSNR %.3f)",
                  record.dir.name, found[0], found[1]["psnr"])
         return "best"
+
+
+# The loss check needs the first logged loss and at least two later ones to say it never decreased.
+MIN_LOGGED_LOSSES = 3
+
+
+def mean_colour_psnr(images, background=(1.0, 1.0, 1.0)) -> float:
+    """The PSNR of predicting every view of `images` as their mean colour, saved as 8 bits as a render
+    is, scored and averaged over views as the evaluation does (harness.metrics: the targets go through
+    the same validation and background compositing): the cheapest baseline anything trained must beat.
+    One pass over the images for the colour, one for the scores (no copy of the split is kept)."""
+    from harness.metrics import prepare, psnr, to_8bit
+
+    def targets():
+        return (prepare(img, str(i), "target", background) for i, img in enumerate(images))
+
+    total, pixels = np.zeros(3), 0
+    for t in targets():
+        total += t.reshape(-1, 3).sum(axis=0, dtype=np.float64)
+        pixels += t.shape[0] * t.shape[1]
+    colour = to_8bit((total / pixels).astype(np.float32))
+    scores = [psnr(np.broadcast_to(colour, t.shape), t) for t in targets()]
+    finite = [s for s in scores if math.isfinite(s)]  # the evaluation's mean rule (PSNR_MEAN_RULE)
+    return float(np.mean(finite)) if finite else math.inf
 
 
 def validation_split(scene) -> str | None:
@@ -406,7 +520,7 @@ def run_trial(trial_dir: Path, job_info: dict | None = None, wait: bool = True) 
         status = record.status()
         if status.get("state") == "done":
             return record.metrics() or {}
-        if waited and status.get("state") in ("failed", "diverged", "cancelled"):  # as the other run left it
+        if waited and status.get("state") in ("failed", "diverged", "collapsed", "cancelled"):  # as the other run left it
             raise RecordError(f"{record.dir}: {status['state']} in another sweep: {status.get('error', '')}")
         for folder in (record.dir, record.renders_dir):  # leftovers of writes cut by a kill
             if folder.is_dir():
@@ -421,6 +535,10 @@ def run_trial(trial_dir: Path, job_info: dict | None = None, wait: bool = True) 
             last = checkpoints.newest_valid(record.checkpoint_dir)
             _record_end(record, "diverged", error=str(exc), diverged_at=exc.step,
                         last_checkpoint=last.name if last else None)
+            raise
+        except TrialCollapsed as exc:  # final like `diverged`; metrics.json is written
+            _record_end(record, "collapsed", error=str(exc), collapse=exc.checks,
+                        psnr=exc.checks.get("psnr", {}).get("test"))
             raise
         except BaseException as exc:
             import traceback
