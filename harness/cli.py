@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -142,9 +144,15 @@ def cmd_report(args) -> int:
 
     views = [v.strip() for v in args.views.split(",") if v.strip()] if args.views else None
     bench_paths = None if args.bench is None else [Path(p) for p in args.bench.split(",") if p.strip()]
-    out = build_report([e.strip() for e in args.experiment.split(",") if e.strip()], Path(args.runs_dir),
-                       out_dir=args.out, embed=args.embed, baseline=args.baseline, views=views,
-                       bench_paths=bench_paths)
+    try:
+        out = build_report([e.strip() for e in args.experiment.split(",") if e.strip()], Path(args.runs_dir),
+                           out_dir=args.out, embed=args.embed, baseline=args.baseline, views=views,
+                           bench_paths=bench_paths)
+    except OSError as exc:
+        if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise HarnessError(f"cannot write the report to {exc.filename or args.out}: {exc.strerror}; write it "
+                           "elsewhere with --out DIR (make report ARGS='--out DIR')") from None
     print(f"report: {out}")
     return 0
 
@@ -228,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cluster", choices=("local", "debug", "slurm"), help="override launch.cluster")
     p.add_argument("--parallel", type=int, help="override launch.parallel (local: trials at once)")
     p.add_argument("--threads", type=int, help="torch threads per trial (default: cores / parallel)")
-    p.add_argument("--retry-failed", action="store_true", help="also re-run failed/diverged trials")
+    p.add_argument("--retry-failed", action="store_true", help="also re-run failed, diverged, collapsed and cancelled trials")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("compose", help="evaluate finished trials together (e.g. Block-NeRF blocks), as the "
@@ -306,3 +314,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished trials are kept; re-run the same command to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`harness status | head`): no message, as a shell tool
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own flush at exit
+        return 141
+    except OSError as exc:  # the file system refused (read-only, full, permissions): one line, not a traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}" + (f" ({errno.errorcode[exc.errno]})" if exc.errno in
+                                                         errno.errorcode else ""), file=sys.stderr)
+        return 2

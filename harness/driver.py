@@ -12,7 +12,7 @@ from pathlib import Path
 from harness import config as cfg
 from harness import launch
 from harness.errors import ConfigError
-from harness.records import TrialRecord, atomic_write_json, create_trial_record, now_iso
+from harness.records import TrialRecord, atomic_write_json, create_trial_record, now_iso, read_json
 from harness.sweep import Trial, expand
 
 log = logging.getLogger(__name__)
@@ -36,9 +36,11 @@ def prepare(trials: list[Trial], runs_dir: Path, exp_file: Path, user_bindings: 
     with ThreadPoolExecutor(max_workers=16) as pool:
         records = list(pool.map(create, trials))
     exp_dir = Path(runs_dir) / trials[0].experiment
-    atomic_write_json(exp_dir / "sweep.json", {
-        "experiment": trials[0].experiment, "file": str(exp_file), "user_bindings": list(user_bindings),
-        "updated": now_iso(), "trials": [{"id": t.id, "bindings": t.bindings} for t in trials]})
+    sweep = {"experiment": trials[0].experiment, "file": str(exp_file), "user_bindings": list(user_bindings),
+             "trials": [{"id": t.id, "bindings": t.bindings} for t in trials]}
+    old = read_json(exp_dir / "sweep.json", default={}) or {}
+    if {k: v for k, v in old.items() if k != "updated"} != sweep:  # a finished sweep re-run writes nothing
+        atomic_write_json(exp_dir / "sweep.json", {**sweep, "updated": now_iso()})
     return records
 
 

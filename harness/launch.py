@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -201,11 +202,14 @@ def run_local(settings: dict, exp_file: Path, user_bindings, todo: list[Pending]
             for p, job in list(active):
                 bars.update(p)
                 if settings["cluster"] == "debug" or job.done():
-                    outcome[p.trial.id] = _finish(p, job)
+                    # exception() first, and once: for the debug executor it runs the job (each call
+                    # again, when it raised), without submitit's pdb post-mortem
+                    exc = job.exception()
+                    outcome[p.trial.id] = _finish(p, job, exc)
                     bars.close(p)
                     active.remove((p, job))
-                    if settings["cluster"] == "debug" and isinstance(job.exception(), _interrupted_types()):
-                        stop.signum = job.exception().signum  # it ran in this process: the signal was ours
+                    if isinstance(exc, _interrupted_types()):  # debug: it ran in this process, the signal was ours
+                        stop.signum = exc.signum
             time.sleep(0.2 if active and not stop.signum else 0)
         if stop.signum:
             _stop_jobs(active, settings["stop_grace_s"])
@@ -283,18 +287,29 @@ def _stop_jobs(active: list, grace_s: float) -> None:
         proc.wait()
 
 
-def _finish(p: Pending, job) -> str:
-    # exception() first: for the debug executor it runs the job without submitit's pdb post-mortem
-    exc = job.exception()
+def _finish(p: Pending, job, exc: BaseException | None) -> str:
+    """The outcome line of a finished job; `exc` is its job.exception()."""
     if exc is not None:
         status = p.record.status()
-        line = status.get("error") or str(exc).strip().splitlines()[-1]
+        line = status.get("error") or _unrecorded_error(str(exc), getattr(job.paths, "stderr", "?"))
         log.error("trial %s %s: %s (log: %s)", p.trial.id, status.get("state", "failed"), line,
                   getattr(job.paths, "stderr", "?"))
         return f"collapsed: {line}" if status.get("state") == "collapsed" else line
     metrics = job.result()
     log.info("trial %s done: psnr %.2f", p.trial.id, metrics.get("psnr", float("nan")))
     return "done"
+
+
+_EXCEPTION_LINE = re.compile(r"^\s*(?:[A-Za-z_][\w.]*\.)?[A-Za-z_]\w*(?:Error|Exception|Interrupt|Exit|Diverged)\b.*")
+
+
+def _unrecorded_error(text: str, log_path) -> str:
+    """One line for a job that ended without recording why (its status could not be written: disk
+    full, read-only): the last exception line in submitit's report, never a stray line of a log
+    that a full disk cut short."""
+    found = [m.group(0).strip() for line in text.splitlines() if (m := _EXCEPTION_LINE.match(line))]
+    last = found[-1] if found else "no exception line in its output"
+    return f"ended without recording its outcome (disk full or read-only?): {last}; log: {log_path}"
 
 
 def submit_slurm(settings: dict, exp_file: Path, user_bindings, todo: list[Pending], folder: Path) -> list:

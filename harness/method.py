@@ -74,8 +74,9 @@ def check_positive_settings(reference) -> None:
     for key in getattr(cls, "positive_settings", ()):
         try:
             value = gin.query_parameter(f"{name}.{key}")
-        except ValueError:  # not bound: the default applies
-            value = params[key].default
+        except ValueError:  # not bound: the default applies (none known for a **kwargs setting)
+            value = params[key].default if key in params else None
+            value = None if value is inspect.Parameter.empty else value
         while isinstance(value, gin.config.ConfigurableReference) and value.configurable.name == "macro":
             value = value.scoped_configurable_fn()  # a %MACRO: its value (a macro has no side effects)
         if value is None or isinstance(value, gin.config.ConfigurableReference):

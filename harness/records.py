@@ -323,7 +323,10 @@ class TrialRecord:
 def create_trial_record(directory: Path, meta: dict, config: str) -> TrialRecord:
     """Make the trial folder with config.gin and a pending status, keeping an existing record."""
     record = TrialRecord(directory)
-    record.dir.mkdir(parents=True, exist_ok=True)
+    try:
+        record.dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # e.g. a read-only runs dir: one line naming the folder
+        raise _write_error(record.dir, exc) from None
     if not record.config_path.exists() or record.config_path.read_text() != config:
         atomic_write_bytes(record.config_path, config.encode())
     if not record.status_path.exists():

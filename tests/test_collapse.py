@@ -223,6 +223,7 @@ def test_the_sweep_lists_the_collapsed_trial_as_not_done_and_retry_failed_reruns
     exp, runs, first, statuses = collapsed_sweep
     bad, good = statuses[1e12], statuses[0.05]
     assert (bad["state"], good["state"]) == ("collapsed", "done")
+    assert bad["attempts"] == 1  # run once (a debug job that raised used to be run again)
     assert first.returncode == 1, first.stderr  # like a failed or diverged trial
     assert "coll.gin: 1 of 2 trials done; not done: " in first.stdout
     assert f"{bad['trial_id']}: collapsed: {bad['error']}" in first.stdout
@@ -234,7 +235,7 @@ def test_the_sweep_lists_the_collapsed_trial_as_not_done_and_retry_failed_reruns
     retry = harness("sweep", exp, "--runs-dir", runs, "--retry-failed")
     assert retry.returncode == 1 and f"{bad['trial_id']}: collapsed: {bad['error']}" in retry.stdout
     status = json.loads((runs / "coll" / bad["trial_id"] / "status.json").read_text())
-    assert status["attempts"] > bad["attempts"] and status["state"] == "collapsed" and status["error"] == bad["error"]
+    assert status["attempts"] == bad["attempts"] + 1 and status["state"] == "collapsed" and status["error"] == bad["error"]
     done = json.loads((runs / "coll" / good["trial_id"] / "status.json").read_text())
     assert done["attempts"] == 1  # the done one is not run again
     # `make status`: counted, and listed with its error
