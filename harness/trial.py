@@ -177,7 +177,8 @@ class Trainer:
 
     A trial that ends with finite numbers but learned nothing is recorded as `collapsed` (metrics.json
     is still written): when its test PSNR (or its best validation PSNR) is below `collapse_psnr`
-    ('mean_colour': the PSNR of predicting the split's mean colour, minus `collapse_margin` dB; a
+    ('mean_colour': the PSNR of predicting every pixel as the split's mean colour, minus
+    `collapse_margin` dB (default 0: a trial worse than that constant image learned nothing); a
     number: that floor in dB; None: no check), or when the lowest logged training loss is not below
     the first one by `min_loss_drop` of it (None: no check)."""
 
@@ -185,7 +186,7 @@ class Trainer:
                  checkpoint_every: int = 500, keep_checkpoints: int = 2, log_every: int = 50,
                  validate_every: int = 0, validation_views=(0,), progress_every: int = 10,
                  finite_check_every: int = 0, oom_retries: int = 3, oom_factor: float = 0.5,
-                 evaluate_with: str = "latest", collapse_psnr="mean_colour", collapse_margin: float = 6.0,
+                 evaluate_with: str = "latest", collapse_psnr="mean_colour", collapse_margin: float = 0.0,
                  min_loss_drop: float | None = 0.01):
         if not callable(method):
             raise ConfigError(f"Trainer.method = {method!r}: expected a configurable reference such as @ToyColour")

@@ -24,6 +24,7 @@ Trainer.checkpoint_every = 10
 Trainer.log_every = 5
 Trainer.progress_every = 5
 Evaluation.metrics = ('psnr',)
+Trainer.collapse_psnr = None  # ToyColour (a colour per ray-direction bucket) scores below the mean colour
 ToyColour.batch_size = 64
 Sweep.seeds = [0]
 launch.cluster = 'debug'

@@ -30,9 +30,9 @@ def _one_line(exc_type, match, fn, *args):
 
 @pytest.mark.parametrize("text, match", [
     ("ToyColour.lr = [1,\n", r"bad\.gin.*syntax error"),
-    ("ToyColour.lr = = 3\n", r"bad\.gin, line 13: Gin syntax error"),
-    ("Nope.x = 1\n", r"bad\.gin.*No configurable matching 'Nope'.*line 13"),
-    ("ToyColour.no_such = 1\n", r"bad\.gin.*'no_such'.*line 13"),
+    ("ToyColour.lr = = 3\n", r"bad\.gin, line 14: Gin syntax error"),
+    ("Nope.x = 1\n", r"bad\.gin.*No configurable matching 'Nope'.*line 14"),
+    ("ToyColour.no_such = 1\n", r"bad\.gin.*'no_such'.*line 14"),
     ("Trainer.iterations = 'many'\n", r"bad\.gin, trial .*: Trainer\.iterations = 'many': expected an integer >= 0"),
     ("Trainer.checkpoint_every = 0\n", r"Trainer\.checkpoint_every = 0: expected an integer >= 1"),
     ("Trainer.validation_views = 3\n", r"Trainer\.validation_views = 3: expected a list of view indices"),
@@ -56,7 +56,7 @@ def _one_line(exc_type, match, fn, *args):
 ], ids=lambda v: v if not v.endswith("\n") else None)
 def test_bad_experiment_files_give_one_line(tiny_scene, tmp_path, text, match):
     exp = write_experiment(tmp_path, tiny_scene, text, name="bad")
-    assert len(exp.read_text().splitlines()) == 12 + text.count("\n")  # line 13 is the first bad one
+    assert len(exp.read_text().splitlines()) == 13 + text.count("\n")  # line 14 is the first bad one
     _one_line(ConfigError, match, sweep.expand, str(exp))
 
 
