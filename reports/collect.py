@@ -123,6 +123,45 @@ def _variant_label(experiment: str, bindings: dict, axes: list[str], several: bo
     return body or experiment
 
 
+def split_mixed_variants(rows: list[dict], configs: dict[str, dict[str, str]], experiment: str,
+                         several: bool) -> None:
+    """Trials share a variant only when their configs are equal apart from the seed and the scene.
+
+    The sweep's label names only the swept bindings, so trials run into one runs folder with
+    different `--bind`s (`Trainer.iterations=20`, then `=100`) would share it and be averaged as if
+    they were seeds. Such a label is split: each part gets the bindings that tell it apart (a
+    binding bound in some trials only reads `key=default` in the others). Left out: bindings
+    that follow the seed in every trial of the label, and bindings fixed by the scene (constant
+    within each scene, different between scenes)."""
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(r["variant"], []).append(r)
+    for label, group in groups.items():
+        cfgs = [configs.get(r["key"]) or {} for r in group]
+        keys = sorted(set().union(*cfgs))
+        seed_like = {k for k in keys if all(c.get(k) == repr(r["seed"]) for c, r in zip(cfgs, group))}
+        differ = [k for k in keys if k not in seed_like and len({c.get(k) for c in cfgs}) > 1
+                  and not _scene_determined(k, cfgs, group)]
+        if not differ:
+            continue
+        # a binding absent from a config reads `key=default` (its code default applies there)
+        parts = differing_labels([{k: _literal(c[k]) if k in c else "default" for k in differ} for c in cfgs])
+        bare = label == experiment  # no swept binding in the label (_variant_label fell back to the name)
+        for r, part in zip(group, parts):
+            if bare:
+                r["variant"] = f"{experiment}: {part}" if several else part
+            else:
+                r["variant"] = f"{label}, {part}"
+
+
+def _scene_determined(key: str, cfgs: list[dict], rows: list[dict]) -> bool:
+    """The binding has one value per scene and several scenes (e.g. `load_scene.path`)."""
+    per_scene: dict[str, set] = {}
+    for c, r in zip(cfgs, rows):
+        per_scene.setdefault(r["scene"], set()).add(c.get(key))
+    return len(per_scene) > 1 and all(len(v) == 1 for v in per_scene.values())
+
+
 def _short_ok(key: str, axes: list[str]) -> bool:
     """`lr` instead of `ToyColour.lr` when no other axis has the same parameter name."""
     tail = key.split(".")[-1]
@@ -220,6 +259,7 @@ def collect(runs_dir: Path, experiments: list[str], with_curves: bool = True) ->
         axes[exp] = axis_names(runs_dir, exp, frame if len(frame) else None)
         for r in exp_rows:
             r["variant"] = _variant_label(exp, r["bindings"], axes[exp], several)
+        split_mixed_variants(exp_rows, configs, exp, several)
         rows += exp_rows
     trials = pd.DataFrame(rows)
     if trials.empty:

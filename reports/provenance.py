@@ -23,7 +23,7 @@ def differing_bindings(trials: pd.DataFrame, configs: dict[str, dict[str, str]])
             continue
         keys = set().union(*cfgs)
         seed_like |= {k for k in keys if any(c.get(k) != cfgs[0].get(k) for c in cfgs)}
-        per_variant[str(variant)] = {k: cfgs[0][k] for k in keys}
+        per_variant[str(variant)] = {k: cfgs[0].get(k, UNSET) for k in keys}  # bound in some trials only
     if "seed" in trials:
         pairs = [(configs.get(k) or {}, s) for k, s in zip(trials["key"], trials["seed"])]
         keys = set().union(*(c for c, _ in pairs)) if pairs else set()
