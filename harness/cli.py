@@ -26,7 +26,11 @@ def cmd_sweep(args) -> int:
     from harness import sweep as sw
 
     if args.dry_run:
-        trials = sw.expand(args.experiment, args.bind)
+        trials = sw.expand(args.experiment, args.bind, require_data=False)
+        missing = sorted({str(t.identity["data"]["missing"]) for t in trials if "missing" in t.identity.get("data", {})})
+        if missing:
+            log.warning("scene data not found (%s): the ids shown are provisional until it is there",
+                        ", ".join(missing))
         if args.json:
             print(json.dumps([{"id": t.id, "bindings": t.bindings} for t in trials], indent=2))
         else:

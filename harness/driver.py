@@ -30,7 +30,10 @@ def trial_dir(runs_dir: Path, trial: Trial) -> Path:
 def prepare(trials: list[Trial], runs_dir: Path, exp_file: Path, user_bindings: list[str]) -> list[TrialRecord]:
     def create(t: Trial) -> TrialRecord:
         meta = {"trial_id": t.id, "experiment": t.experiment, "bindings": t.bindings, "label": t.label}
-        return create_trial_record(trial_dir(runs_dir, t), meta, t.config)
+        record = create_trial_record(trial_dir(runs_dir, t), meta, t.config)
+        if t.identity and not record.identity_path.exists():  # what the id hashes, for people and tools
+            atomic_write_json(record.identity_path, t.identity)
+        return record
 
     # threads: each record is a few fsynced writes (waiting on the disk, not the CPU); 100 trials took 2.5 s serially
     with ThreadPoolExecutor(max_workers=16) as pool:

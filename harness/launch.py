@@ -57,16 +57,17 @@ def run_trial_job(exp_file: str, user_bindings: list[str], trial_lines: list[str
     """The job body: parse this trial's Gin, check its id, run it. Runs in the job process."""
     import torch
 
-    from harness.sweep import trial_config, trial_id as make_id
+    from harness.sweep import trial_config, trial_identity
     from harness.trial import run_trial
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(int(threads or os.cpu_count() or 1))
     try:  # trial_config leaves Gin parsed with exactly this trial's config, ready to run
-        config = trial_config(Path(exp_file), user_bindings, trial_lines)
-        if make_id(config) != trial_id:
-            raise ConfigError(f"{exp_file} changed since the sweep was submitted: trial {trial_id} now "
-                              f"hashes to {make_id(config)}; re-run the sweep")
+        trial_config(Path(exp_file), user_bindings, trial_lines)
+        now, _ = trial_identity()
+        if now != trial_id:
+            raise ConfigError(f"trial {trial_id} now hashes to {now}: its experiment ({exp_file}), a default in "
+                              f"the code or its scene's data changed since the sweep was submitted; re-run the sweep")
     except Exception as exc:  # recorded so the failure is visible in status/report, not only in a log
         record = TrialRecord(Path(trial_dir))
         if record.state in ("pending", "preempted", "running"):

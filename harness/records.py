@@ -174,6 +174,10 @@ class TrialRecord:
         return self.dir / "config.gin"
 
     @property
+    def identity_path(self) -> Path:
+        return self.dir / "identity.json"
+
+    @property
     def checkpoint_dir(self) -> Path:
         return self.dir / "checkpoints"
 

@@ -1,13 +1,13 @@
 """Expand an experiment into trials: axes (cartesian), zipped groups, scenes, seeds.
 
-A trial is its list of extra bindings on top of the experiment file. Its id is a short
-sha256 of the normalised trial config (harness.config.trial_config_str), so the same config
-always gets the same id and any change to what a trial computes gets a new one.
+A trial is its list of extra bindings on top of the experiment file. Its id is a short sha256 of
+its identity (harness/identity.py): the operative parameters of its config, bound or defaulted,
+and the fingerprint of its scene's data; so the same computation always gets the same id, binding
+a parameter to its default keeps it, and changing a default or an input file changes it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import re
 from dataclasses import dataclass, field
@@ -16,7 +16,7 @@ from pathlib import Path
 import gin
 
 from harness import config as cfg
-from harness.errors import ConfigError
+from harness.errors import ConfigError, HarnessError
 
 
 _SELECTOR = re.compile(r"[A-Za-z_][\w./]*\.[A-Za-z_]\w*")  # [scope/][module.]Configurable.param
@@ -62,7 +62,8 @@ class Trial:
     experiment: str
     bindings: dict  # axis name -> value, in axis order; includes the seed and the scene
     gin_bindings: list[str]  # the Gin binding lines that make this trial
-    config: str = field(repr=False)  # normalised trial config
+    config: str = field(repr=False)  # normalised trial config (config.gin: re-runs the trial alone)
+    identity: dict = field(repr=False, default_factory=dict)  # what the id hashes (identity.json)
 
     @property
     def label(self) -> str:
@@ -96,8 +97,44 @@ def _variants(spec: dict) -> list[dict]:
     return rows
 
 
-def trial_id(config_str: str) -> str:
-    return hashlib.sha256(config_str.encode()).hexdigest()[:12]
+def trial_identity(require_data: bool = True, _memo: dict | None = None) -> tuple[str, dict]:
+    """(id, identity) of the trial whose config Gin holds now (after trial_config).
+
+    The scene must exist unless `require_data` is False (a dry run): then a missing scene enters the
+    identity as {'missing': path} and the id is provisional. `_memo` caches scene fingerprints by
+    (path, format, procedural parameters) within one expansion."""
+    from harness import identity
+    from harness.data.fingerprint import scene_fingerprint
+
+    path, fmt = _query("load_scene.path", None), _query("load_scene.format", "blender")
+    key = (repr(path), repr(fmt), _procedural_key(path, fmt))
+    memo = {} if _memo is None else _memo
+    if key not in memo:
+        if path is None:
+            memo[key] = {"missing": None}
+        else:
+            try:
+                memo[key] = scene_fingerprint(path, fmt)
+            except HarnessError:
+                if require_data:
+                    raise
+                memo[key] = {"missing": str(path)}
+    doc = identity.identity(memo[key])
+    return identity.trial_id(doc), doc
+
+
+def _query(selector: str, default):
+    try:
+        return gin.query_parameter(selector)
+    except ValueError:
+        return default
+
+
+def _procedural_key(path, fmt) -> str:
+    """The Gin bindings a procedural scene is generated from (they change its data)."""
+    if fmt != "procedural":
+        return ""
+    return repr(sorted((k, repr(v)) for k, v in gin.get_bindings(f"{path}_scene").items())) if path else ""
 
 
 def read_spec(exp_file: Path, user_bindings: list[str]) -> dict:
@@ -108,14 +145,15 @@ def read_spec(exp_file: Path, user_bindings: list[str]) -> dict:
         raise ConfigError(f"{exp_file}: {str(exc).splitlines()[0]}") from None
 
 
-def expand(experiment: str, user_bindings: list[str] = ()) -> list[Trial]:
-    """All trials of an experiment, in a stable order; raises ConfigError for an empty sweep."""
+def expand(experiment: str, user_bindings: list[str] = (), require_data: bool = True) -> list[Trial]:
+    """All trials of an experiment, in a stable order; raises ConfigError for an empty sweep, and
+    DataError for a scene that does not exist (unless `require_data` is False: provisional ids)."""
     exp_file = cfg.experiment_path(experiment)
     spec = read_spec(exp_file, list(user_bindings))
     if not spec["seeds"]:
         raise ConfigError(f"{exp_file}: Sweep.seeds is empty: the sweep has no trials")
     scenes = spec["scenes"] or [None]
-    trials, seen = [], {}
+    trials, seen, data_memo = [], {}, {}
     for scene in scenes:
         for variant in _variants(spec):
             for seed in spec["seeds"]:
@@ -124,17 +162,17 @@ def expand(experiment: str, user_bindings: list[str] = ()) -> list[Trial]:
                 if scene is not None:
                     lines.insert(0, f"include 'base/scenes/{scene}.gin'")
                 config = trial_config(exp_file, list(user_bindings), lines)
-                tid = trial_id(config)
                 bindings = {**({"scene": scene} if scene is not None else {}), **variant, "seed": seed}
                 try:
                     check_settings()
+                    tid, ident = trial_identity(require_data, data_memo)
                 except ConfigError as exc:
                     raise ConfigError(f"{exp_file}, trial {bindings}: {exc}") from None
                 if tid in seen:
                     raise ConfigError(f"{exp_file}: trials {seen[tid]} and {bindings} have the same "
                                       f"config (an axis binds something no trial uses?)")
                 seen[tid] = bindings
-                trials.append(Trial(tid, exp_file.stem, bindings, lines, config))
+                trials.append(Trial(tid, exp_file.stem, bindings, lines, config, ident))
     return trials
 
 

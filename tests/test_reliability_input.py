@@ -91,11 +91,17 @@ def test_bad_input_loses_nothing_already_computed(tiny_scene, tmp_path):
         if status["bindings"].get("load_scene.path") == str(bad):  # the good ones are the first sweep's
             assert status["state"] == "failed" and status["error"].startswith(f"DataError: {png}: unreadable image")
 
-    Image.new("RGB", (16, 16), (200, 10, 10)).save(png)  # fixed: a re-run does only the failed trials
-    outcome = run_sweep(str(exp), [], runs, {"retry_failed": True, "threads": 1})
+    failed_ids = {s["trial_id"] for s in _statuses(runs) if s["state"] == "failed"}
+    Image.new("RGB", (16, 16), (200, 10, 10)).save(png)  # fixed: the scene's data changed, so...
+    outcome = run_sweep(str(exp), [], runs, {"threads": 1})
     assert set(outcome.values()) == {"done"}
     assert {k: v for k, v in _snapshot(runs).items() if k in before} == before
-    assert sorted(s["attempts"] for s in _statuses(runs)) == [1, 1, 2, 2]
+    # ...its trials are new ones (new ids: the data is part of the identity), trained once each; the good
+    # ones are not run again, and the failed records of the broken data stay as they were
+    statuses = {s["trial_id"]: s for s in _statuses(runs)}
+    assert set(outcome) & failed_ids == set() and len(statuses) == 6
+    assert sorted(s["attempts"] for s in statuses.values()) == [1] * 6
+    assert {statuses[t]["state"] for t in failed_ids} == {"failed"}
 
 
 def _snapshot(runs):

@@ -73,10 +73,11 @@ def test_user_bindings_change_ids():
 def test_scenes_axis_includes_scene_files(tmp_path):
     exp = tmp_path / "s.gin"
     exp.write_text("import tests.fixtures.toy_method\nTrainer.method = @ToyColour\n"
-                   "Sweep.scenes = ['lego_100', 'lego_200']\n")
+                   "Sweep.scenes = ['lego_100', 'tiny']\n")  # both ship (tiny is generated)
     trials = sweep.expand(str(exp))
-    assert [t.bindings["scene"] for t in trials] == ["lego_100", "lego_200"]
-    assert "lego_200" in trials[1].config and "lego_200" not in trials[0].config
+    assert [t.bindings["scene"] for t in trials] == ["lego_100", "tiny"]
+    assert "'tiny'" in trials[1].config and "'tiny'" not in trials[0].config
+    assert trials[0].identity["data"]["files"] > 300 and trials[1].identity["data"]["procedural"] == "tiny"
 
 
 def test_negative_learning_rates_of_the_baselines_stop_the_sweep_before_anything_runs(tmp_path):
