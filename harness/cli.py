@@ -41,7 +41,7 @@ def cmd_sweep(args) -> int:
 
     outcome = run_sweep(args.experiment, args.bind, args.runs_dir,
                         {"cluster": args.cluster, "parallel": args.parallel, "threads": args.threads,
-                         "retry_failed": args.retry_failed or None})
+                         "retry_failed": args.retry_failed or None, "stale": args.stale})
     from harness.launch import QUEUED_EARLIER, SUBMITTED
 
     submitted = {k for k, v in outcome.items() if v.startswith(SUBMITTED)}
@@ -82,6 +82,7 @@ def _records(runs_dir: Path, exp: str) -> list:
 
 def cmd_status(args) -> int:
     from harness import slurm
+    from harness.staleness import find_stale
     from reports.collect import collect_trials
 
     for exp in args.experiment.split(","):
@@ -94,9 +95,13 @@ def cmd_status(args) -> int:
                 note = f" (SLURM not queried: {exc})"
         df = collect_trials(Path(args.runs_dir), exp)
         counts = df["state"].value_counts().to_dict() if len(df) else {}
+        stale = find_stale(records)
+        note += (f"; {len(stale)} done trials are stale (computed by other code than this checkout's: "
+                 f"`make sweep ARGS='--stale rerun'` recomputes them)" if stale else "")
         print(f"{exp}: {len(df)} trials: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + note)
         if not len(df):
             continue
+        df["stale"] = [stale.get(i, "") for i in df["id"]]
         if jobs or "slurm_job_id" in df and df["slurm_job_id"].notna().any():
             info = [jobs.get(i) for i in df["id"]]
             df["job"] = df["slurm_job_id"]
@@ -104,7 +109,7 @@ def cmd_status(args) -> int:
             df["elapsed"] = [j.elapsed if j else None for j in info]
             df["node"] = [(j.node or None) if j else None for j in info]
         cols = [c for c in ("id", "state", "label", "progress", "psnr", "attempts", "job", "slurm", "elapsed",
-                            "node", "error") if c in df.columns]
+                            "node", "stale", "error") if c in df.columns and (c != "stale" or stale)]
         print(df[cols].to_string(index=False, na_rep="-", max_colwidth=60))
         failed = [(r, s) for r in records if (s := r.status()).get("state") in ("failed", "diverged", "collapsed")]
         for r, status in failed[:10]:
@@ -241,6 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parallel", type=int, help="override launch.parallel (local: trials at once)")
     p.add_argument("--threads", type=int, help="torch threads per trial (default: cores / parallel)")
     p.add_argument("--retry-failed", action="store_true", help="also re-run failed, diverged, collapsed and cancelled trials")
+    p.add_argument("--stale", choices=("report", "rerun", "ignore"),
+                   help="done trials computed by other code than this checkout's: keep and mark them (report, the "
+                        "default; override of launch.stale), recompute them (rerun), or say nothing (ignore)")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("compose", help="evaluate finished trials together (e.g. Block-NeRF blocks), as the "

@@ -71,6 +71,7 @@ def run_sweep(experiment: str, user_bindings: list[str], runs_dir: Path, overrid
         raise ConfigError(f"{exp_file}: the sweep has no trials")
     launch.check_cluster(settings)
     records = prepare(trials, runs_dir, exp_file, user_bindings)
+    _handle_stale(trials[0].experiment, records, settings["stale"])
     todo, skipped = select(trials, records, settings["retry_failed"])
     for tid, why in skipped.items():
         log.info("trial %s skipped: %s", tid, why)
@@ -94,6 +95,23 @@ def run_sweep(experiment: str, user_bindings: list[str], runs_dir: Path, overrid
         return outcome
     outcome = launch.run_local(settings, exp_file, user_bindings, todo, folder)
     return {**skipped, **outcome}
+
+
+def _handle_stale(experiment: str, records: list[TrialRecord], policy: str) -> None:
+    """Done trials computed by other code: one line, then the policy (harness/staleness.py)."""
+    from harness import staleness
+
+    if policy == "ignore":
+        return
+    stale = staleness.find_stale(records)
+    if not stale:
+        return
+    done = sum(1 for r in records if r.state == "done")
+    log.warning("%s", staleness.summary(experiment, stale, done, policy))
+    if policy == "rerun":
+        for r in records:
+            if r.dir.name in stale:
+                staleness.archive_for_rerun(r, stale[r.dir.name])
 
 
 @contextlib.contextmanager

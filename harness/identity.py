@@ -139,6 +139,13 @@ def operative() -> dict[str, dict]:
     return dict(sorted(out.items()))
 
 
+def operative_modules() -> list[str]:
+    """The modules that define the configurables of the parsed config's operative set (for the code
+    fingerprint: a method defined outside the project's folders is hashed too)."""
+    registry = _registry()
+    return sorted({registry[name].module for name in operative() if name in registry})
+
+
 def identity(data: dict) -> dict:
     """The document a trial id hashes: the operative parameters of the parsed config, any scoped
     bindings, the scene's data fingerprint `data`, and ID_VERSION."""

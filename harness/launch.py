@@ -34,7 +34,7 @@ def launch_settings(cluster: str = "local", parallel: int = 1, threads: int | No
                     cpus_per_task: int = 2, mem_gb: float | None = None, gpus_per_node: int = 0,
                     slurm_constraint: str | None = None, slurm_array_parallelism: int = 32,
                     slurm_additional_parameters: dict | None = None, retry_failed: bool = False,
-                    wait: bool = False, stop_grace_s: float = 60.0):
+                    wait: bool = False, stop_grace_s: float = 60.0, stale: str = "report"):
     """How to run a sweep; none of this changes a trial's result, so none of it is in trial ids.
 
     `wait` (slurm): stay until every submitted trial has finished, noticing through sacct the
@@ -42,11 +42,17 @@ def launch_settings(cluster: str = "local", parallel: int = 1, threads: int | No
     returns once the array is queued (follow it with `make status`).
 
     `stop_grace_s` (local): how long a sweep stopped by SIGTERM or Ctrl-C waits for its running
-    trials to save their last step and end before it kills them."""
+    trials to save their last step and end before it kills them.
+
+    `stale`: what to do with done trials computed by other code than the checkout's (see
+    harness/staleness.py): 'report' (keep, mark stale), 'rerun' or 'ignore'."""
     if cluster not in ("local", "debug", "slurm"):
         raise ConfigError(f"launch.cluster = '{cluster}': expected 'local', 'debug' or 'slurm'")
     if parallel < 1:
         raise ConfigError(f"launch.parallel = {parallel}: expected a positive integer")
+    from harness.staleness import check_policy
+
+    check_policy(stale)
     if isinstance(stop_grace_s, bool) or not isinstance(stop_grace_s, (int, float)) or stop_grace_s < 0:
         raise ConfigError(f"launch.stop_grace_s = {stop_grace_s!r}: expected a number of seconds >= 0")
     return dict(locals())

@@ -18,7 +18,7 @@ import gin
 import numpy as np
 import torch
 
-from harness import checkpoints, faults
+from harness import checkpoints, faults, provenance
 from harness.data.load import load_scene
 from harness.data.rays import RaySampler
 from harness.errors import ConfigError, HarnessError, RecordError, TrialDiverged
@@ -527,7 +527,9 @@ def run_trial(trial_dir: Path, job_info: dict | None = None, wait: bool = True) 
             if folder.is_dir():
                 remove_temp_files(folder)
         _pin_threads(record)
-        record.begin_attempt(torch_threads=torch.get_num_threads(), device=device_name(), **(job_info or {}))
+        code = _code_of_this_run(record, status)
+        record.begin_attempt(torch_threads=torch.get_num_threads(), device=device_name(), code=code,
+                             environment=provenance.environment(), **(job_info or {}))
         try:
             with _StopSignals():
                 metrics = Trainer().run(record)
@@ -551,6 +553,23 @@ def run_trial(trial_dir: Path, job_info: dict | None = None, wait: bool = True) 
             _record_end(record, state, error=f"{exc.__class__.__name__}: {exc}".splitlines()[0], traceback=tail)
             raise
         return metrics
+
+
+def _code_of_this_run(record: TrialRecord, status: dict) -> dict:
+    """The source fingerprint this attempt runs (the project's folders and the modules of the trial's
+    configurables, e.g. a method defined elsewhere); a resume under other code than the attempt that
+    wrote the checkpoints is said in the log and kept in `code_changes`."""
+    from harness.identity import operative_modules
+
+    code = provenance.source_fingerprint(operative_modules())
+    old = status.get("code") or {}
+    if old.get("source_sha256") and old["source_sha256"] != code["source_sha256"] \
+            and any(record.checkpoint_dir.glob("step_*.pt")):
+        log.warning("trial %s resumes under other code than its last attempt (%s -> %s): its result mixes them",
+                    record.dir.name, provenance.short_code(old), provenance.short_code(code))
+        record.update(code_changes=status.get("code_changes", []) + [{"from": provenance.short_code(old),
+                                                                        "to": provenance.short_code(code)}])
+    return code
 
 
 def _record_end(record: TrialRecord, state: str, **fields) -> None:
