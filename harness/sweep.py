@@ -107,6 +107,10 @@ def trial_identity(require_data: bool = True, _memo: dict | None = None) -> tupl
     from harness.data.fingerprint import scene_fingerprint
 
     path, fmt = _query("load_scene.path", None), _query("load_scene.format", "blender")
+    if not isinstance(fmt, str):
+        raise ConfigError(f"load_scene.format = {fmt!r:.80}: expected a format name such as 'blender'")
+    if path is not None and not isinstance(path, str):
+        raise ConfigError(f"load_scene.path = {path!r:.80}: expected a folder path, or a procedural scene's name")
     key = (repr(path), repr(fmt), _procedural_key(path, fmt))
     memo = {} if _memo is None else _memo
     if key not in memo:

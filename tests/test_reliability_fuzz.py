@@ -50,6 +50,7 @@ def _apply(lines: list[str], changes) -> str:
 
 def test_fuzzed_experiment_files_expand_or_raise_harness_errors(tmp_path_factory):
     folder = tmp_path_factory.mktemp("fuzz")
+    (folder / "scene").mkdir()  # expansion fingerprints the scene's files (none here), so it must exist
     base = write_experiment(folder, folder / "scene").read_text().splitlines()
     outcomes = {"trials": 0, "error": 0}
 
