@@ -5,14 +5,15 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from harness import config as cfg
 from harness import launch
-from harness.errors import ConfigError
-from harness.records import TrialRecord, atomic_write_json, create_trial_record, now_iso, read_json
+from harness.errors import ConfigError, RecordError
+from harness.records import TrialRecord, atomic_write_json, create_trial_record, now_iso, read_json, write_error
 from harness.sweep import Trial, expand
 
 log = logging.getLogger(__name__)
@@ -23,14 +24,40 @@ def read_launch_settings(experiment: str, user_bindings: list[str], overrides: d
     return launch.launch_settings(**{k: v for k, v in overrides.items() if v is not None})
 
 
+STORE = ".trials"  # runs/.trials/<id>: every trial's one folder, whichever experiments share it
+
+
 def trial_dir(runs_dir: Path, trial: Trial) -> Path:
+    """Where an experiment sees its trial: runs/<exp>/<id> (a link into the store)."""
     return Path(runs_dir) / trial.experiment / trial.id
+
+
+def _place(runs_dir: Path, t: Trial) -> Path:
+    """The trial's real folder, runs/.trials/<id>, linked (relative symlink) from runs/<exp>/<id>: one
+    computation, one folder and one lock, whichever experiments have it. A real folder already at
+    runs/<exp>/<id> (made before the store existed) is used as it is."""
+    link = trial_dir(runs_dir, t)
+    if link.is_dir() and not link.is_symlink():
+        return link
+    real = Path(runs_dir) / STORE / t.id
+    try:
+        real.mkdir(parents=True, exist_ok=True)
+        if not link.is_symlink():
+            link.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileExistsError):  # another sweep linked it meanwhile
+                os.symlink(os.path.relpath(real, link.parent), link, target_is_directory=True)
+    except OSError as exc:
+        raise write_error(real if not real.is_dir() else link, exc) from None
+    return real
 
 
 def prepare(trials: list[Trial], runs_dir: Path, exp_file: Path, user_bindings: list[str]) -> list[TrialRecord]:
     def create(t: Trial) -> TrialRecord:
-        meta = {"trial_id": t.id, "experiment": t.experiment, "bindings": t.bindings, "label": t.label}
-        record = create_trial_record(trial_dir(runs_dir, t), meta, t.config)
+        meta = {"trial_id": t.id, "experiment": t.experiment, "bindings": t.bindings, "label": t.label,
+                "experiments": [t.experiment]}
+        record = create_trial_record(_place(runs_dir, t), meta, t.config)
+        if t.experiment not in (record.status().get("experiments") or [record.status().get("experiment")]):
+            _add_experiment(record, t.experiment)
         if t.identity and not record.identity_path.exists():  # what the id hashes, for people and tools
             atomic_write_json(record.identity_path, t.identity)
         return record
@@ -59,6 +86,19 @@ def select(trials: list[Trial], records: list[TrialRecord], retry_failed: bool) 
         else:
             todo.append(launch.Pending(t, r))
     return todo, skipped
+
+
+def _add_experiment(record: TrialRecord, experiment: str) -> None:
+    """Note in status.json that another experiment has this trial too (its bindings there are its
+    own, in its sweep.json). Under the trial's lock: a process running the trial (which holds it)
+    must not have its status rewritten underneath; it is only a note, so it is skipped then."""
+    try:
+        with record.lock():
+            status = record.status()
+            shared = status.get("experiments") or [status.get("experiment")]
+            record.update(experiments=sorted({*shared, experiment} - {None}))
+    except RecordError:
+        log.debug("trial %s is running elsewhere: not noting experiment %s", record.dir.name, experiment)
 
 
 def run_sweep(experiment: str, user_bindings: list[str], runs_dir: Path, overrides: dict) -> dict:

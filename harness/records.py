@@ -73,7 +73,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     except OSError as exc:
-        raise _write_error(path, exc) from exc
+        raise write_error(path, exc) from exc
     try:
         with os.fdopen(fd, "wb") as f:
             if fault:
@@ -92,11 +92,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         if isinstance(exc, OSError) and not isinstance(exc, WriteError):
-            raise _write_error(path, exc) from exc
+            raise write_error(path, exc) from exc
         raise
 
 
-def _write_error(path: Path, exc: OSError) -> WriteError:
+def write_error(path: Path, exc: OSError) -> WriteError:
     name = errno.errorcode.get(exc.errno, "")
     err = WriteError(f"cannot write {path}: {exc.strerror or exc}" + (f" ({name})" if name else ""))
     err.errno, err.filename = exc.errno, str(path)
@@ -330,7 +330,7 @@ def create_trial_record(directory: Path, meta: dict, config: str) -> TrialRecord
     try:
         record.dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # e.g. a read-only runs dir: one line naming the folder
-        raise _write_error(record.dir, exc) from None
+        raise write_error(record.dir, exc) from None
     if not record.config_path.exists() or record.config_path.read_text() != config:
         atomic_write_bytes(record.config_path, config.encode())
     if not record.status_path.exists():

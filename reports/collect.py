@@ -193,14 +193,17 @@ class Collected:
 
 def _trial_row(d: Path, experiment: str, current: dict, status: dict, metrics: dict, config: dict) -> dict:
     progress = _read(d / "progress.json") or {} if status.get("state") == "running" else {}
-    bindings = status.get("bindings") or current.get(d.name) or {}  # sweep.json's when status.json is lost
+    # this experiment's bindings (sweep.json): a trial shared with another experiment has the other's in
+    # status.json (it was created there first); status.json's when sweep.json does not list the trial
+    bindings = current.get(d.name) or status.get("bindings") or {}
     scene = bindings.get("scene") or metrics.get("scene")
     if not scene:
         path = _literal(config.get("load_scene.path"))
         scene = Path(str(path)).name if path else "?"
     seed = bindings.get("seed", _literal(config.get("Trainer.seed")))
     row = {"experiment": experiment, "id": d.name, "key": f"{experiment}/{d.name}",
-           "state": status.get("state", "unknown"), "label": status.get("label", ""),
+           "state": status.get("state", "unknown"),
+           "label": ", ".join(f"{k}={v}" for k, v in bindings.items()) if d.name in current else status.get("label", ""),
            "attempts": status.get("attempts", 0), "current": (d.name in current) if current else True,
            "error": status.get("error"), "host": status.get("host"),
            "gpu": status.get("gpu") or status.get("device") or metrics.get("gpu") or metrics.get("device"),

@@ -47,7 +47,7 @@ def test_read_only_runs_dir_gives_one_line_and_a_finished_sweep_still_succeeds(t
     rc, stdout, stderr = result("empty")
     assert rc == 2 and "Traceback" not in stderr, stderr[-3000:]
     line = stderr.strip().splitlines()[-1]
-    assert line.startswith(f"error: cannot write {mnt}/runs/rel/") and line.endswith("Read-only file system (EROFS)"), line
+    assert line.startswith(f"error: cannot write {mnt}/runs/") and line.endswith("Read-only file system (EROFS)"), line
 
     rc, stdout, stderr = result("first")
     assert rc == 0 and "1 of 1 trials done" in stdout, (stdout, stderr[-3000:])
