@@ -148,6 +148,26 @@ def cmd_cancel(args) -> int:
     return 0
 
 
+def cmd_reproduce(args) -> int:
+    from harness import launch
+    from harness.reproduce import reproduce
+
+    settings = launch.launch_settings(cluster=args.cluster, threads=args.threads)
+    result = reproduce(args.runs_dir, args.experiment, args.trial_id, settings, out=args.out)
+    print(f"reproduced {args.experiment}/{args.trial_id} in {result['dir']}")
+    for what in ("metrics", "parameters"):
+        lines = result[what]
+        print(f"{what}: " + ("identical" + (" (bit for bit)" if what == "parameters" else " (every digit)")
+                             if not lines else f"{len(lines)} differences"))
+        for line in lines[:20]:
+            print(f"  {line}")
+    env = result["environment"]
+    print("machine and code: " + ("as recorded" if not env else "differences that can change the numbers:"))
+    for line in env:
+        print(f"  {line}")
+    return 0 if not result["metrics"] and not result["parameters"] else 1
+
+
 def cmd_report(args) -> int:
     from reports.build import build_report
 
@@ -267,6 +287,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("experiment", help="experiment name(s), comma-separated")
     _add_common(p)
     p.set_defaults(func=cmd_cancel)
+
+    p = sub.add_parser("reproduce", help="re-run a done trial from its record into a scratch folder and compare "
+                                         "metrics (every digit) and final parameters (bit for bit)")
+    p.add_argument("experiment", help="experiment name (its folder under --runs-dir)")
+    p.add_argument("trial_id")
+    _add_common(p)
+    p.add_argument("--cluster", choices=("local", "debug", "slurm"), default="local", help="where to run it")
+    p.add_argument("--threads", type=int, help="torch threads if the record names none")
+    p.add_argument("--out", type=Path, help="scratch folder (default: <runs-dir>/<exp>/.reproduce/<id>-<time>)")
+    p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("report", help="build the HTML report of one or more experiments")
     p.add_argument("experiment", help="experiment name(s), comma-separated")
