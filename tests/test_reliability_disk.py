@@ -74,5 +74,5 @@ def test_a_job_that_cannot_record_its_failure_is_reported_by_its_exception_line(
     (status_path,) = (tmp_path / "runs" / "rel").glob("*/status.json")
     assert json.loads(status_path.read_text())["state"] == "running"  # nothing could be recorded
     expected = (f"ended without recording its outcome (disk full or read-only?): harness.records.WriteError: "
-                f"cannot write {status_path}: No space left on device (ENOSPC); log: ")
+                f"cannot write {status_path.resolve()}: No space left on device (ENOSPC); log: ")  # the trial store
     assert expected in proc.stdout and expected in proc.stderr, (proc.stdout, proc.stderr[-3000:])
