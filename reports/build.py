@@ -87,7 +87,8 @@ def _trial_rows(trials: pd.DataFrame, axes: list[str], metrics: list[str]) -> li
                      "axes": [collect.fmt_or_dash(r.get(a)) for a in axes],
                      "cells": cells, "time": tables.num(r["train_time"], 1),
                      "error": (r["error"] or "").splitlines()[0][:200] if isinstance(r["error"], str) else "",
-                     "stale": not bool(r["current"])})
+                     "stale": not bool(r["current"]), "code_stale": bool(r.get("code_stale")),
+                     "code": r.get("code") or ""})
     return rows
 
 
@@ -215,7 +216,7 @@ def build_report(experiments: list[str], runs_dir: Path, out_dir: Path | None = 
         html = env.get_template("report.html.j2").render(
             title=" vs ".join(experiments), generated=now_iso(), asset=_Assets(assets, embed), embed=embed,
             metrics=metrics, headers={m: tables.metric_header(m) for m in metrics},
-            overview=provenance.overview(trials, col.sweeps),
+            overview=provenance.overview(trials, col.sweeps), code=provenance.code_versions(trials),
             results=_results_rows(summary, metrics), baseline=base,
             diffs=_diff_rows(diffs, metrics), ranking=aggregate.ranking(summary, metrics),
             composed=_composed_section(composed), seams=[x for e in experiments for x in collect.collect_seam(runs_dir, e)],

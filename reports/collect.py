@@ -208,6 +208,7 @@ def _trial_row(d: Path, experiment: str, current: dict, status: dict, metrics: d
            "error": status.get("error"), "host": status.get("host"),
            "gpu": status.get("gpu") or status.get("device") or metrics.get("gpu") or metrics.get("device"),
            "git_commit": status.get("git_commit"), "created": status.get("created"),
+           "code": _code_version(status), "code_stale": _code_stale(status),
            "started": status.get("started"), "finished": status.get("finished"),
            "updated": status.get("updated"), "slurm_job_id": status.get("slurm_job_id"),
            "scene": str(scene), "seed": seed, "bindings": bindings, "dir": str(d),
@@ -227,6 +228,20 @@ def _trial_row(d: Path, experiment: str, current: dict, status: dict, metrics: d
     if progress:
         row["progress"] = f"{progress.get('phase', '')} {progress.get('step')}/{progress.get('total')}".strip()
     return row
+
+
+def _code_version(status: dict) -> str:
+    """The code a trial was computed by, in short (harness.provenance.short_code)."""
+    from harness.provenance import short_code
+
+    return short_code(status.get("code")) if isinstance(status.get("code"), dict) else "not recorded"
+
+
+def _code_stale(status: dict) -> bool:
+    """A done trial computed by other code than this checkout's (harness/staleness.py)."""
+    from harness.staleness import stale_code
+
+    return status.get("state") == "done" and stale_code(status) is not None
 
 
 def collect(runs_dir: Path, experiments: list[str], with_curves: bool = True) -> Collected:

@@ -83,6 +83,22 @@ def protocols(trials: pd.DataFrame) -> list[str]:
     return list(dict.fromkeys(done["protocol"]))
 
 
+def code_versions(trials: pd.DataFrame) -> dict | None:
+    """The banner's facts when the done trials compared come from several code versions, or some from
+    other code than this checkout's: {'versions': [(code, n)], 'stale': n, 'current': code}; else None."""
+    from harness.provenance import short_code, source_fingerprint
+
+    done = trials[trials["state"] == "done"]
+    if not len(done) or "code" not in done:
+        return None
+    counts = done["code"].value_counts()
+    stale = int(done["code_stale"].sum())
+    if len(counts) <= 1 and not stale:
+        return None
+    return {"versions": [(str(k), int(n)) for k, n in counts.items()], "stale": stale,
+            "current": short_code(source_fingerprint())}
+
+
 def overview(trials: pd.DataFrame, sweeps: dict) -> list[dict]:
     out = []
     for exp, g in trials.groupby("experiment", sort=False):

@@ -72,5 +72,6 @@ def write_csv(path: Path, frame: pd.DataFrame) -> None:
 
 def trial_columns(trials: pd.DataFrame, axes: list[str], metrics: list[str]) -> list[str]:
     first = ["experiment", "id", "state", "variant", "scene", "seed", *axes, *metrics, "train_time",
-             "eval_time", "iterations", "attempts", "error", "host", "gpu", "git_commit", "started", "finished"]
+             "eval_time", "iterations", "attempts", "error", "host", "gpu", "git_commit", "code", "code_stale",
+             "started", "finished"]
     return [c for c in dict.fromkeys(first) if c in trials]

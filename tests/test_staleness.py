@@ -61,6 +61,11 @@ def test_a_code_change_marks_done_trials_stale_and_rerun_recomputes_exactly_thos
     assert _status(runs)[0]["attempts"] == 1  # report: kept, not run
     table = _harness(tmp_path, "status", "st", "--runs-dir", runs).stdout
     assert "1 done trials are stale" in table and status["code"]["source_sha256"][:12] in table.splitlines()[-1]
+    assert _harness(tmp_path, "report", "st", "--runs-dir", runs, "--bench", "").returncode == 0
+    html = (runs / "st" / "report" / "index.html").read_text()
+    banner = html[html.index('id="code-versions"'):].split("</p>")[0]
+    assert status["code"]["source_sha256"][:12] in banner and "1 of them by other code" in banner
+    assert "stale code</span>" in html
 
     metrics = (trial / "metrics.json").read_text()
     rerun = _harness(tmp_path, "sweep", exp, "--runs-dir", runs, "--stale", "rerun")
@@ -73,6 +78,8 @@ def test_a_code_change_marks_done_trials_stale_and_rerun_recomputes_exactly_thos
     assert json.loads((trial / "metrics.json").read_text())["per_view"] == json.loads(metrics)["per_view"]
     quiet = _harness(tmp_path, "sweep", exp, "--runs-dir", runs)
     assert "other code" not in quiet.stderr  # fresh again
+    assert _harness(tmp_path, "report", "st", "--runs-dir", runs, "--bench", "").returncode == 0
+    assert 'id="code-versions"' not in (runs / "st" / "report" / "index.html").read_text()
 
 
 def test_records_written_before_code_provenance_are_stale_and_ignore_is_silent(tiny_scene, tmp_path):
