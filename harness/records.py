@@ -331,8 +331,8 @@ def create_trial_record(directory: Path, meta: dict, config: str) -> TrialRecord
         record.dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # e.g. a read-only runs dir: one line naming the folder
         raise write_error(record.dir, exc) from None
-    if not record.config_path.exists() or record.config_path.read_text() != config:
-        atomic_write_bytes(record.config_path, config.encode())
+    if not record.config_path.exists():  # an existing one is kept: the same id is the same computation,
+        atomic_write_bytes(record.config_path, config.encode())  # however another sweep wrote its config
     if not record.status_path.exists():
         _create_json(record.status_path, {"state": "pending", "created": now_iso(), "attempts": 0, **meta})
     return record

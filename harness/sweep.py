@@ -158,18 +158,28 @@ def expand(experiment: str, user_bindings: list[str] = (), require_data: bool = 
         raise ConfigError(f"{exp_file}: Sweep.seeds is empty: the sweep has no trials")
     scenes = spec["scenes"] or [None]
     trials, seen, data_memo = [], {}, {}
+    variants = _variants(spec)
+    fast = _fast_path_ok(spec, variants)
     for scene in scenes:
-        for variant in _variants(spec):
+        base = None
+        for variant in variants:
             for seed in spec["seeds"]:
                 lines = [_binding_line(k, v) for k, v in variant.items()]
                 lines.append(_binding_line(spec["seed_binding"], seed))
                 if scene is not None:
                     lines.insert(0, f"include 'base/scenes/{scene}.gin'")
-                config = trial_config(exp_file, list(user_bindings), lines)
                 bindings = {**({"scene": scene} if scene is not None else {}), **variant, "seed": seed}
+                values = {**variant, spec["seed_binding"]: seed}
                 try:
-                    check_settings()
-                    tid, ident = trial_identity(require_data, data_memo)
+                    if fast and base is not None:
+                        config, tid, ident = base.trial(values)
+                    else:
+                        config = trial_config(exp_file, list(user_bindings), lines)
+                        check_settings()
+                        tid, ident = trial_identity(require_data, data_memo)
+                        if fast:  # the first trial of the scene: what the others are derived from
+                            base = _Base(exp_file, list(user_bindings), lines[:1] if scene is not None else [],
+                                         values, ident)
                 except ConfigError as exc:
                     raise ConfigError(f"{exp_file}, trial {bindings}: {exc}") from None
                 if tid in seen:
@@ -178,6 +188,57 @@ def expand(experiment: str, user_bindings: list[str] = (), require_data: bool = 
                 seen[tid] = bindings
                 trials.append(Trial(tid, exp_file.stem, bindings, lines, config, ident))
     return trials
+
+
+def _fast_path_ok(spec: dict, variants: list[dict]) -> bool:
+    """Whether the trials can be derived from one parse per scene (`_Base`): every swept value is a
+    plain literal bound to a `Configurable.param` that does not decide the scene's data. Otherwise
+    each trial is parsed on its own (the reference path, always correct)."""
+    keys = {*(k for v in variants for k in v), spec["seed_binding"]}
+    if any("/" in k for k in keys):  # scoped bindings and macros change more than one parameter
+        return False
+    if any(k.rsplit(".", 1)[0].rsplit(".", 1)[-1] in ("load_scene", "tiny_scene", "street_scene") for k in keys):
+        return False  # the data fingerprint would change per trial
+    return not any(isinstance(x, str) and x.startswith("@") for v in variants for x in v.values())
+
+
+class _Base:
+    """One parse of the experiment (and scene) from which the scene's other trials are derived: each
+    binds the same keys, only to other literal values, so its operative identity is the first trial's
+    with those values replaced, and its config the experiment's plus its binding lines. Settings are
+    still checked per trial, with the values bound in Gin. tests/test_identity.py checks that ids
+    equal those of parsing every trial on its own (which the job does)."""
+
+    def __init__(self, exp_file: Path, user_bindings: list[str], scene_lines: list[str], first: dict, ident: dict):
+        from harness import identity
+
+        self.identity_module = identity
+        self.first = ident
+        cfg.parse([exp_file], user_bindings + scene_lines)  # without the trial's own bindings
+        self.text = cfg.trial_config_str()
+        self.slots = {key: self._slot(key) for key in first}
+
+    def _slot(self, key: str) -> tuple[str, str] | None:
+        """(configurable, parameter) of a binding key in the identity; None for a bookkeeping one."""
+        selector, param = key.rsplit(".", 1)
+        name = selector.rsplit(".", 1)[-1]
+        if param in self.identity_module.BOOKKEEPING.get(name, ()):
+            return None
+        if name not in self.first["operative"]:
+            raise ConfigError(f"{key}: not a parameter of the trial's operative config")
+        return name, param
+
+    def trial(self, values: dict) -> tuple[str, str, dict]:
+        for key, value in values.items():
+            gin.bind_parameter(key, value)
+        check_settings()
+        doc = {**self.first, "operative": dict(self.first["operative"])}
+        for key, value in values.items():
+            if self.slots[key] is not None:
+                name, param = self.slots[key]
+                doc["operative"][name] = {**doc["operative"][name], param: self.identity_module.canonical(value)}
+        lines = "".join(f"{k} = {v!r}\n" for k, v in values.items())
+        return f"{self.text}\n# Trial bindings\n{lines}", self.identity_module.trial_id(doc), doc
 
 
 def check_settings() -> None:

@@ -132,3 +132,29 @@ def test_dry_run_without_the_scene_lists_provisional_ids(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "harness", "sweep", str(exp), "--dry-run"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "ids shown are provisional" in proc.stderr, proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("experiment", ["plenoxels_tv", "plenoxels_loss", "plenoxels_sh", "block_nerf_ablation",
+                                        "block_nerf_seam"])
+def test_derived_ids_equal_those_of_parsing_each_trial_alone(experiment):
+    """expand() parses once per scene and derives the other trials (sweep._Base); the job re-parses
+    its trial alone (sweep.trial_config + trial_identity): both must give every trial the same id."""
+    trials = sweep.expand(experiment)
+    for t in trials:
+        sweep.trial_config(sweep.cfg.experiment_path(experiment), [], t.gin_bindings)
+        assert sweep.trial_identity()[0] == t.id, t.bindings
+
+
+def test_derived_ids_with_zipped_axes_scenes_and_a_bookkeeping_axis(tiny_scene, tmp_path):
+    exp = write_experiment(tmp_path, tiny_scene, "Sweep.axes = {'ToyColour.lr': [0.01, 0.1], "
+                           "'Trainer.log_every': [5, 10]}\nSweep.zipped = {'ToyColour.buckets': [4, 8], "
+                           "'ToyColour.batch_size': [32, 64]}\nSweep.scenes = ['tiny', 'lego_100']\n"
+                           "Sweep.seeds = [0, 1]\n")
+    with pytest.raises(Exception, match="have the same config"):  # log_every is bookkeeping: same trials
+        sweep.expand(str(exp))
+    exp.write_text(exp.read_text().replace("'Trainer.log_every': [5, 10]", "'Trainer.iterations': [5, 10]"))
+    trials = sweep.expand(str(exp))
+    assert len(trials) == 2 * 2 * 2 * 2 * 2 == len({t.id for t in trials})
+    for t in trials:
+        sweep.trial_config(exp, [], t.gin_bindings)
+        assert sweep.trial_identity()[0] == t.id, t.bindings
