@@ -123,6 +123,9 @@ def _variant_label(experiment: str, bindings: dict, axes: list[str], several: bo
     return body or experiment
 
 
+ID_VERSION_KEY = "id_version"  # a pseudo-binding in `configs`: the trial-id scheme a record was made with
+
+
 def split_mixed_variants(rows: list[dict], configs: dict[str, dict[str, str]], experiment: str,
                          several: bool) -> None:
     """Trials share a variant only when their configs are equal apart from the seed and the scene.
@@ -264,6 +267,9 @@ def collect(runs_dir: Path, experiments: list[str], with_curves: bool = True) ->
             metrics = _read(d / "metrics.json") or {}
             config_path = d / "config.gin"
             config = parse_gin_bindings(config_path.read_text()) if config_path.exists() else {}
+            # records made before trial identities (issue 22) have no identity.json: their ids are
+            # another scheme's, so they never share a variant with today's (split_mixed_variants)
+            config[ID_VERSION_KEY] = repr((_read(d / "identity.json") or {}).get("version", 1))
             row = _trial_row(d, exp, current, status, metrics, config)
             configs[row["key"]] = config
             exp_rows.append(row)

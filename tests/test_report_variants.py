@@ -47,3 +47,25 @@ def test_seeds_and_scenes_do_not_split_a_variant(tiny_scene, tmp_path):
     trials = collect(runs, ["same"], with_curves=False).trials
     assert set(trials["variant"]) == {"lr=0.05"}, set(trials["variant"])
     assert sorted(zip(trials["scene"], trials["seed"])) == [("lego_100", 0), ("lego_100", 1), ("tiny", 0), ("tiny", 1)]
+
+
+def test_records_from_before_trial_identities_are_a_variant_of_their_own(tiny_scene, tmp_path):
+    """An old-format record (no identity.json, no code provenance, another id) of the same config is
+    never averaged with today's trial: its own variant, and stale."""
+    import json
+    import shutil
+
+    exp = write_experiment(tmp_path, tiny_scene, "Sweep.seeds = [0]\n", name="old")
+    runs = tmp_path / "runs"
+    harness("sweep", exp, "--runs-dir", runs, check=True)
+    (new,) = [p for p in (runs / "old").iterdir() if p.is_symlink()]
+    legacy = runs / "old" / "0123456789ab"
+    shutil.copytree(new.resolve(), legacy)
+    (legacy / "identity.json").unlink()
+    status = json.loads((legacy / "status.json").read_text())
+    del status["code"]
+    (legacy / "status.json").write_text(json.dumps({**status, "trial_id": legacy.name}))
+    trials = collect(runs, ["old"], with_curves=False).trials.set_index("id")
+    assert trials.loc[legacy.name, "variant"] != trials.loc[new.name, "variant"]
+    assert "id_version=1" in trials.loc[legacy.name, "variant"] and bool(trials.loc[legacy.name, "code_stale"])
+    assert not trials.loc[new.name, "code_stale"]
