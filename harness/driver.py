@@ -13,7 +13,7 @@ from pathlib import Path
 from harness import config as cfg
 from harness import launch
 from harness.errors import ConfigError, RecordError
-from harness.records import TrialRecord, atomic_write_json, create_trial_record, now_iso, read_json, write_error
+from harness.records import FINAL_STATES, TrialRecord, atomic_write_json, create_trial_record, now_iso, read_json, write_error
 from harness.sweep import Trial, expand
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def select(trials: list[Trial], records: list[TrialRecord], retry_failed: bool) 
         state = r.state
         if state == "done":
             skipped[t.id] = "done"
-        elif state in ("failed", "diverged", "collapsed", "cancelled") and not retry_failed:
+        elif state in FINAL_STATES and not retry_failed:
             skipped[t.id] = f"{state} (use --retry-failed to run again)"
         else:
             todo.append(launch.Pending(t, r))

@@ -22,7 +22,7 @@ from pathlib import Path
 import gin
 
 from harness.errors import ConfigError, HarnessError
-from harness.records import TrialRecord
+from harness.records import FINAL_STATES, TrialRecord
 
 log = logging.getLogger(__name__)
 
@@ -339,8 +339,8 @@ def submit_slurm(settings: dict, exp_file: Path, user_bindings, todo: list[Pendi
     def record_job(p: Pending, job) -> None:
         # a retried trial goes back to `pending` under its new job, so status counts it as queued and
         # `harness cancel` finds its job (its earlier outcome moves to `previous`)
-        p.record.resubmitted(slurm_job_id=job.job_id, log_stdout=str(job.paths.stdout),
-                             log_stderr=str(job.paths.stderr))
+        p.record.requeue(RETRYABLE, slurm_job_id=job.job_id, log_stdout=str(job.paths.stdout),
+                         log_stderr=str(job.paths.stderr))
 
     try:  # threads: each is an fsync-bound write of one record
         with ThreadPoolExecutor(max_workers=16) as pool:
@@ -352,7 +352,8 @@ def submit_slurm(settings: dict, exp_file: Path, user_bindings, todo: list[Pendi
     return jobs
 
 
-FINAL_STATES = ("done", "failed", "diverged", "collapsed", "cancelled")
+# what a SLURM sweep may queue again: open trials whose job is gone, and (--retry-failed) final ones
+RETRYABLE = tuple(s for s in ("pending", "preempted", *FINAL_STATES) if s != "done")
 # Outcome prefixes of a SLURM sweep: queued now by this sweep, or found queued by an earlier one.
 SUBMITTED, QUEUED_EARLIER = "submitted", "queued earlier"
 

@@ -30,6 +30,8 @@ TEMP_SUFFIX = ".tmp"  # atomic writes go through .<name>.<random>.tmp in the sam
 # `collapsed`: training ended with finite numbers but learned nothing (harness.trial.Trainer's end
 # checks); final like `diverged`, with metrics.json kept.
 STATES = ("pending", "running", "done", "failed", "diverged", "collapsed", "preempted", "cancelled")
+# States no job moves on from by itself; all but `done` are re-run only on request (--retry-failed).
+FINAL_STATES = ("done", "failed", "diverged", "collapsed", "cancelled")
 # Allowed status transitions; anything else is a bug in the caller.
 TRANSITIONS = {
     "pending": {"running", "failed", "cancelled"},
@@ -212,7 +214,7 @@ class TrialRecord:
         status.update(fields)
         status["state"] = state
         status["updated"] = now_iso()
-        if state in ("done", "failed", "diverged", "collapsed", "cancelled"):
+        if state in FINAL_STATES:
             status["finished"] = status["updated"]
         atomic_write_json(self.status_path, status)
         return status
@@ -235,18 +237,19 @@ class TrialRecord:
         atomic_write_json(self.status_path, status)
         return status
 
-    def resubmitted(self, **fields) -> dict:
-        """The trial was queued again as a new job (`--retry-failed` on SLURM): back to `pending`
-        with `fields` (job id, log paths). A final outcome it had is kept in `previous` (state,
-        error, job) rather than shown as if it were the current one."""
+    def requeue(self, allowed: tuple[str, ...], note: dict | None = None, **fields) -> dict:
+        """Back to `pending` from one of the `allowed` states, with `fields`: the outcome it had
+        (state, error, psnr, job, plus `note`) moves to `previous` rather than being shown as the
+        current one. Used when a retry is queued as a new SLURM job, and when a stale trial is
+        recomputed (harness/staleness.py)."""
         status = self.status()
         old = status.get("state", "pending")
-        if old in ("running", "done"):
+        if old not in allowed:
             raise RecordError(f"{self.status_path}: cannot queue a {old} trial again")
         if old != "pending":
-            status.setdefault("previous", []).append(
-                {k: status[k] for k in ("state", "error", "slurm_job_id", "slurm_state", "finished") if k in status})
-        for key in ("error", "traceback", "finished", "slurm_state"):
+            kept = ("state", "error", "psnr", "finished", "slurm_job_id", "slurm_state", "git_commit")
+            status.setdefault("previous", []).append({**{k: status[k] for k in kept if k in status}, **(note or {})})
+        for key in ("error", "traceback", "finished", "slurm_state", "psnr", "collapse"):
             status.pop(key, None)
         status.update(fields, state="pending", updated=now_iso())
         atomic_write_json(self.status_path, status)

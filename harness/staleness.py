@@ -18,7 +18,7 @@ from collections import Counter
 
 from harness import provenance
 from harness.errors import ConfigError, RecordError
-from harness.records import TrialRecord, atomic_write_json, now_iso
+from harness.records import TrialRecord
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +79,5 @@ def archive_for_rerun(record: TrialRecord, code: str) -> str:
         for name in RESULTS:
             if (record.dir / name).exists():
                 shutil.move(str(record.dir / name), str(dest / name))
-        previous = {k: status[k] for k in ("state", "psnr", "finished", "git_commit") if k in status}
-        status.setdefault("previous", []).append({**previous, "code": code, "archived": str(dest.relative_to(record.dir))})
-        for key in ("error", "traceback", "finished", "psnr", "collapse"):
-            status.pop(key, None)
-        status.update(state="pending", updated=now_iso())
-        atomic_write_json(record.status_path, status)
+        record.requeue(("done",), note={"code": code, "archived": str(dest.relative_to(record.dir))})
     return str(dest)

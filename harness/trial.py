@@ -24,7 +24,7 @@ from harness.data.rays import RaySampler
 from harness.errors import ConfigError, HarnessError, RecordError, TrialDiverged
 from harness.evaluate import Evaluation
 from harness.method import pick_device
-from harness.records import TrialRecord, remove_temp_files
+from harness.records import FINAL_STATES, TrialRecord, remove_temp_files
 
 log = logging.getLogger(__name__)
 
@@ -521,7 +521,7 @@ def run_trial(trial_dir: Path, job_info: dict | None = None, wait: bool = True) 
         status = record.status()
         if status.get("state") == "done":
             return record.metrics() or {}
-        if waited and status.get("state") in ("failed", "diverged", "collapsed", "cancelled"):  # as the other run left it
+        if waited and status.get("state") in FINAL_STATES:  # not done (above): as the other run left it
             raise RecordError(f"{record.dir}: {status['state']} in another sweep: {status.get('error', '')}")
         for folder in (record.dir, record.renders_dir):  # leftovers of writes cut by a kill
             if folder.is_dir():
