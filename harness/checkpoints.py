@@ -28,6 +28,14 @@ _NAME = re.compile(r"^step_(\d+)\.pt$")
 _BEST = re.compile(r"^best_(\d+)\.pt$")  # never matches _NAME: keep-N pruning and load_latest ignore it
 
 
+def named_tensors(state, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Every tensor of a (nested) method state dict, by its dotted name ('grid.sh', 'opt.state.0.v')."""
+    if isinstance(state, torch.Tensor):
+        return {prefix or "tensor": state}
+    items = state.items() if isinstance(state, dict) else enumerate(state) if isinstance(state, (list, tuple)) else ()
+    return {n: t for k, v in items for n, t in named_tensors(v, f"{prefix}.{k}" if prefix else str(k)).items()}
+
+
 def _checkpoints(directory: Path, pattern: re.Pattern = _NAME) -> list[tuple[int, Path]]:
     if not directory.is_dir():
         return []

@@ -66,12 +66,19 @@ def _scoped_bindings() -> dict[str, dict]:
     return out
 
 
+def resolve_macros(value):
+    """A `%MACRO` binding's value (a macro is a plain value, so evaluating it has no side effects);
+    other values as they are."""
+    while isinstance(value, gin.config.ConfigurableReference) and value.configurable.name == "macro":
+        value = value.scoped_configurable_fn()
+    return value
+
+
 def canonical(value):
     """A JSON value that is equal for equal computations: macros resolved, floats by repr, tuples as
     lists, dict keys sorted, references by name."""
+    value = resolve_macros(value)
     if isinstance(value, gin.config.ConfigurableReference):
-        if value.configurable.name == "macro":
-            return canonical(value.scoped_configurable_fn())
         return repr(value)  # '@Name' or '@Name()'; the configurable's own parameters are listed apart
     if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
         return value
@@ -88,8 +95,9 @@ def canonical(value):
     return repr(value)
 
 
-def _parameters(configurable) -> dict:
-    """Every parameter of a configurable: its Gin binding, else its signature default."""
+def parameters(configurable) -> dict:
+    """Every parameter of a gin Configurable, bookkeeping ones left out: its Gin binding (raw: macros
+    and references unevaluated), else its signature default."""
     fn = configurable.wrapped
     target = fn.__init__ if inspect.isclass(fn) else fn
     params = {}
@@ -132,7 +140,7 @@ def operative() -> dict[str, dict]:
         if name in seen:
             continue
         seen.add(name)
-        params = _parameters(registry[name])
+        params = parameters(registry[name])
         for value in params.values():
             queue += _references(value, registry)
         out[name] = {k: canonical(v) for k, v in sorted(params.items())}

@@ -68,18 +68,12 @@ def check_positive_settings(reference) -> None:
     import gin
 
     from harness.errors import ConfigError
+    from harness.identity import parameters, resolve_macros
 
-    cls, name = reference.configurable.wrapped, reference.configurable.name
-    params = inspect.signature(cls.__init__).parameters
-    for key in getattr(cls, "positive_settings", ()):
-        try:
-            value = gin.query_parameter(f"{name}.{key}")
-        except ValueError:  # not bound: the default applies (none known for a **kwargs setting)
-            value = params[key].default if key in params else None
-            value = None if value is inspect.Parameter.empty else value
-        while isinstance(value, gin.config.ConfigurableReference) and value.configurable.name == "macro":
-            value = value.scoped_configurable_fn()  # a %MACRO: its value (a macro has no side effects)
-        if value is None or isinstance(value, gin.config.ConfigurableReference):
+    params, name = parameters(reference.configurable), reference.configurable.name
+    for key in getattr(reference.configurable.wrapped, "positive_settings", ()):
+        value = resolve_macros(params.get(key))  # absent: a **kwargs setting left unbound
+        if value is None or value is inspect.Parameter.empty or isinstance(value, gin.config.ConfigurableReference):
             continue  # optional (e.g. a translation lr defaulting to another), or computed by a call
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
         if not ok:

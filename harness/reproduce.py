@@ -23,17 +23,9 @@ from harness.records import TrialRecord, read_json
 log = logging.getLogger(__name__)
 
 
-def _tensors(state, prefix: str = "") -> dict[str, torch.Tensor]:
-    """Every tensor of a (nested) state dict by its dotted name."""
-    if isinstance(state, torch.Tensor):
-        return {prefix or "tensor": state}
-    items = state.items() if isinstance(state, dict) else enumerate(state) if isinstance(state, (list, tuple)) else ()
-    return {n: t for k, v in items for n, t in _tensors(v, f"{prefix}.{k}" if prefix else str(k)).items()}
-
-
 def compare_parameters(a: dict, b: dict) -> list[str]:
     """One line per tensor that is not bit-identical (or missing on one side)."""
-    ta, tb = _tensors(a), _tensors(b)
+    ta, tb = checkpoints.named_tensors(a), checkpoints.named_tensors(b)
     out = [f"parameter {n}: only in the record" for n in sorted(set(ta) - set(tb))]
     out += [f"parameter {n}: only in the reproduction" for n in sorted(set(tb) - set(ta))]
     for name in sorted(set(ta) & set(tb)):

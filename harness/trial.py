@@ -56,12 +56,10 @@ def _finite_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _nonfinite(state, prefix: str = "") -> list[str]:
+def _nonfinite(state) -> list[str]:
     """Names of the floating-point tensors in a (nested) state dict that hold NaN or Inf."""
-    if isinstance(state, torch.Tensor):
-        return [prefix or "tensor"] if state.is_floating_point() and not torch.isfinite(state).all() else []
-    items = state.items() if isinstance(state, dict) else enumerate(state) if isinstance(state, (list, tuple)) else ()
-    return [name for k, v in items for name in _nonfinite(v, f"{prefix}.{k}" if prefix else str(k))]
+    return [name for name, t in checkpoints.named_tensors(state).items()
+            if t.is_floating_point() and not torch.isfinite(t).all()]
 
 
 def _diverged(message: str, step: int) -> TrialDiverged:
