@@ -56,7 +56,7 @@ def prepare(trials: list[Trial], runs_dir: Path, exp_file: Path, user_bindings: 
         meta = {"trial_id": t.id, "experiment": t.experiment, "bindings": t.bindings, "label": t.label,
                 "experiments": [t.experiment]}
         record = create_trial_record(_place(runs_dir, t), meta, t.config)
-        if t.experiment not in (record.status().get("experiments") or [record.status().get("experiment")]):
+        if t.experiment not in _experiments(record.status()):
             _add_experiment(record, t.experiment)
         if t.identity and not record.identity_path.exists():  # what the id hashes, for people and tools
             atomic_write_json(record.identity_path, t.identity)
@@ -88,15 +88,18 @@ def select(trials: list[Trial], records: list[TrialRecord], retry_failed: bool) 
     return todo, skipped
 
 
+def _experiments(status: dict) -> list:
+    """The experiments a trial is noted in (records made before the store name only one)."""
+    return status.get("experiments") or [status.get("experiment")]
+
+
 def _add_experiment(record: TrialRecord, experiment: str) -> None:
     """Note in status.json that another experiment has this trial too (its bindings there are its
     own, in its sweep.json). Under the trial's lock: a process running the trial (which holds it)
     must not have its status rewritten underneath; it is only a note, so it is skipped then."""
     try:
         with record.lock():
-            status = record.status()
-            shared = status.get("experiments") or [status.get("experiment")]
-            record.update(experiments=sorted({*shared, experiment} - {None}))
+            record.update(experiments=sorted({*_experiments(record.status()), experiment} - {None}))
     except RecordError:
         log.debug("trial %s is running elsewhere: not noting experiment %s", record.dir.name, experiment)
 

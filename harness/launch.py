@@ -194,6 +194,8 @@ def run_local(settings: dict, exp_file: Path, user_bindings, todo: list[Pending]
     (SIGTERM: each saves its last completed step and ends `preempted`), and the sweep waits for
     them (`launch.stop_grace_s`, then SIGKILL) before raising KeyboardInterrupt, so no trial is
     left running without its sweep."""
+    from harness.trial import TrialInterrupted  # lazily: it imports torch, which a SLURM submission never needs
+
     executor = make_executor(settings, folder)
     threads = _threads(settings)
     bars, queue, active, outcome = _Bars(), list(todo), [], {}
@@ -215,7 +217,7 @@ def run_local(settings: dict, exp_file: Path, user_bindings, todo: list[Pending]
                     outcome[p.trial.id] = _finish(p, job, exc)
                     bars.close(p)
                     active.remove((p, job))
-                    if isinstance(exc, _interrupted_types()):  # debug: it ran in this process, the signal was ours
+                    if isinstance(exc, TrialInterrupted):  # debug: it ran in this process, the signal was ours
                         stop.signum = exc.signum
             time.sleep(0.2 if active and not stop.signum else 0)
         if stop.signum:
@@ -224,12 +226,6 @@ def run_local(settings: dict, exp_file: Path, user_bindings, todo: list[Pending]
                 bars.close(p)
             raise KeyboardInterrupt(f"sweep stopped by {signal.Signals(stop.signum).name}")
     return outcome
-
-
-def _interrupted_types():
-    from harness.trial import TrialInterrupted
-
-    return (TrialInterrupted,)
 
 
 class _SweepStop:
@@ -281,13 +277,14 @@ def _stop_jobs(active: list, grace_s: float) -> None:
     while time.monotonic() < deadline and any(proc is not None and proc.poll() is None for _, proc in procs):
         time.sleep(0.2)
     for p, proc in procs:
+        status = p.record.status()
         if proc is None or proc.poll() is not None:
-            log.warning("trial %s stopped: %s", p.trial.id, p.record.status().get("error") or "before it started")
+            log.warning("trial %s stopped: %s", p.trial.id, status.get("error") or "before it started")
             continue
         log.error("trial %s did not stop within %.0f s of SIGTERM: killing it (it resumes from its last "
                   "checkpoint)", p.trial.id, grace_s)
-        pid = p.record.status().get("pid")
-        if pid and p.record.status().get("host") == socket.gethostname():
+        pid = status.get("pid")
+        if pid and status.get("host") == socket.gethostname():
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(int(pid), signal.SIGKILL)
         proc.kill()

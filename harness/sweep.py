@@ -67,7 +67,12 @@ class Trial:
 
     @property
     def label(self) -> str:
-        return ", ".join(f"{k}={v}" for k, v in self.bindings.items())
+        return binding_label(self.bindings)
+
+
+def binding_label(bindings: dict) -> str:
+    """'Plenoxels.sh_degree=2, seed=0': a trial's label in records, logs and `make status`."""
+    return ", ".join(f"{k}={v}" for k, v in bindings.items())
 
 
 def _binding_line(key: str, value) -> str:
@@ -237,7 +242,7 @@ class _Base:
             if self.slots[key] is not None:
                 name, param = self.slots[key]
                 doc["operative"][name] = {**doc["operative"][name], param: self.identity_module.canonical(value)}
-        lines = "".join(f"{k} = {v!r}\n" for k, v in values.items())
+        lines = "".join(_binding_line(k, v) + "\n" for k, v in values.items())
         return f"{self.text}\n# Trial bindings\n{lines}", self.identity_module.trial_id(doc), doc
 
 

@@ -19,6 +19,7 @@ import pandas as pd
 
 from harness.errors import HarnessError, RecordError
 from harness.records import TrialRecord, read_json
+from harness.sweep import binding_label
 
 log = logging.getLogger(__name__)
 METRICS = ("psnr", "ssim", "lpips")
@@ -206,7 +207,7 @@ def _trial_row(d: Path, experiment: str, current: dict, status: dict, metrics: d
     seed = bindings.get("seed", _literal(config.get("Trainer.seed")))
     row = {"experiment": experiment, "id": d.name, "key": f"{experiment}/{d.name}",
            "state": status.get("state", "unknown"),
-           "label": ", ".join(f"{k}={v}" for k, v in bindings.items()) if d.name in current else status.get("label", ""),
+           "label": binding_label(bindings) if d.name in current else status.get("label", ""),
            "attempts": status.get("attempts", 0), "current": (d.name in current) if current else True,
            "error": status.get("error"), "host": status.get("host"),
            "gpu": status.get("gpu") or status.get("device") or metrics.get("gpu") or metrics.get("device"),
