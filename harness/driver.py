@@ -5,15 +5,14 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from harness import config as cfg
-from harness import launch
-from harness.errors import ConfigError, RecordError
-from harness.records import FINAL_STATES, TrialRecord, atomic_write_json, create_trial_record, now_iso, read_json, write_error
+from harness import launch, store
+from harness.errors import ConfigError
+from harness.records import FINAL_STATES, TrialRecord, atomic_write_json, now_iso, read_json
 from harness.sweep import Trial, expand
 
 log = logging.getLogger(__name__)
@@ -24,47 +23,16 @@ def read_launch_settings(experiment: str, user_bindings: list[str], overrides: d
     return launch.launch_settings(**{k: v for k, v in overrides.items() if v is not None})
 
 
-STORE = ".trials"  # runs/.trials/<id>: every trial's one folder, whichever experiments share it
-
-
-def trial_dir(runs_dir: Path, trial: Trial) -> Path:
-    """Where an experiment sees its trial: runs/<exp>/<id> (a link into the store)."""
-    return Path(runs_dir) / trial.experiment / trial.id
-
-
-def _place(runs_dir: Path, t: Trial) -> Path:
-    """The trial's real folder, runs/.trials/<id>, linked (relative symlink) from runs/<exp>/<id>: one
-    computation, one folder and one lock, whichever experiments have it. A real folder already at
-    runs/<exp>/<id> (made before the store existed) is used as it is."""
-    link = trial_dir(runs_dir, t)
-    if link.is_dir() and not link.is_symlink():
-        return link
-    real = Path(runs_dir) / STORE / t.id
-    try:
-        real.mkdir(parents=True, exist_ok=True)
-        if not link.is_symlink():
-            link.parent.mkdir(parents=True, exist_ok=True)
-            with contextlib.suppress(FileExistsError):  # another sweep linked it meanwhile
-                os.symlink(os.path.relpath(real, link.parent), link, target_is_directory=True)
-    except OSError as exc:
-        raise write_error(real if not real.is_dir() else link, exc) from None
-    return real
-
-
 def prepare(trials: list[Trial], runs_dir: Path, exp_file: Path, user_bindings: list[str]) -> list[TrialRecord]:
-    def create(t: Trial) -> TrialRecord:
-        meta = {"trial_id": t.id, "experiment": t.experiment, "bindings": t.bindings, "label": t.label,
-                "experiments": [t.experiment]}
-        record = create_trial_record(_place(runs_dir, t), meta, t.config)
-        if t.experiment not in _experiments(record.status()):
-            _add_experiment(record, t.experiment)
-        if t.identity and not record.identity_path.exists():  # what the id hashes, for people and tools
-            atomic_write_json(record.identity_path, t.identity)
-        return record
-
-    # threads: each record is a few fsynced writes (waiting on the disk, not the CPU); 100 trials took 2.5 s serially
+    """Each trial's record and the experiment's index of them (sweep.json). Records already made, by
+    this experiment or (a shared trial) by another, are kept and linked here; a new trial's record
+    stays a pending entry of sweep.json until it is launched (store.materialise)."""
+    records = [store.find(runs_dir, t) for t in trials]
+    made = [i for i, t in enumerate(trials) if store.is_made(runs_dir, t)]
+    # threads: a made record is a few stats and reads, and a few fsynced writes when it is new here
     with ThreadPoolExecutor(max_workers=16) as pool:
-        records = list(pool.map(create, trials))
+        for i, record in zip(made, pool.map(lambda i: store.materialise(runs_dir, trials[i]), made)):
+            records[i] = record
     exp_dir = Path(runs_dir) / trials[0].experiment
     sweep = {"experiment": trials[0].experiment, "file": str(exp_file), "user_bindings": list(user_bindings),
              "trials": [{"id": t.id, "bindings": t.bindings} for t in trials]}
@@ -74,7 +42,7 @@ def prepare(trials: list[Trial], runs_dir: Path, exp_file: Path, user_bindings: 
     return records
 
 
-def select(trials: list[Trial], records: list[TrialRecord], retry_failed: bool) -> tuple[list, dict]:
+def select(trials: list[Trial], records: list[TrialRecord], retry_failed: bool, runs_dir: Path) -> tuple[list, dict]:
     """Which trials to run now, and why the others are skipped."""
     todo, skipped = [], {}
     for t, r in zip(trials, records):
@@ -84,24 +52,8 @@ def select(trials: list[Trial], records: list[TrialRecord], retry_failed: bool) 
         elif state in FINAL_STATES and not retry_failed:
             skipped[t.id] = f"{state} (use --retry-failed to run again)"
         else:
-            todo.append(launch.Pending(t, r))
+            todo.append(launch.Pending(t, r, Path(runs_dir)))
     return todo, skipped
-
-
-def _experiments(status: dict) -> list:
-    """The experiments a trial is noted in (records made before the store name only one)."""
-    return status.get("experiments") or [status.get("experiment")]
-
-
-def _add_experiment(record: TrialRecord, experiment: str) -> None:
-    """Note in status.json that another experiment has this trial too (its bindings there are its
-    own, in its sweep.json). Under the trial's lock: a process running the trial (which holds it)
-    must not have its status rewritten underneath; it is only a note, so it is skipped then."""
-    try:
-        with record.lock():
-            record.update(experiments=sorted({*_experiments(record.status()), experiment} - {None}))
-    except RecordError:
-        log.debug("trial %s is running elsewhere: not noting experiment %s", record.dir.name, experiment)
 
 
 def run_sweep(experiment: str, user_bindings: list[str], runs_dir: Path, overrides: dict) -> dict:
@@ -115,7 +67,7 @@ def run_sweep(experiment: str, user_bindings: list[str], runs_dir: Path, overrid
     launch.check_cluster(settings)
     records = prepare(trials, runs_dir, exp_file, user_bindings)
     _handle_stale(trials[0].experiment, records, settings["stale"])
-    todo, skipped = select(trials, records, settings["retry_failed"])
+    todo, skipped = select(trials, records, settings["retry_failed"], runs_dir)
     for tid, why in skipped.items():
         log.info("trial %s skipped: %s", tid, why)
     if not todo:

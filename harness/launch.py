@@ -21,6 +21,7 @@ from pathlib import Path
 
 import gin
 
+from harness import store
 from harness.errors import ConfigError, HarnessError
 from harness.records import FINAL_STATES, TrialRecord
 
@@ -145,6 +146,11 @@ def make_executor(settings: dict, folder: Path):
 class Pending:
     trial: object  # harness.sweep.Trial
     record: TrialRecord
+    runs_dir: Path
+
+    def materialise(self) -> None:
+        """Make the trial's folder and pending record just before it is launched (harness/store.py)."""
+        self.record = store.materialise(self.runs_dir, self.trial)
 
 
 def _job_args(exp_file: Path, user_bindings, p: Pending, threads) -> tuple:
@@ -203,6 +209,7 @@ def run_local(settings: dict, exp_file: Path, user_bindings, todo: list[Pending]
         while (queue or active) and not stop.signum:
             while queue and len(active) < settings["parallel"] and not stop.signum:
                 p = queue.pop(0)
+                p.materialise()
                 job = _submit_local(executor, settings, _job_args(exp_file, user_bindings, p, threads))
                 log.info("trial %s submitted (job %s): %s", p.trial.id, job.job_id, p.trial.label)
                 active.append((p, job))
@@ -328,6 +335,8 @@ def submit_slurm(settings: dict, exp_file: Path, user_bindings, todo: list[Pendi
     extra = dict(settings["slurm_additional_parameters"] or {})
     executor.update_parameters(slurm_additional_parameters={**extra, "hold": True})
     threads = settings["threads"] or settings["cpus_per_task"]
+    with ThreadPoolExecutor(max_workers=16) as pool:  # each job's record must exist before it can start
+        list(pool.map(Pending.materialise, todo))
     t0 = time.perf_counter()
     with executor.batch():
         jobs = [executor.submit(TrialJob(), *_job_args(exp_file, user_bindings, p, threads)) for p in todo]

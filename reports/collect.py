@@ -71,11 +71,11 @@ def _literal(text: str | None):
 
 def _trial_dirs(exp_dir: Path) -> list[Path]:
     sweep = _read(exp_dir / "sweep.json")
-    if sweep:  # the sweep's own order; trials of an older version of the sweep are kept after it
-        ordered = [exp_dir / t["id"] for t in sweep.get("trials", [])]
+    if sweep:  # the sweep's own order, its trials not launched yet (no folder) included; trials of an
+        ordered = [exp_dir / t["id"] for t in sweep.get("trials", [])]  # older version of it after them
         known = set(ordered)
         extra = sorted(p.parent for p in exp_dir.glob("*/status.json") if p.parent not in known)
-        return [d for d in ordered if d.exists()] + extra
+        return ordered + extra
     return sorted(p.parent for p in exp_dir.glob("*/status.json"))
 
 
@@ -264,7 +264,8 @@ def collect(runs_dir: Path, experiments: list[str], with_curves: bool = True) ->
         current = {t["id"]: t.get("bindings") or {} for t in sweep.get("trials", [])}
         exp_rows = []
         for d in _trial_dirs(exp_dir):
-            status = _read(d / "status.json") or {"state": "unknown", "error": "status.json unreadable"}
+            status = _read(d / "status.json") or ({"state": "unknown", "error": "status.json unreadable"}
+                                                  if d.exists() else {"state": "pending"})  # not launched yet
             metrics = _read(d / "metrics.json") or {}
             config_path = d / "config.gin"
             config = parse_gin_bindings(config_path.read_text()) if config_path.exists() else {}

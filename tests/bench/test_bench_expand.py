@@ -2,17 +2,20 @@
 2-core CPU; measured, not asserted). `harness.sweep.expand` parses the experiment once per scene and
 derives the other trials (sweep._Base); the reference path parses every trial on its own, as the
 expansion did before and as each job still does to check its id. Both run here, so their ratio is
-measured in the same run. Run with `make bench` or
+measured in the same run. `driver.prepare` then writes the sweep's records: sweep.json, the index
+of every trial; a trial's own folder is made when it is launched (harness/store.py), timed here per
+1,000 trials. Run with `make bench` or
 `pytest tests/bench/test_bench_expand.py --override-ini addopts=`.
 """
 
 from __future__ import annotations
 
+import json
 import resource
 
 import pytest
 
-from harness import sweep
+from harness import driver, store, sweep
 
 pytestmark = pytest.mark.bench
 
@@ -41,3 +44,25 @@ def test_expand_reference_1000(benchmark, tmp_path, monkeypatch):
     exp = _experiment(tmp_path, 10)
     trials = benchmark.pedantic(sweep.expand, args=(str(exp),), rounds=1, iterations=1)
     assert len(trials) == 1000
+
+
+def test_expand_and_prepare_10000(benchmark, tmp_path):
+    """What `make sweep` does before it launches the first trial: expand, compute ids, write the records."""
+    exp = _experiment(tmp_path, 100)
+
+    def sweep_records():
+        return driver.prepare(sweep.expand(str(exp)), tmp_path / "runs", exp, [])
+
+    records = benchmark.pedantic(sweep_records, rounds=1, iterations=1)
+    assert len(records) == 10000 and {r.state for r in records} == {"pending"}
+    assert len(json.loads((tmp_path / "runs" / exp.stem / "sweep.json").read_text())["trials"]) == 10000
+    benchmark.extra_info["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def test_materialise_1000(benchmark, tmp_path):
+    """The folders of 1,000 launched trials (config.gin, status.json, identity.json, the link), one by
+    one as a local sweep launches them: what was paid up front for every trial before."""
+    exp = _experiment(tmp_path, 10)
+    trials = sweep.expand(str(exp))
+    benchmark.pedantic(lambda: [store.materialise(tmp_path / "runs", t) for t in trials], rounds=1, iterations=1)
+    assert all((tmp_path / "runs" / exp.stem / t.id / "status.json").is_file() for t in trials)
