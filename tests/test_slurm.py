@@ -53,3 +53,10 @@ def test_sweep_runs_as_one_job_array_with_results_equal_to_local(tmp_path):
         a = json.loads((slurm_runs / "toy" / tid / "metrics.json").read_text())["per_view"]
         b = json.loads((local_runs / "toy" / tid / "metrics.json").read_text())["per_view"]
         assert a == b
+
+    # `harness reproduce` on SLURM (issue 22, item 6): the trial re-run as a SLURM job, compared
+    proc = harness("reproduce", "toy", tid, "--runs-dir", slurm_runs, "--cluster", "slurm")
+    assert proc.returncode == 0, (proc.stdout, proc.stderr[-3000:])
+    assert "metrics: identical (every digit)" in proc.stdout and "parameters: identical (bit for bit)" in proc.stdout
+    scratch = proc.stdout.splitlines()[0].split(" in ", 1)[1]
+    assert json.loads(open(f"{scratch}/status.json").read())["slurm_job_id"]
