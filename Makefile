@@ -21,7 +21,7 @@ export HARNESS_LPIPS_WEIGHTS ?= $(abspath $(wildcard ../shared/data/lpips_weight
 
 CLUSTER_ARG := $(if $(CLUSTER),--cluster $(CLUSTER),)
 
-.PHONY: help sweep report status cancel test bench data clean install
+.PHONY: help sweep report status cancel test lint bench data clean install
 
 help:
 	@echo "make sweep EXP=name [CLUSTER=local|debug|slurm] [ARGS=\"--bind 'X.y=1'\"]  run an experiment"
@@ -29,6 +29,7 @@ help:
 	@echo "make status EXP=name           trials by state (with SLURM job state, node, failed trials' log tails)"
 	@echo "make cancel EXP=name           cancel the experiment's SLURM jobs, mark unfinished trials cancelled"
 	@echo "make test                      the test suite"
+	@echo "make lint                      ruff (all code) and mypy (harness/, reports/); rules in pyproject.toml"
 	@echo "make bench                     pytest-benchmark suite -> bench.json"
 	@echo "make data                      link the shared datasets (lego_200/400/800, fern, LPIPS weights) into data/"
 	@echo "make data DOWNLOAD=\"nerf_llff_data lpips_vgg\"  download public datasets (checksummed, resumable); ARGS=--list shows them"
@@ -57,10 +58,14 @@ cancel: $(DEPS)
 test: $(DEPS)
 	$(PYTHON) -m pytest -q $(ARGS)
 
+lint: $(DEPS)
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m mypy
+
 bench: $(DEPS)
 	$(PYTHON) -m pytest tests/bench -p no:cacheprovider --override-ini addopts= -rs --benchmark-json=bench.json $(ARGS)
 
-# Offline default: link the shared copies. DOWNLOAD="name ..." fetches entries of harness/data/datasets.toml.
+# Offline default: link the shared copies. DOWNLOAD="name ..." fetches entries of harness/core/data/datasets.toml.
 data: $(DEPS)
 	$(PYTHON) -m harness data $(if $(DOWNLOAD),--download $(DOWNLOAD),) $(ARGS)
 

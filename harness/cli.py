@@ -10,8 +10,8 @@ import os
 import sys
 from pathlib import Path
 
-from harness.errors import HarnessError
-from harness.paths import DATA_DIR, DEFAULT_RUNS_DIR
+from harness.core.errors import HarnessError
+from harness.core.paths import DATA_DIR, DEFAULT_RUNS_DIR
 
 log = logging.getLogger("harness")
 
@@ -23,11 +23,12 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_sweep(args) -> int:
-    from harness import sweep as sw
+    from harness.run import sweep as sw
 
     if args.dry_run:
         trials = sw.expand(args.experiment, args.bind, require_data=False)
-        missing = sorted({str(t.identity["data"]["missing"]) for t in trials if "missing" in t.identity.get("data", {})})
+        missing = sorted({str(t.identity["data"]["missing"]) for t in trials
+                          if "missing" in t.identity.get("data", {})})
         if missing:
             log.warning("scene data not found (%s): the ids shown are provisional until it is there",
                         ", ".join(missing))
@@ -37,12 +38,12 @@ def cmd_sweep(args) -> int:
             for t in trials:
                 print(f"{t.id}  {t.label}")
         return 0
-    from harness.driver import run_sweep
+    from harness.run.driver import run_sweep
 
     outcome = run_sweep(args.experiment, args.bind, args.runs_dir,
                         {"cluster": args.cluster, "parallel": args.parallel, "threads": args.threads,
                          "retry_failed": args.retry_failed or None, "stale": args.stale})
-    from harness.launch import QUEUED_EARLIER, SUBMITTED
+    from harness.run.launch import QUEUED_EARLIER, SUBMITTED
 
     submitted = {k for k, v in outcome.items() if v.startswith(SUBMITTED)}
     queued = {k for k, v in outcome.items() if v.startswith(QUEUED_EARLIER)}
@@ -53,11 +54,12 @@ def cmd_sweep(args) -> int:
           + (f", {len(queued)} already queued on SLURM by an earlier sweep" if queued else "")
           + (" (follow with make status)" if submitted or queued else "")
           + ("" if not bad else "; not done: " + "; ".join(f"{k}: {v}" for k, v in bad.items())))
-    from harness.config import experiment_name
+    from harness.run.config import experiment_name
 
     name = experiment_name(args.experiment)
-    if not bad and not submitted and not queued:  # every trial done: run the experiment's compose step, if it declares one
-        from harness.compose import compose_if_declared
+    # every trial done: run the experiment's compose step, if it declares one
+    if not bad and not submitted and not queued:
+        from harness.run.composition import compose_if_declared
 
         for where, what in compose_if_declared(args.experiment, args.bind, args.runs_dir).items():
             print(f"compose {where}: {what}")
@@ -66,7 +68,7 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_compose(args) -> int:
-    from harness.compose import compose_experiment
+    from harness.run.composition import compose_experiment
 
     outcome = compose_experiment(args.experiment, args.bind, args.runs_dir)
     for where, what in outcome.items():
@@ -75,14 +77,14 @@ def cmd_compose(args) -> int:
 
 
 def _records(runs_dir: Path, exp: str) -> list:
-    from harness.records import TrialRecord
+    from harness.core.records import TrialRecord
 
     return [TrialRecord(p.parent) for p in sorted((Path(runs_dir) / exp).glob("*/status.json"))]
 
 
 def cmd_status(args) -> int:
-    from harness import slurm
-    from harness.staleness import find_stale
+    from harness.core.staleness import find_stale
+    from harness.run import slurm
     from reports.collect import collect_trials
 
     for exp in args.experiment.split(","):
@@ -132,7 +134,7 @@ def _log_tail(status: dict, lines: int = 8) -> str:
 
 
 def cmd_cancel(args) -> int:
-    from harness import slurm
+    from harness.run import slurm
 
     for exp in args.experiment.split(","):
         records = _records(args.runs_dir, exp)
@@ -149,10 +151,10 @@ def cmd_cancel(args) -> int:
 
 
 def cmd_reproduce(args) -> int:
-    from harness import launch
-    from harness.reproduce import reproduce
+    from harness.run.reproduce import reproduce
+    from harness.run.settings import launch
 
-    settings = launch.launch_settings(cluster=args.cluster, threads=args.threads)
+    settings = launch(cluster=args.cluster, threads=args.threads)
     result = reproduce(args.runs_dir, args.experiment, args.trial_id, settings, out=args.out)
     print(f"reproduced {args.experiment}/{args.trial_id} in {result['dir']}")
     for what in ("metrics", "parameters"):
@@ -198,8 +200,8 @@ def quiet_gin_search_logs() -> None:
 
 
 def cmd_evaluate(args) -> int:
-    from harness.metrics import evaluate_dirs
-    from harness.records import atomic_write_json
+    from harness.core.metrics import evaluate_dirs
+    from harness.core.records import atomic_write_json
 
     metrics = tuple(m.strip() for m in args.metrics.split(","))
     result = evaluate_dirs(args.pred_dir, args.gt_dir, lpips_net=args.lpips_net, metrics=metrics,
@@ -213,7 +215,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_scene(args) -> int:
-    from harness.data.scene_cli import check_scene, make_scene
+    from harness.scene_cli import check_scene, make_scene
 
     if args.action == "make":
         out = make_scene(args.target, args.out, args.bind)
@@ -225,8 +227,8 @@ def cmd_scene(args) -> int:
 
 
 def cmd_data(args) -> int:
-    from harness.data.fetch import link_shared
-    from harness.data.manifest import MANIFEST_PATH, get_entry, install, list_lines, load_manifest
+    from harness.core.data.fetch import link_shared
+    from harness.core.data.manifest import MANIFEST_PATH, get_entry, install, list_lines, load_manifest
 
     data_dir = args.data_dir
     if args.list or args.download:
@@ -243,10 +245,10 @@ def cmd_data(args) -> int:
         return 0
     if args.mirror or args.keep_archive:
         raise HarnessError("--mirror and --keep-archive go with --download NAME")
-    outcome = link_shared(data_dir)
-    for name, result in outcome.items():
+    linked = link_shared(data_dir)
+    for name, result in linked.items():
         print(f"data/{name}: {result}")
-    if all(r.startswith("not found") for r in outcome.values()):
+    if all(r.startswith("not found") for r in linked.values()):
         print("no shared copies here; with network, download the public datasets: "
               "python -m harness data --list, then python -m harness data --download NAME")
     return 0
@@ -265,7 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cluster", choices=("local", "debug", "slurm"), help="override launch.cluster")
     p.add_argument("--parallel", type=int, help="override launch.parallel (local: trials at once)")
     p.add_argument("--threads", type=int, help="torch threads per trial (default: cores / parallel)")
-    p.add_argument("--retry-failed", action="store_true", help="also re-run failed, diverged, collapsed and cancelled trials")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="also re-run failed, diverged, collapsed and cancelled trials")
     p.add_argument("--stale", choices=("report", "rerun", "ignore"),
                    help="done trials computed by other code than this checkout's: keep and mark them (report, the "
                         "default; override of launch.stale), recompute them (rerun), or say nothing (ignore)")
@@ -332,15 +335,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_scene)
 
     p = sub.add_parser("data", help="link the team's shared datasets into data/ (default), or list/download the "
-                                    "public ones (harness/data/datasets.toml)")
+                                    "public ones (harness/core/data/datasets.toml)")
     p.add_argument("--list", action="store_true", help="show every dataset and its state (present/linked/missing)")
     p.add_argument("--download", nargs="+", metavar="NAME", help="download, verify and unpack these manifest entries")
     p.add_argument("--mirror", metavar="URL", help="with --download NAME: try this URL first")
     p.add_argument("--keep-archive", action="store_true", help="keep the zip in data/downloads/ after unpacking")
     p.add_argument("--data-dir", type=Path, default=DATA_DIR, help="where datasets go (default: the project's data/)")
-    p.add_argument("--manifest", type=Path, help="a dataset manifest of your own (default: harness/data/datasets.toml)")
+    p.add_argument("--manifest", type=Path,
+                   help="a dataset manifest of your own (default: harness/core/data/datasets.toml)")
     p.set_defaults(func=cmd_data)
     return parser
+
+
+# the commands that parse experiments (the others read records, images or the data manifest)
+GIN_COMMANDS = (cmd_sweep, cmd_compose, cmd_reproduce, cmd_scene)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -349,6 +357,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     quiet_gin_search_logs()
     try:
+        if args.func in GIN_COMMANDS:
+            import harness.run.registry  # noqa: F401  (registers the configurables; imports torch)
         return args.func(args)
     except HarnessError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -361,6 +371,6 @@ def main(argv: list[str] | None = None) -> int:
         return 141
     except OSError as exc:  # the file system refused (read-only, full, permissions): one line, not a traceback
         where = f"{exc.filename}: " if exc.filename else ""
-        print(f"error: {where}{exc.strerror or exc}" + (f" ({errno.errorcode[exc.errno]})" if exc.errno in
-                                                         errno.errorcode else ""), file=sys.stderr)
+        code = errno.errorcode.get(exc.errno) if exc.errno is not None else None
+        print(f"error: {where}{exc.strerror or exc}" + (f" ({code})" if code else ""), file=sys.stderr)
         return 2

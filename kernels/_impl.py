@@ -21,7 +21,7 @@ import torch
 IMPLS = ("auto", "torch", "triton", "cuda")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def triton_available() -> bool:
     try:
         import triton  # noqa: F401

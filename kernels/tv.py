@@ -95,8 +95,8 @@ def total_variation(values: torch.Tensor, resolution, links: torch.Tensor | None
     Dense grid: `links` None and N = X*Y*Z rows in flat voxel order (see kernels.grid).
     Sparse grid: `links` (X*Y*Z,) gives each voxel's row in `values`, or -1 when absent.
     `voxels` (M,) flat voxel indices to evaluate (default: all present voxels); absent ones are
-    ignored (neighbours are found by the reference `tv_neighbours`, the sum by `impl`). For 'l2', sums of squares below `eps` count as `eps` (finite gradients) and a
-    constant grid has TV exactly 0."""
+    ignored (neighbours are found by the reference `tv_neighbours`, the sum by `impl`). For 'l2', sums of
+    squares below `eps` count as `eps` (finite gradients) and a constant grid has TV exactly 0."""
     resolve_impl(impl, "tv.total_variation", values.device, ("torch", "triton"))
     X, Y, Z = as_resolution(resolution)
     n_vox = X * Y * Z

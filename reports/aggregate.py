@@ -50,7 +50,7 @@ def summarize(trials: pd.DataFrame, metrics: list[str], extra=("train_time",)) -
     for m in metrics:
         out[f"{m}_best"] = False
         out[f"{m}_rank"] = np.nan
-        for scene, idx in out.groupby("scene", sort=False).groups.items():
+        for idx in out.groupby("scene", sort=False).groups.values():
             col = out.loc[idx, f"{m}_mean"]
             if col.notna().any():
                 best = col.max() if HIGHER_IS_BETTER[m] else col.min()
@@ -80,7 +80,7 @@ def ranking(summary: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
 
 def pick_baseline(variants: list[str], wanted: str | None) -> str:
     """The baseline variant: `wanted` (exact label, or a substring matching exactly one), else the first."""
-    from harness.errors import HarnessError
+    from harness.core.errors import HarnessError
 
     if not variants:
         raise HarnessError("no variants to compare")

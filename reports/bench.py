@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from harness.errors import HarnessError  # noqa: E402
+from harness.core.errors import HarnessError  # noqa: E402
 from reports.figures import Figure, _safe, _save, _theme  # noqa: E402
 
 IMPL_ORDER = ("torch", "compile", "triton", "cuda", "nerfacc")

@@ -3,7 +3,7 @@
 Writes <out>/index.html (+ assets/ with the figures and images, or everything inlined as data URIs
 with embed=True), trials.csv, views.csv, summary.csv, differences.csv, results.tex and bench.csv; plus
 composed.csv and a "Composed results" section when the experiments have compose records
-(runs/EXP/compose/, see harness/compose.py).
+(runs/EXP/compose/, see harness/run/composition.py).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from pathlib import Path
 import pandas as pd
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
-from harness.paths import PROJECT_ROOT
-from harness.records import atomic_write_bytes, now_iso
+from harness.core.paths import PROJECT_ROOT
+from harness.core.records import atomic_write_bytes, now_iso
 from reports import aggregate, bench, collect, figures, images, provenance, tables
 
 log = logging.getLogger(__name__)
@@ -199,13 +199,13 @@ def build_report(experiments: list[str], runs_dir: Path, out_dir: Path | None = 
              time.perf_counter() - t0)
 
     tmp = Path(tempfile.mkdtemp(prefix=".report-", dir=out_dir)) if embed else None
-    assets = tmp if embed else out_dir / "assets"
+    assets = tmp if tmp is not None else out_dir / "assets"
     if not embed and assets.exists():
         shutil.rmtree(assets)  # the report's own folder: no figure of an older build survives
     assets.mkdir(parents=True, exist_ok=True)
     try:
         figs = _figures(col, summary, assets)
-        grids = images.comparison_grids(trials, col.views, col.configs, assets, views,
+        grids = images.comparison_grids(trials, col.views, assets, views,
                                         metrics[0] if metrics else None)
         paths = default_bench_paths() if bench_paths is None else list(bench_paths)
         bench_section = bench.section(paths, assets) if paths else None
@@ -219,7 +219,8 @@ def build_report(experiments: list[str], runs_dir: Path, out_dir: Path | None = 
             overview=provenance.overview(trials, col.sweeps), code=provenance.code_versions(trials),
             results=_results_rows(summary, metrics), baseline=base,
             diffs=_diff_rows(diffs, metrics), ranking=aggregate.ranking(summary, metrics),
-            composed=_composed_section(composed), seams=[x for e in experiments for x in collect.collect_seam(runs_dir, e)],
+            composed=_composed_section(composed),
+            seams=[x for e in experiments for x in collect.collect_seam(runs_dir, e)],
             n_scenes=trials["scene"].nunique(), figures=figs, grids=grids, bench=bench_section,
             variants=provenance.per_variant(trials, col.configs), unfinished=provenance.unfinished(trials),
             protocols=provenance.protocols(trials), axes=all_axes,

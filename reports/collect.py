@@ -17,9 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.errors import HarnessError, RecordError
-from harness.records import TrialRecord, read_json
-from harness.sweep import binding_label
+from harness.core.errors import HarnessError, RecordError
+from harness.core.records import TrialRecord, binding_label, read_json
 
 log = logging.getLogger(__name__)
 METRICS = ("psnr", "ssim", "lpips")
@@ -55,8 +54,8 @@ def parse_gin_bindings(text: str) -> dict[str, str]:
             continue
         m = _BINDING.match(line)
         key = m.group(1) if m else None
-        if m:
-            out[key] = m.group(2).strip()
+        if m is not None:
+            out[m.group(1)] = m.group(2).strip()
     return {k: " ".join(v.split()) for k, v in out.items()}
 
 
@@ -216,7 +215,7 @@ def _trial_row(d: Path, experiment: str, current: dict, status: dict, metrics: d
            "started": status.get("started"), "finished": status.get("finished"),
            "updated": status.get("updated"), "slurm_job_id": status.get("slurm_job_id"),
            "scene": str(scene), "seed": seed, "bindings": bindings, "dir": str(d),
-           "has_metrics": bool(metrics)}
+           "has_metrics": bool(metrics), "ground_truth": metrics.get("ground_truth")}
     for key, value in bindings.items():
         if key not in ("seed", "scene"):
             row[key] = value
@@ -235,15 +234,15 @@ def _trial_row(d: Path, experiment: str, current: dict, status: dict, metrics: d
 
 
 def _code_version(status: dict) -> str:
-    """The code a trial was computed by, in short (harness.provenance.short_code)."""
-    from harness.provenance import short_code
+    """The code a trial was computed by, in short (harness.core.provenance.short_code)."""
+    from harness.core.provenance import short_code
 
     return short_code(status.get("code")) if isinstance(status.get("code"), dict) else "not recorded"
 
 
 def _code_stale(status: dict) -> bool:
-    """A done trial computed by other code than this checkout's (harness/staleness.py)."""
-    from harness.staleness import stale_code
+    """A done trial computed by other code than this checkout's (harness/core/staleness.py)."""
+    from harness.core.staleness import stale_code
 
     return status.get("state") == "done" and stale_code(status) is not None
 
@@ -345,7 +344,7 @@ def collect_composed(runs_dir: Path, experiment: str) -> pd.DataFrame:
             continue
         group = entry.get("group") or metrics.get("group") or {}
         group = group if isinstance(group, dict) else {}
-        row = {"experiment": experiment, "id": str(entry["id"]),
+        row: dict = {"experiment": experiment, "id": str(entry["id"]),
                "variant": str(entry.get("variant") or metrics.get("compose_variant") or "default")}
         if "scene" in group:
             row["scene"] = str(group["scene"])
@@ -353,7 +352,7 @@ def collect_composed(runs_dir: Path, experiment: str) -> pd.DataFrame:
             if key not in ("seed", "scene"):
                 row[key] = value
         row["seed"] = group.get("seed")
-        seam = metrics.get("seam") if isinstance(metrics.get("seam"), dict) else {}
+        seam = metrics["seam"] if isinstance(metrics.get("seam"), dict) else {}
         for m in METRICS:
             row[m] = _as_float(metrics.get(m))
         row["blocks_rendered_mean"] = _as_float(metrics.get("blocks_rendered_mean"))

@@ -92,7 +92,7 @@ def _mean_band(ax, x, groups, color, label):
 
 
 def metric_vs_axis(trials: pd.DataFrame, axis: str, metric: str, out_dir: Path,
-                   axes: list[str] = ()) -> Figure | None:
+                   axes: list[str] | tuple = ()) -> Figure | None:
     """Mean metric against one swept axis per scene; lines per combination of the other `axes`."""
     data = trials[(trials["state"] == "done") & trials[metric].notna()]
     if axis not in data or data[axis].isna().all():

@@ -21,15 +21,15 @@ def differing_bindings(trials: pd.DataFrame, configs: dict[str, dict[str, str]])
         if not cfgs:
             per_variant[str(variant)] = {}
             continue
-        keys = set().union(*cfgs)
+        keys: set[str] = set().union(*cfgs)
         seed_like |= {k for k in keys if any(c.get(k) != cfgs[0].get(k) for c in cfgs)}
         per_variant[str(variant)] = {k: cfgs[0].get(k, UNSET) for k in keys}  # bound in some trials only
     if "seed" in trials:
         pairs = [(configs.get(k) or {}, s) for k, s in zip(trials["key"], trials["seed"])]
-        keys = set().union(*(c for c, _ in pairs)) if pairs else set()
-        seed_like |= {k for k in keys if all(c.get(k) == repr(s) for c, s in pairs if c)}
-    keys = sorted(set().union(*per_variant.values()) - seed_like) if per_variant else []
-    differing = [k for k in keys if len({v.get(k, UNSET) for v in per_variant.values()}) > 1]
+        bound = set().union(*(c for c, _ in pairs)) if pairs else set()
+        seed_like |= {k for k in bound if all(c.get(k) == repr(s) for c, s in pairs if c)}
+    names = sorted(set().union(*per_variant.values()) - seed_like) if per_variant else []
+    differing = [k for k in names if len({v.get(k, UNSET) for v in per_variant.values()}) > 1]
     return {v: {k: b.get(k, UNSET) for k in differing} for v, b in per_variant.items()}
 
 
@@ -86,7 +86,7 @@ def protocols(trials: pd.DataFrame) -> list[str]:
 def code_versions(trials: pd.DataFrame) -> dict | None:
     """The banner's facts when the done trials compared come from several code versions, or some from
     other code than this checkout's: {'versions': [(code, n)], 'stale': n, 'current': code}; else None."""
-    from harness.provenance import short_code, source_fingerprint
+    from harness.core.provenance import short_code, source_fingerprint
 
     done = trials[trials["state"] == "done"]
     if not len(done) or "code" not in done:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.records import atomic_write_bytes
+from harness.core.records import atomic_write_bytes
 from reports.collect import HIGHER_IS_BETTER
 
 DIGITS = {"psnr": 2, "ssim": 3, "lpips": 3, "train_time": 1}

@@ -26,14 +26,14 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-import harness.registry  # noqa: F401  (registers methods and loaders)
-from harness import config as cfg
-from harness.compose import declared, groups, load_member
-from harness.errors import HarnessError
-from harness.records import TrialRecord, atomic_write_json
-from harness.sweep import expand, read_spec
-
-from baselines.block_nerf.seam import paired_seam, score_composed
+import harness.run.registry  # noqa: F401  (registers methods and loaders)
+from baselines.block_nerf.compose import score_composed
+from baselines.block_nerf.seam import paired_seam
+from harness.core.errors import HarnessError
+from harness.core.records import TrialRecord, atomic_write_json
+from harness.run import config as cfg
+from harness.run.composition import declared, groups, load_member
+from harness.run.sweep import expand, read_spec
 
 
 def load_groups(experiment: str, binds: list[str], runs_dir: Path) -> tuple[dict, dict, object]:
@@ -58,9 +58,9 @@ def load_groups(experiment: str, binds: list[str], runs_dir: Path) -> tuple[dict
 
 def novel_split(n: int, seed: int):
     """N novel views of the procedural street under the Gin bindings now parsed (a member's config)."""
-    from harness.data.procedural import scene_params
-    from harness.data.procedural.street import street_views
-    from harness.data.procedural.views import render_split
+    from harness.core.data.procedural import scene_params
+    from harness.core.data.procedural.street import street_views
+    from harness.core.data.procedural.views import render_split
 
     return render_split(street_views(scene_params("street"), n, seed))
 
@@ -111,7 +111,8 @@ def main() -> None:
             result["paired"].append({"a": a, "b": b, **pair})
             if pair["n"]:
                 print(f"paired, {pair['n']} views in one partition's overlap and the other's interior: as overlap "
-                      f"{pair['psnr_overlap']:.2f} dB, as interior {pair['psnr_interior']:.2f}, seam {pair['seam']:.2f}\n"
+                      f"{pair['psnr_overlap']:.2f} dB, as interior {pair['psnr_interior']:.2f}, "
+                      f"seam {pair['seam']:.2f}\n"
                       f"  a = {a}\n  b = {b}", flush=True)
     out = args.out or args.runs_dir / args.experiment / "compose" / ("seam_novel.json" if args.novel else "seam.json")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,7 @@
         [--iterations 2000] [--gin experiments/base/plenoxels.gin] [--threads 2]
 
 The configuration comes from the Gin files (default: the base Plenoxels file) plus bindings;
---iterations rebinds its ITERATIONS macro. PSNR is harness.metrics.psnr on 8-bit-quantised
+--iterations rebinds its ITERATIONS macro. PSNR is harness.core.metrics.psnr on 8-bit-quantised
 renders (as the harness scores saved PNGs), per test view, then the mean over views. Prints wall
 and CPU seconds (CPU time is the better guide when other processes share the machine).
 """
@@ -24,9 +24,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere
 
-from harness.data.blender import load_blender  # noqa: E402
-from harness.data.rays import RaySampler, image_rays  # noqa: E402
-from harness.metrics import psnr, to_8bit  # noqa: E402
+from harness.core.data.blender import load_blender  # noqa: E402
+from harness.core.data.rays import RaySampler, image_rays  # noqa: E402
+from harness.core.metrics import psnr, to_8bit  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = ROOT / "data/nerf_synthetic/lego_100"
@@ -58,8 +58,9 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
 
-    from harness import config
-    from harness.trial import Trainer
+    import harness.run.registry  # noqa: F401  (registers the configurables before parsing)
+    from harness.run import config
+    from harness.run.trial import Trainer
 
     if args.iterations:
         args.bind.append(f"ITERATIONS = {args.iterations}")

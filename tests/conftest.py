@@ -5,6 +5,11 @@ from pathlib import Path
 
 import pytest
 
+import harness.run.registry  # noqa: F401  (the tests' entry point: registers the harness's configurables)
+
+# fixtures shared by several test modules (tiny_scene, reference, small_blocks)
+pytest_plugins = ("tests.reliability_tools", "tests.test_kernels_fixtures")
+
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = (ROOT / ".." / "shared" / "data").resolve()
 TOY = ROOT / "tests" / "fixtures" / "toy.gin"

@@ -13,11 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from harness import faults, sweep
-from harness.records import TEMP_SUFFIX, create_trial_record
+import harness.run.registry  # noqa: F401  (run as `python -m tests.reliability_tools` too: register the configurables)
+from harness.core import faults
+from harness.core.records import TEMP_SUFFIX, create_trial_record
+from harness.run import sweep
 
 SCENE = {"size": 16, "n_train": 8, "n_test": 2}
-HANG_S = 120  # a forked trial still running after this long is killed and reported as 'hung' 
+HANG_S = 120  # a forked trial still running after this long is killed and reported as 'hung'
 SETTINGS = """Trainer.method = @ToyColour
 Trainer.iterations = 40
 Trainer.checkpoint_every = 10
@@ -94,7 +96,7 @@ class Trial:
     def run_here(self) -> dict:
         """Run the trial in this process (no faults): a reference run, which also imports what the
         forked runs need, so that each of them does not import it again."""
-        from harness.trial import run_trial
+        from harness.run.trial import run_trial
 
         assert not os.environ.get(faults.ENV)
         sweep.trial_config(self.exp, [], self.trial.gin_bindings)
@@ -103,7 +105,7 @@ class Trial:
     def _child(self, fault, threads, log_file) -> None:
         import torch
 
-        from harness.trial import run_trial
+        from harness.run.trial import run_trial
 
         faults._hits.clear()
         if fault:
@@ -167,7 +169,7 @@ def final_state(trial: Trial) -> dict:
     """What an identical run must reproduce: metrics per view, the log without times, the final weights."""
     import torch
 
-    from harness import checkpoints
+    from harness.run import checkpoints
 
     step, payload = checkpoints.load_latest(trial.dir / "checkpoints")
     metrics = trial.metrics()

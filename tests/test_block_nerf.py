@@ -8,18 +8,23 @@ import numpy as np
 import pytest
 import torch
 
-from harness.errors import ConfigError
-
 from baselines.block_nerf import protocol as proto
 from baselines.block_nerf.compose import compose_view, idw_weights, match_code
 from baselines.block_nerf.encoding import frustum_gaussian, integrated_pos_enc
 from baselines.block_nerf.method import BlockNeRF
 from baselines.block_nerf.model import VisibilityMLP
-from baselines.block_nerf.partition import Block, BlockPartition, overlap_fraction
-from baselines.block_nerf.pose import (PoseRefinement, perturb_poses, pose_errors, pose_errors_aligned, remove_gauge,
-                                      rigid_gauge)
+from baselines.block_nerf.partition import BlockPartition, overlap_fraction
+from baselines.block_nerf.pose import (
+    PoseRefinement,
+    perturb_poses,
+    pose_errors,
+    pose_errors_aligned,
+    remove_gauge,
+    rigid_gauge,
+)
 from baselines.block_nerf.sampling import coarse_edges, composite
 from baselines.block_nerf.seam import in_regions, paired_seam, seam_summary
+from harness.core.errors import ConfigError
 from tests.test_block_nerf_toy import toy_scene
 
 
@@ -189,7 +194,7 @@ def test_composed_view_with_one_block_is_that_blocks_render():
     img, info = compose_view({0: m, 1: m2}, test, i, opts, None)
     assert info["blocks"] == [0] and info["weights"] == [1.0]
     m.view = {"code": m.codes.detach()[int(test.appearance_id[i])], "exposure": float(test.exposure[i])}
-    from harness.data.rays import image_rays
+    from harness.core.data.rays import image_rays
 
     ref = m.render(*image_rays(test.cameras, i))["rgb"].reshape(img.shape).numpy()
     assert np.allclose(img, ref, atol=1e-6)
@@ -218,7 +223,7 @@ def test_visibility_trained_against_transmittance_converges():
         return mean / 4, var / 16, d, trans
 
     first = None
-    for step in range(300):
+    for _ in range(300):
         mean, var, d, trans = batch(256)
         loss = ((net(mean, var, d) - trans) ** 2).mean()
         opt.zero_grad()
@@ -247,7 +252,7 @@ def test_exposure_input_changes_radiance_monotonically_after_training():
     scene = toy_scene(n=32, seed=1)
     m = small(scene, appearance="none", pose_refinement=False, visibility=False, batch_size=256, lr_mlp=1e-2,
               partition=BlockPartition(n_blocks=1))
-    from harness.data.rays import RaySampler, image_rays
+    from harness.core.data.rays import RaySampler, image_rays
 
     tr = m.trial_scene.split("train")
     sampler = RaySampler(tr.images, tr.cameras, 0)
@@ -284,7 +289,7 @@ def test_pose_refinement_recovers_a_known_perturbation():
     gen = torch.Generator().manual_seed(0)
     pose = PoseRefinement(n, reg_initial=0.0, reg_final=0.0)
     opt = torch.optim.Adam(pose.parameters(), lr=3e-3)
-    for step in range(400):
+    for _ in range(400):
         idx = torch.randint(0, n, (512,), generator=gen)
         cam = torch.nn.functional.normalize(torch.cat([torch.rand(512, 2, generator=gen) * 1.6 - 0.8,
                                                        -torch.ones(512, 1)], -1), dim=-1).double()
@@ -333,7 +338,8 @@ def test_aligned_pose_errors_remove_a_rigid_motion_of_all_cameras_only():
     np.testing.assert_allclose(rigid_gauge(moved, true), world, atol=1e-12)
     np.testing.assert_allclose(remove_gauge(moved, world), true, atol=1e-12)
     assert pose_errors(moved, true)["rotation_deg"] == pytest.approx(3.0)
-    assert pose_errors_aligned(moved, true) == pytest.approx({"rotation_deg": 0.0, "translation": 0.0}, abs=1e-4)  # arccos near 1
+    # arccos near 1
+    assert pose_errors_aligned(moved, true) == pytest.approx({"rotation_deg": 0.0, "translation": 0.0}, abs=1e-4)
     noisy = perturb_poses(true, 1.0, 0.1, seed=4)  # independent per-camera noise is not a rigid motion
     assert pose_errors_aligned(noisy, true)["rotation_deg"] > 0.7
 
@@ -352,7 +358,7 @@ def test_appearance_matching_reduces_the_difference_between_blocks():
     b.field.load_state_dict(a.field.state_dict())  # same networks, different codes: matching must find A's look
     gen = torch.Generator().manual_seed(1)
     code_a, code_b = torch.randn(8, generator=gen) * 3, torch.randn(8, generator=gen) * 3
-    from harness.data.rays import image_rays
+    from harness.core.data.rays import image_rays
 
     o, d = image_rays(scene.split("train").cameras, 5)
     code, info = match_code(a, code_a, b, code_b, o, d, 1.0, steps=80, lr=0.1, rays=128, seed=0)
@@ -390,10 +396,13 @@ def test_left_half_protocol_fits_on_left_and_scores_right():
     pred = m.render_view(test, 0)
     assert pred.shape == (test.cameras.height, test.cameras.width - test.cameras.width // 2, 3)
 
-    class Eval:
-        metrics, lpips_net, lpips_weights_dir, save_renders = ("psnr",), "vgg", None, False
+    # the harness renders through the method's view protocol and scores only the right half
+    from harness.core.method import ViewProtocol
+    from harness.run.evaluation import Evaluation
 
-    rec = m.evaluate(Eval(), test)
+    assert isinstance(m, ViewProtocol)
+    rec = Evaluation(metrics=("psnr",), save_renders=False).score(m, test)
+    assert set(rec["per_view"]) == set(test.names)
     assert rec["appearance_protocol"]["name"] == "left_half"
     assert rec["appearance_protocol"]["scored_columns"] == [test.cameras.width // 2, test.cameras.width]
     assert rec["block"]["index"] == 0 and len(rec["block"]["cameras"]) == len(m.train_index)
@@ -402,9 +411,9 @@ def test_left_half_protocol_fits_on_left_and_scores_right():
 
 # ---- experiment expansion -----------------------------------------------------------------------------
 def test_ablation_expands_into_one_trial_per_block():
-    from harness.compose import declared, groups
-    from harness.sweep import expand, read_spec
-    from harness.config import experiment_path
+    from harness.run.composition import declared, groups
+    from harness.run.config import experiment_path
+    from harness.run.sweep import expand, read_spec
 
     trials = expand("block_nerf_ablation")
     per_variant = groups(trials, "BlockNeRF.block")
@@ -424,8 +433,8 @@ def test_ablation_expands_into_one_trial_per_block():
 
 
 def test_blocks_experiment_compares_4_blocks_with_1_at_a_smaller_network():
-    from harness.compose import groups
-    from harness.sweep import expand
+    from harness.run.composition import groups
+    from harness.run.sweep import expand
 
     trials = expand("block_nerf_blocks")
     sizes = {members[0].bindings["BlockPartition.n_blocks"]: len(members)
@@ -445,7 +454,7 @@ def test_visibility_error_on_hit_rays_counts_only_rays_ending_in_the_block():
     depth[m.test_index[0], :, : depth.shape[2] // 2] = np.inf  # sky on the left half of the first view
     scene.extras["depth"] = {**scene.extras["depth"], "test": depth}
     rec = m.visibility_error(test)
-    from harness.data.rays import image_rays
+    from harness.core.data.rays import image_rays
 
     stride, hit, total = m.visibility_eval_stride, 0, 0
     for k, i in enumerate(m.test_index):

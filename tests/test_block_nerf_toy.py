@@ -3,8 +3,8 @@ per-image exposure and appearance (a colour tint per appearance_id), exact depth
 
 import numpy as np
 
-from harness.data.loading import cameras_from_arrays
-from harness.data.scene import Scene, Split
+from harness.core.data.loader_kit import cameras_from_arrays
+from harness.core.data.scene import Scene, Split
 
 WALL_Y = 4.0
 TINTS = np.array([[1.0, 0.8, 0.6], [0.6, 0.8, 1.0]], dtype=np.float32)

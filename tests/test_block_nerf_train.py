@@ -1,19 +1,18 @@
 """A short real training of one Block-NeRF block on the procedural street improves PSNR over the
-initial model, scored through harness.metrics on a held-out view of the block."""
+initial model, scored through harness.core.metrics on a held-out view of the block."""
 
 import gin
 import numpy as np
 import torch
 
-from harness.data.rays import RaySampler
-from harness.metrics import psnr
+from harness.core.data.rays import RaySampler
+from harness.core.metrics import psnr
 
 
 def test_short_street_training_improves_psnr():
-    import harness.registry  # noqa: F401
-    from harness.data.load import load_scene
-
+    import harness.run.registry  # noqa: F401
     from baselines.block_nerf import BlockNeRF
+    from harness.core.data.load_scene import load_scene
 
     old = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -8,11 +8,11 @@ import re
 
 import pytest
 
-from harness.errors import ConfigError
-from harness.trial import Trainer, mean_colour_psnr
+from harness.core.errors import ConfigError
+from harness.run.trial import Trainer, mean_colour_psnr
 from tests.conftest import harness
 from tests.fixtures.toy_method import ToyColour
-from tests.reliability_tools import Trial, tiny_scene, write_experiment  # noqa: F401
+from tests.reliability_tools import Trial, write_experiment
 
 # ToyColour on the reliability tests' 16x16 scene (2 test views; mean-colour PSNR 11.33 dB). The toy
 # (one colour per ray-direction bucket) scores below the mean colour even when it learns, so its
@@ -170,7 +170,8 @@ def test_plenoxels_with_a_learning_rate_of_1e12_ends_collapsed(tmp_path, lrs, st
 
 
 @pytest.mark.parametrize("kw, message", [
-    ({"collapse_psnr": "mean"}, r"^Trainer\.collapse_psnr = 'mean': expected 'mean_colour', a PSNR floor in dB, or None"),
+    ({"collapse_psnr": "mean"},
+     r"^Trainer\.collapse_psnr = 'mean': expected 'mean_colour', a PSNR floor in dB, or None"),
     ({"collapse_psnr": True}, r"^Trainer\.collapse_psnr = True: expected"),
     ({"collapse_psnr": float("nan")}, r"^Trainer\.collapse_psnr = nan: expected"),
     ({"collapse_margin": -1}, r"^Trainer\.collapse_margin = -1: expected a number of dB >= 0"),
@@ -185,8 +186,8 @@ def test_bad_settings_are_one_line(kw, message):
 
 
 def test_collapsed_is_a_final_state_left_only_by_a_retry_or_a_cancel(tmp_path):
-    from harness.errors import RecordError
-    from harness.records import create_trial_record
+    from harness.core.errors import RecordError
+    from harness.core.records import create_trial_record
 
     rec = create_trial_record(tmp_path / "t", {}, "c\n")
     with pytest.raises(RecordError, match="illegal transition pending -> collapsed"):
@@ -205,7 +206,7 @@ def test_collapsed_is_a_final_state_left_only_by_a_retry_or_a_cancel(tmp_path):
 
 
 def _test_images(scene):
-    from harness.data.load import load_scene
+    from harness.core.data.load_scene import load_scene
 
     return load_scene(path=str(scene), format="nerfstudio").split("test").images
 
@@ -240,7 +241,8 @@ def test_the_sweep_lists_the_collapsed_trial_as_not_done_and_retry_failed_reruns
     retry = harness("sweep", exp, "--runs-dir", runs, "--retry-failed")
     assert retry.returncode == 1 and f"{bad['trial_id']}: collapsed: {bad['error']}" in retry.stdout
     status = json.loads((runs / "coll" / bad["trial_id"] / "status.json").read_text())
-    assert status["attempts"] == bad["attempts"] + 1 and status["state"] == "collapsed" and status["error"] == bad["error"]
+    assert (status["attempts"] == bad["attempts"] + 1 and status["state"] == "collapsed"
+            and status["error"] == bad["error"])
     done = json.loads((runs / "coll" / good["trial_id"] / "status.json").read_text())
     assert done["attempts"] == 1  # the done one is not run again
     # `make status`: counted, and listed with its error

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from harness.data.colmap import load_colmap
-from harness.data.colmap_io import read_cameras_binary
-from harness.data.llff import load_llff
-from harness.data.nerfstudio import load_nerfstudio
-from harness.errors import DataError
+from harness.core.data.colmap import load_colmap
+from harness.core.data.colmap_io import read_cameras_binary
+from harness.core.data.llff import load_llff
+from harness.core.data.nerfstudio import load_nerfstudio
+from harness.core.errors import DataError
 from tests.conftest import SHARED_DATA, requires_shared
 from tests.test_data_street import generate
 
@@ -75,7 +75,8 @@ def test_truncated_png(scene):
 def test_image_size_differs_from_intrinsics(scene):
     root, _ = scene
     Image.new("RGBA", (10, 12)).save(root / "images" / "train_002.png")
-    _raises(r"train_002\.png: image is 10x12, but .*transforms\.json frame 2 \(w, h\) says 16x16", load_nerfstudio, root)
+    _raises(r"train_002\.png: image is 10x12, but .*transforms\.json frame 2 \(w, h\) says 16x16",
+            load_nerfstudio, root)
 
 
 def test_non_finite_pose(scene):
@@ -116,7 +117,8 @@ def test_bad_optional_fields(scene):
     _raises(r"frame 0: missing 'exposure' \(other frames of split 'train' have it\)", load_nerfstudio, root)
     edit(lambda m: [f.__setitem__("exposure", -1.0 if i == 2 else 1.0) for i, f in enumerate(m["frames"])])
     _raises(r"frame 2 'exposure': expected a positive finite number", load_nerfstudio, root)
-    edit(lambda m: [f.__setitem__("exposure", 1.0) for f in m["frames"]] + [m["frames"][0].__setitem__("appearance_id", "a")])
+    edit(lambda m: [f.__setitem__("exposure", 1.0) for f in m["frames"]]
+         + [m["frames"][0].__setitem__("appearance_id", "a")])
     _raises(r"frame 1: missing 'appearance_id'", load_nerfstudio, root)
     edit(lambda m: m["frames"][0].pop("appearance_id"))
     edit(lambda m: m.__setitem__("blocks", [{"center": [0, 0], "radius": 1}]))
@@ -131,7 +133,7 @@ def test_llff_poses_bounds_of_the_wrong_shape(tmp_path):
 
 
 def test_llff_image_count_and_pose_checks(tmp_path):
-    from harness.data.procedural.tiny import build_tiny, tiny_scene
+    from harness.core.data.procedural.tiny import build_tiny, tiny_scene
 
     cams = build_tiny(tiny_scene(**TINY)).cameras
     root = write_llff(tmp_path / "a", cams, n=5)

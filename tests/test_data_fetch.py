@@ -6,8 +6,8 @@ import threading
 
 import pytest
 
-from harness.data.fetch import download, link_shared
-from harness.errors import DataError
+from harness.core.data.fetch import download, link_shared
+from harness.core.errors import DataError
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
 

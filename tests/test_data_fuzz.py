@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from harness.data.nerfstudio import load_nerfstudio
-from harness.errors import DataError
+from harness.core.data.nerfstudio import load_nerfstudio
+from harness.core.errors import DataError
 
 scalars = (st.none() | st.booleans() | st.integers(min_value=-2**70, max_value=2**70)
            | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=6))
@@ -24,8 +24,8 @@ identity = [[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 4.0], [0
 turned = [[0.0, -1.0, 0.0, 1.0], [1.0, 0.0, 0.0, 2.0], [0.0, 0.0, 1.0, 3.0], [0.0, 0.0, 0.0, 1.0]]
 positive = st.floats(0.01, 1e3) | st.integers(1, 100)
 near_miss = st.sampled_from([0, -1, 0.0, 1e308, 2**64, "", "a.png", "d.npy", "/", "..", [], {}, [1, 2, 3],
-                             [[1, 0, 0], [0, 1, 0]], [[float("nan")] * 4] * 4, [[2, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0],
-                                                                             [0, 0, 0, 1]], [{"center": [0, 0]}]])
+                             [[1, 0, 0], [0, 1, 0]], [[float("nan")] * 4] * 4,
+                             [[2, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]], [{"center": [0, 0]}]])
 DELETE = object()
 
 frames = st.fixed_dictionaries(
@@ -35,7 +35,8 @@ frames = st.fixed_dictionaries(
               "depth_file_path": st.just("d.npy")})
 valid = st.fixed_dictionaries(
     {"frames": st.lists(frames, min_size=1, max_size=5), "fl_x": positive},
-    optional={"fl_y": positive, "w": st.just(8), "h": st.just(6), "camera_model": st.sampled_from(["OPENCV", "PINHOLE"]),
+    optional={"fl_y": positive, "w": st.just(8), "h": st.just(6),
+              "camera_model": st.sampled_from(["OPENCV", "PINHOLE"]),
               "aabb": st.just([[-1, -1, -1], [1, 1, 1]]), "near": st.just(0.1), "far": st.just(50.0),
               "blocks": st.just([{"center": [0, 0, 0], "radius": 2}]), "train_filenames": st.just(["a.png", "a"])})
 KEYS = ["frames", "fl_x", "fl_y", "cx", "cy", "w", "h", "k1", "camera_model", "camera_angle_x", "aabb", "near", "far",

@@ -15,10 +15,17 @@ from pathlib import Path
 import pytest
 
 from harness.cli import main
-from harness.data.fetch import extract_zip, read_lock
-from harness.data.manifest import (LOCK_NAME, MANIFEST_PATH, entry_state, get_entry, install, list_lines,
-                                   load_manifest)
-from harness.errors import DataError
+from harness.core.data.fetch import extract_zip, read_lock
+from harness.core.data.manifest import (
+    LOCK_NAME,
+    MANIFEST_PATH,
+    entry_state,
+    get_entry,
+    install,
+    list_lines,
+    load_manifest,
+)
+from harness.core.errors import DataError
 
 
 def make_zip(members: dict[str, bytes], symlinks: dict[str, str] | None = None) -> bytes:
@@ -287,7 +294,7 @@ def test_manifest_errors_name_the_field(tmp_path):
 
 
 def test_shipped_manifest():
-    from harness.evaluation.lpips_model import BACKBONE_FILES, PROJECT_WEIGHTS_DIR
+    from harness.core.metrics.lpips_model import BACKBONE_FILES, PROJECT_WEIGHTS_DIR
 
     manifest = load_manifest(MANIFEST_PATH)
     assert {"nerf_synthetic", "nerf_llff_data", "lpips_alex", "lpips_vgg"} <= set(manifest)
@@ -298,7 +305,7 @@ def test_shipped_manifest():
     assert manifest["nerf_synthetic"].file == "nerf_synthetic.zip"
     assert manifest["nerf_llff_data"].file == "nerf_llff_data.zip"
     assert manifest["nerf_llff_data"].layout == {"nerf_llff_data": "nerf_llff"}  # where fern.gin looks
-    # LPIPS weights land where harness.evaluation.lpips_model looks, under the name it expects;
+    # LPIPS weights land where harness.core.metrics.lpips_model looks, under the name it expects;
     # torchvision names embed the first 8 hex digits of the sha256.
     for name, net in (("lpips_alex", "alex"), ("lpips_vgg", "vgg")):
         entry = manifest[name]
@@ -314,7 +321,7 @@ def test_torchvision_file_loads_in_lpips(tmp_path, monkeypatch):
     import torch
     import torchvision
 
-    from harness.evaluation.lpips_model import BACKBONE_FILES, check_lpips_weights, get_lpips_model
+    from harness.core.metrics.lpips_model import BACKBONE_FILES, check_lpips_weights, get_lpips_model
 
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "no_hub"))
     monkeypatch.delenv("HARNESS_LPIPS_WEIGHTS", raising=False)

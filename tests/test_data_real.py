@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from harness.data.blender import load_blender
-from harness.data.colmap_io import read_cameras_binary
-from harness.data.formats import detect_format
-from harness.data.llff import average_pose, load_llff
-from harness.data.ndc import ndc_rays, to_ndc
-from harness.data.rays import image_rays, rays_for_pixels
-from harness.data.scene_cli import check_scene
+from harness.core.data.blender import load_blender
+from harness.core.data.colmap_io import read_cameras_binary
+from harness.core.data.formats import detect_format
+from harness.core.data.llff import average_pose, load_llff
+from harness.core.data.ndc import ndc_rays, to_ndc
+from harness.core.data.rays import image_rays, rays_for_pixels
+from harness.scene_cli import check_scene
 from tests.conftest import SHARED_DATA, requires_shared
 
 FERN = SHARED_DATA / "nerf_llff" / "fern"
@@ -98,7 +98,7 @@ def test_fern_poses_see_the_colmap_points_in_their_colours(fern):
         assert inside.mean() > 0.5
         ui, vi = u[inside].astype(int), v[inside].astype(int)
 
-        def colour_error(rows, cols):
+        def colour_error(rows, cols, i=i, inside=inside):
             return np.abs(split.images[i][np.clip(rows, 0, 377), np.clip(cols, 0, 503)] - rgb[inside]).mean()
 
         err = colour_error(vi, ui)

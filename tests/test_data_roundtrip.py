@@ -7,18 +7,18 @@ import gin
 import numpy as np
 import pytest
 
-from harness import config
-from harness.data.colmap import colmap_from_cameras, load_colmap, quat_to_rot, rot_to_quat
-from harness.data.colmap_io import ColmapImage, read_model, write_colmap_model
-from harness.data.formats import LOADERS, detect_format
-from harness.data.loading import cameras_from_arrays
-from harness.data.nerfstudio import load_nerfstudio
-from harness.data.procedural import load_procedural
-from harness.data.procedural.tiny import build_tiny, tiny_scene
-from harness.data.procedural.views import render_view
-from harness.data.procedural.writer import encode_view
-from harness.data.scene_cli import check_scene, make_scene
-from harness.paths import EXPERIMENTS_DIR, resolve_project_path
+from harness.core.data.colmap import colmap_from_cameras, load_colmap, quat_to_rot, rot_to_quat
+from harness.core.data.colmap_io import ColmapImage, read_model, write_colmap_model
+from harness.core.data.formats import LOADERS, detect_format
+from harness.core.data.loader_kit import cameras_from_arrays
+from harness.core.data.nerfstudio import load_nerfstudio
+from harness.core.data.procedural import load_procedural
+from harness.core.data.procedural.tiny import build_tiny, tiny_scene
+from harness.core.data.procedural.views import render_view
+from harness.core.data.procedural.writer import encode_view
+from harness.core.paths import EXPERIMENTS_DIR, resolve_project_path
+from harness.run import config
+from harness.scene_cli import check_scene, make_scene
 from tests.test_data_errors import write_llff
 from tests.test_data_street import generate
 
@@ -104,10 +104,12 @@ def test_colmap_model_projects_points_as_documented():
     for i, im in enumerate(images):
         rot = Rotation.from_quat([*im.qvec[1:], im.qvec[0]]).as_matrix()  # scipy: scalar last
         x = points @ rot.T + im.tvec
-        uv_colmap = np.stack([cams.fx[i] * x[:, 0] / x[:, 2] + cams.cx[i], cams.fy[i] * x[:, 1] / x[:, 2] + cams.cy[i]], 1)
+        uv_colmap = np.stack([cams.fx[i] * x[:, 0] / x[:, 2] + cams.cx[i],
+                              cams.fy[i] * x[:, 1] / x[:, 2] + cams.cy[i]], 1)
         c2w = cams.c2w[i].astype(np.float64)
         g = (points - c2w[:, 3]) @ c2w[:, :3]
-        uv_gl = np.stack([cams.cx[i] + cams.fx[i] * g[:, 0] / -g[:, 2], cams.cy[i] - cams.fy[i] * g[:, 1] / -g[:, 2]], 1)
+        uv_gl = np.stack([cams.cx[i] + cams.fx[i] * g[:, 0] / -g[:, 2],
+                          cams.cy[i] - cams.fy[i] * g[:, 1] / -g[:, 2]], 1)
         assert (x[:, 2] > 0).all()
         np.testing.assert_allclose(uv_colmap, uv_gl, atol=1e-3)
         np.testing.assert_allclose(quat_to_rot(im.qvec), rot, atol=1e-12)

@@ -7,13 +7,13 @@ import gin
 import numpy as np
 import pytest
 
-from harness.data.nerfstudio import load_nerfstudio
-from harness.data.procedural import make_procedural
-from harness.data.procedural.raycast import signed_distance
-from harness.data.procedural.shading import srgb_decode
-from harness.data.procedural.street import build_street, street_scene
-from harness.data.procedural.views import render_view
-from harness.data.rays import image_rays
+from harness.core.data.nerfstudio import load_nerfstudio
+from harness.core.data.procedural import make_procedural
+from harness.core.data.procedural.raycast import signed_distance
+from harness.core.data.procedural.shading import srgb_decode
+from harness.core.data.procedural.street import build_street, street_scene
+from harness.core.data.procedural.views import render_view
+from harness.core.data.rays import image_rays
 
 SMALL = {"n_images": 24, "width": 48, "height": 32}
 
@@ -58,7 +58,8 @@ def test_conditions_are_captured_in_both_directions_by_separate_drives():
     scene = build_street(street_scene())
     heading_x = -scene.cameras.c2w[:, 0, 2]  # camera looks along -z: its x component gives the direction
     for c in np.unique(scene.condition):
-        assert (heading_x[scene.condition == c] > 0.3).sum() >= 20 and (heading_x[scene.condition == c] < -0.3).sum() >= 20
+        assert ((heading_x[scene.condition == c] > 0.3).sum() >= 20
+                and (heading_x[scene.condition == c] < -0.3).sum() >= 20)
     assert len(np.unique(scene.sequence)) == 6
     for d in np.unique(scene.sequence):
         one = scene.sequence == d
@@ -145,7 +146,7 @@ def test_default_street_generates_within_a_minute(tmp_path):
 
 def test_render_split_reads_like_the_written_images(street_dir, street):
     """render_split (views never written, e.g. novel views) quantises exactly as the saved PNGs load."""
-    from harness.data.procedural.views import render_split
+    from harness.core.data.procedural.views import render_split
 
     scene = build_street(street_scene(**SMALL))
     split = render_split(scene)
@@ -158,7 +159,7 @@ def test_render_split_reads_like_the_written_images(street_dir, street):
 
 
 def test_novel_street_views_are_new_cameras_on_the_same_street():
-    from harness.data.procedural.street import street_views
+    from harness.core.data.procedural.street import street_views
 
     p = street_scene(**SMALL)
     own = build_street(p)

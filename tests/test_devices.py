@@ -20,8 +20,8 @@ from baselines.block_nerf.compose import compose_view, match_appearance
 from baselines.block_nerf.partition import BlockPartition
 from baselines.plenoxels import Plenoxels, TVLoss
 from baselines.plenoxels.losses import Smoothness, Sparsity
-from harness.data.rays import RaySampler
-from harness.method import pick_device
+from harness.core.data.rays import RaySampler
+from harness.core.method import pick_device
 from tests.test_block_nerf import small
 from tests.test_block_nerf_toy import toy_scene
 from tests.test_plenoxels import random_batch, synthetic_scene
@@ -154,7 +154,7 @@ def test_auto_device_is_the_cpu_without_a_gpu_and_a_missing_gpu_is_a_clear_error
 
 
 def test_the_record_names_the_device_the_method_computes_on():
-    from harness.trial import device_name
+    from harness.run.trial import device_name
 
     assert device_name("cpu").startswith("CPU (")
     expected = "CUDA" if torch.cuda.is_available() else "CPU ("

@@ -3,8 +3,8 @@ state only what differs; the same key twice, or an include's value restated, is 
 
 import pytest
 
-from harness import sweep
-from harness.config import check_duplicate_bindings, experiment_path, list_experiments
+from harness.run import sweep
+from harness.run.config import check_duplicate_bindings, experiment_path, list_experiments
 
 
 @pytest.mark.parametrize("name", list_experiments())

@@ -9,9 +9,9 @@ import textwrap
 
 import pytest
 
-from harness import identity, sweep
+from harness.run import identity, sweep
 from tests.conftest import ROOT
-from tests.reliability_tools import Trial, final_state, tiny_scene, write_experiment  # noqa: F401
+from tests.reliability_tools import Trial, final_state, write_experiment
 
 
 def _ids(exp, *binds) -> list[str]:
@@ -91,7 +91,7 @@ def test_changing_a_default_in_a_methods_signature_changes_the_id(tmp_path, tiny
                 def __init__(self, scene, seed, lr: float = {default}, batch_size: int = 8):
                     pass
             """))
-        code = f"from harness import sweep; print(sweep.expand({str(exp)!r})[0].id)"
+        code = f"import harness.run.registry; from harness.run import sweep; print(sweep.expand({str(exp)!r})[0].id)"
         proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
                               env={"PYTHONPATH": f"{tmp_path}:{ROOT}", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
         assert proc.returncode == 0, proc.stderr[-2000:]
@@ -105,14 +105,15 @@ def test_changing_a_default_in_a_methods_signature_changes_the_id(tmp_path, tiny
 def test_ids_are_the_same_in_every_process_with_references_in_the_config():
     """Block-NeRF binds `@BlockPartition()` and `@Schedule()`: references enter by name, never as an
     object (whose repr would hold a memory address)."""
-    code = "from harness import sweep; print([t.id for t in sweep.expand('block_nerf_ablation')][:3])"
+    code = ("import harness.run.registry; from harness.run import sweep; "
+            "print([t.id for t in sweep.expand('block_nerf_ablation')][:3])")
     outs = {subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                            timeout=120).stdout for _ in range(2)}
     assert len(outs) == 1 and "[" in outs.pop()
 
 
 def test_the_record_keeps_what_the_id_hashes(tiny_scene, tmp_path):
-    from harness.driver import run_sweep
+    from harness.run.driver import run_sweep
 
     exp = write_experiment(tmp_path, tiny_scene)
     run_sweep(str(exp), [], tmp_path / "runs", {"threads": 1})

@@ -25,7 +25,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _variants():
     """(label, kernel, pointer/scalar types, constexprs) for every specialisation the ops launch."""
-    from kernels.triton import BLOCKS, composite as C, grid as G, padded_cols, row_block, tv as T
+    from kernels.triton import BLOCKS, padded_cols, row_block
+    from kernels.triton import composite as C
+    from kernels.triton import grid as G
+    from kernels.triton import tv as T
 
     br, bs = BLOCKS["composite_rays"][1], BLOCKS["composite_samples"][1]
 
@@ -46,7 +49,8 @@ def _variants():
                dict(HAS_DELTA=has_delta, HAS_T=True, HAS_GW=True, D_DELTA=has_delta, D_T=True,
                     BLOCK_R=br, BLOCK_S=bs))
     ints = dict(index_ptr=i64p, S="i32", C="i32")
-    yield "interpolate fwd", G._interp_fwd, types(G._interp_fwd, **ints), dict(K=8, BLOCK_S=row_block("samples", "cuda", 32), CP=32)
+    yield ("interpolate fwd", G._interp_fwd, types(G._interp_fwd, **ints),
+           dict(K=8, BLOCK_S=row_block("samples", "cuda", 32), CP=32))
     yield ("interpolate bwd", G._interp_bwd, types(G._interp_bwd, **ints),
            dict(K=8, D_FEAT=True, D_WEIGHT=True, BLOCK_S=row_block("samples", "cuda", 32), CP=32))
     st = types(G._sample_sh, links_ptr=i32p, ray_ptr=i64p, S="i32", X="i32", Y="i32", Z="i32")

@@ -7,10 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.test_kernels_fixtures import (DEVICE, ball_grid, ball_rays, fast_impls, lego_grid,  # noqa: F401
-                                         march_grid, random_packed, small_blocks)
 from kernels.render import composite, early_termination, transmittance
 from kernels.sample import sample_grid_sh
+from tests.test_kernels_fixtures import DEVICE, ball_grid, ball_rays, fast_impls, lego_grid, march_grid, random_packed
 
 # rays with no samples (first, middle, last), one sample, and long rays over several chunks
 COUNTS = [0, 3, 37, 0, 1, 16, 17, 64, 0, 5, 70, 2, 0]

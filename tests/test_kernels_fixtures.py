@@ -68,7 +68,7 @@ def random_packed(counts, dtype=torch.float64, seed=0, sigma_scale=4.0):
     return sigma, rgb, delta, t, ray
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def ball_grid(resolution: int = 24, n_basis: int = 9, seed: int = 0):
     """A sparse grid with a surface: density rising steeply inside a ball of radius 0.35 (box
     [-0.5, 0.5]^3), absent voxels outside radius 0.45, random SH. Returns a dict with density
@@ -108,15 +108,15 @@ def ball_rays(n: int = 300, seed: int = 1):
     return origins, dirs
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def lego_grid(steps: int = 40):
     """The grid of a Plenoxels model trained for `steps` steps on lego_100 (resolution 32, pruned
     at step 30, so sparse), and 256 rays of test view 0. Skips when lego_100 is absent."""
     if not LEGO.is_dir():
         pytest.skip(f"shared test data not found: {LEGO}")
     from baselines.plenoxels import Plenoxels
-    from harness.data.blender import load_blender
-    from harness.data.rays import RaySampler, image_rays
+    from harness.core.data.blender import load_blender
+    from harness.core.data.rays import RaySampler, image_rays
 
     scene = load_blender(LEGO, splits=("train", "test"))
     model = Plenoxels(scene, 0, resolution=32, upsample_steps=(), prune_steps=(30,), sh_degree=2)

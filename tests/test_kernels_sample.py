@@ -7,12 +7,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.test_kernels_fixtures import (DEVICE, ball_grid, ball_rays, lego_grid, march_grid,  # noqa: F401
-                                         small_blocks)
 from kernels import _impl
 from kernels.grid import interpolate
 from kernels.sample import sample_grid_sh
 from kernels.sh import sh_basis
+from tests.test_kernels_fixtures import DEVICE, ball_grid, ball_rays, lego_grid, march_grid
 
 needs_triton = pytest.mark.skipif(not _impl.triton_available(), reason="triton does not import")
 

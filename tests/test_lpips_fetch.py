@@ -1,4 +1,4 @@
-"""LPIPS backbone weights fetched on first use (harness.evaluation.lpips_model.check_lpips_weights).
+"""LPIPS backbone weights fetched on first use (harness.core.metrics.lpips_model.check_lpips_weights).
 
 Against a real HTTP server on 127.0.0.1 serving the real AlexNet backbone (features-only state dict
 from ../shared/data/lpips_weights) under a torchvision-style name whose 8 hex digits start its sha256,
@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from harness import metrics as M
-from harness.data.manifest import get_entry, load_manifest
-from harness.errors import MetricError
-from harness.evaluation import lpips_model
+from harness.core import metrics as M
+from harness.core.data.manifest import get_entry, load_manifest
+from harness.core.errors import MetricError
+from harness.core.metrics import lpips_model
 from tests.conftest import ROOT, SHARED_DATA
 
 ALEX_LOCAL = SHARED_DATA / "lpips_weights" / "alexnet_features_only.pth"
@@ -102,7 +102,8 @@ def places(tmp_path, monkeypatch):
 
 
 def two_views() -> tuple[np.ndarray, np.ndarray]:
-    a, b = (np.asarray(Image.open(LEGO_TEST / f"{n}.png").convert("RGB"), dtype=np.float32) / 255 for n in ("r_0", "r_7"))
+    a, b = (np.asarray(Image.open(LEGO_TEST / f"{n}.png").convert("RGB"), dtype=np.float32) / 255
+            for n in ("r_0", "r_7"))
     return a, b
 
 

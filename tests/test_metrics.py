@@ -1,4 +1,4 @@
-"""harness.metrics against independent references: skimage, a direct 2-D SSIM, published LPIPS distances."""
+"""harness.core.metrics against independent references: skimage, a direct 2-D SSIM, published LPIPS distances."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from scipy.signal import correlate2d
 from skimage.metrics import peak_signal_noise_ratio as sk_psnr
 from skimage.metrics import structural_similarity as sk_ssim
 
-from harness import metrics as M
-from harness.errors import MetricError
-from harness.evaluation import lpips_model
-from harness.paths import resolve_project_path
+from harness.core import metrics as M
+from harness.core.errors import MetricError
+from harness.core.metrics import lpips_model
+from harness.core.paths import resolve_project_path
 
 SHARED = resolve_project_path("../shared/data")
 WEIGHTS = SHARED / "lpips_weights"
@@ -187,7 +187,8 @@ def test_torch_ssim_matches_numpy_and_has_gradients():
     assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
     small = torch.tensor(pred[0, :13, :12], requires_grad=True)
     for variant in M.SSIM_VARIANTS:
-        assert torch.autograd.gradcheck(lambda t: M.ssim(t, torch.tensor(gt[0, :13, :12]), variant=variant), (small,))
+        assert torch.autograd.gradcheck(
+            lambda t, variant=variant: M.ssim(t, torch.tensor(gt[0, :13, :12]), variant=variant), (small,))
     # Flat regions (zero variance) must not produce NaN gradients.
     flat = torch.full((16, 16, 3), 0.5, dtype=torch.float64, requires_grad=True)
     M.ssim(flat, torch.tensor(gt[0, :16, :16])).backward()
@@ -308,7 +309,7 @@ def test_evaluate_dirs_pairs_by_name_and_matches_arrays(tmp_path):
     got = M.evaluate_dirs(pred_dir, gt_dir, weights_dir=WEIGHTS, metrics=metrics)
     assert list(got["per_view"]) == ["r_2", "r_10", "r_11"]
     # Saved 8-bit files score exactly as the float renders did in memory (the trial's numbers).
-    from harness.data.images import read_image
+    from harness.core.data.images import read_image
 
     mem = M.score_images([(n, p, read_image(LEGO_100 / f"{n}.png")) for n, p, _ in pairs],
                          weights_dir=WEIGHTS, metrics=metrics)

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from baselines.plenoxels import Plenoxels, TVLoss
-from harness.data.scene import Scene
-from harness.method import Method
-from harness.metrics import psnr
+from harness.core.data.scene import Scene
+from harness.core.method import Method
+from harness.core.metrics import psnr
 from kernels.sh import C0
 from kernels.tv import total_variation
 from tests.conftest import SHARED_DATA, requires_shared
@@ -131,7 +131,7 @@ def test_gin_bindings_reach_tv_and_method(clean_gin):
 
 
 def test_base_gin_file_parses_and_builds_the_method(clean_gin):
-    config = pytest.importorskip("harness.config", reason="harness.config is not written yet")
+    config = pytest.importorskip("harness.run.config", reason="harness.run.config is not written yet")
     config.parse([PROJECT / "experiments/base/plenoxels.gin"], ["TVLoss.weight_density = 1e-4"])
     assert clean_gin.query_parameter("Trainer.method").selector == "Plenoxels"
     m = Plenoxels(synthetic_scene(), 0)
@@ -202,8 +202,8 @@ def test_tv_weight_changes_training():
 # ---- real data ---------------------------------------------------------------------------------
 @requires_shared("nerf_synthetic", "lego_100")
 def test_short_training_on_lego_raises_test_psnr():
-    from harness.data.blender import load_blender
-    from harness.data.rays import RaySampler, image_rays
+    from harness.core.data.blender import load_blender
+    from harness.core.data.rays import RaySampler, image_rays
 
     scene = load_blender(LEGO, splits=("train", "test"))
     train, test = scene.split("train"), scene.split("test")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from baselines.plenoxels import Plenoxels
-from harness.metrics import psnr
+from harness.core.metrics import psnr
 from tests.conftest import SHARED_DATA, requires_shared
 
 LEGO = SHARED_DATA / "nerf_synthetic" / "lego_100"
@@ -16,8 +16,8 @@ VIEWS = (0, 50, 100)
 @pytest.fixture(scope="module")
 def trained():
     """A 32^3 -> 64^3 model after 250 steps on lego_100 (~8 s on one thread)."""
-    from harness.data.blender import load_blender
-    from harness.data.rays import RaySampler
+    from harness.core.data.blender import load_blender
+    from harness.core.data.rays import RaySampler
 
     scene = load_blender(LEGO, splits=("train", "test"))
     train = scene.split("train")
@@ -30,14 +30,14 @@ def trained():
 
 
 def _render(m, scene):
-    from harness.data.rays import image_rays
+    from harness.core.data.rays import image_rays
 
     test = scene.split("test")
     return [m.render(*image_rays(test.cameras, i))["rgb"].numpy() for i in VIEWS]
 
 
 def _rays(scene, n=4000):
-    from harness.data.rays import RaySampler
+    from harness.core.data.rays import RaySampler
 
     train = scene.split("train")
     batch = RaySampler(train.images, train.cameras, seed=99).sample(0, n)
@@ -145,7 +145,7 @@ def test_non_cubic_model_trains_upsamples_and_resumes():
     m = model()
     assert m.grid.resolution == (16, 16, 8)
     losses = [m.train_step(s, random_batch(s, 256)) for s in range(6)]
-    assert m.grid.resolution == (32, 32, 16) and all(np.isfinite(l["loss"]) for l in losses)
+    assert m.grid.resolution == (32, 32, 16) and all(np.isfinite(out["loss"]) for out in losses)
     resumed = model()
     resumed.load_state_dict(m.state_dict())
     assert resumed.grid.resolution == (32, 32, 16)

@@ -2,13 +2,12 @@
 Triton interpreter on this CPU, real kernels on CUDA tensors when there is a GPU) matches the
 PyTorch reference on the same device."""
 
-from tests.test_kernels_fixtures import DEVICE  # first: sets TRITON_INTERPRET before triton is imported
-
 import pytest
 import torch
 
 from baselines.plenoxels import Plenoxels, TVLoss
 from kernels import _impl
+from tests.test_kernels_fixtures import DEVICE  # first: sets TRITON_INTERPRET before triton is imported
 from tests.test_plenoxels import random_batch, synthetic_scene
 
 pytestmark = pytest.mark.skipif(not _impl.triton_available(), reason="triton does not import")

@@ -11,9 +11,9 @@ from baselines.plenoxels import Plenoxels, Reconstruction, Smoothness, Sparsity,
 from baselines.plenoxels.grid import SparseGrid
 from baselines.plenoxels.losses import axis_neighbours
 from baselines.plenoxels.optim import lr_factor
-from harness.data.rays import RaySampler
-from harness.data.scene import Cameras
-from harness.metrics import ssim
+from harness.core.data.rays import RaySampler
+from harness.core.data.scene import Cameras
+from harness.core.metrics import ssim
 from tests.test_plenoxels import random_batch, synthetic_scene
 
 

@@ -1,4 +1,4 @@
-"""harness.provenance: source fingerprint, git fields, environment, differences (issue 22, item 2)."""
+"""harness.core.provenance: source fingerprint, git fields, environment, differences (issue 22, item 2)."""
 
 import copy
 import json
@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness import provenance
-from harness.provenance import differences, environment, short_code, source_fingerprint
+from harness.core import provenance
+from harness.core.provenance import differences, environment, short_code, source_fingerprint
 
 ROOT = Path(__file__).resolve().parent.parent
 HAS_GIT = shutil.which("git") is not None
@@ -30,7 +30,7 @@ def _fresh_cache():
 FAKE_TREE = {
     "harness/__init__.py": "",
     "harness/x.py": "VALUE = 1\n",
-    "harness/data/datasets.toml": "[lego]\nurl = 'x'\n",
+    "harness/core/data/datasets.toml": "[lego]\nurl = 'x'\n",
     "harness/__pycache__/x.cpython-311.pyc": "compiled",
     "baselines/__init__.py": "",
     "baselines/b.py": "def f():\n    return 2\n",
@@ -82,7 +82,7 @@ def test_source_hash_stable_and_sensitive_to_tracked_source(tmp_path):
     rewrite(x, b"VALUE = 1\n")
     assert sha(root) == base
 
-    for rel in ("kernels/cuda/c.cu", "harness/data/datasets.toml", "baselines/b.py"):
+    for rel in ("kernels/cuda/c.cu", "harness/core/data/datasets.toml", "baselines/b.py"):
         path = root / rel
         original = path.read_bytes()
         rewrite(path, original + b" ")
@@ -109,7 +109,7 @@ def test_source_hash_ignores_mtime_and_files_outside(tmp_path):
         rewrite(root / rel, b"changed")
         assert sha(root) == base, rel
     (root / "harness/__pycache__/y.cpython-311.pyc").write_text("new")
-    (root / "harness/data/other.toml").write_text("new")
+    (root / "harness/core/data/other.toml").write_text("new")
     assert sha(root) == base
 
 
@@ -146,7 +146,7 @@ def test_extra_module_hashed_and_missing_module_listed(tmp_path, monkeypatch):
 
 def test_extra_module_inside_the_source_folders_is_not_hashed_twice():
     plain = source_fingerprint()
-    with_inside = source_fingerprint(["harness.records"])
+    with_inside = source_fingerprint(["harness.core.records"])
     assert with_inside["source_sha256"] == plain["source_sha256"]
     toy = source_fingerprint(["tests.fixtures.toy_method"])
     assert toy["source_sha256"] != plain["source_sha256"] and toy["missing_modules"] == []
@@ -291,7 +291,7 @@ def test_environment_follows_threads():
                     reason="needs an x86 CPU with AVX2")
 def test_aten_cpu_capability_in_a_subprocess_is_real():
     """The 'other machine' case: torch limited to AVX2 reports it, and differences() names it."""
-    code = "import json; from harness.provenance import environment; print(json.dumps(environment()))"
+    code = "import json; from harness.core.provenance import environment; print(json.dumps(environment()))"
     env = dict(os.environ, ATEN_CPU_CAPABILITY="avx2")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
                          text=True, timeout=300, check=True)

@@ -5,9 +5,9 @@ import os
 import pytest
 import torch
 
-from harness import checkpoints
-from harness.errors import RecordError
-from harness.records import TrialRecord, atomic_write_json, create_trial_record, read_json
+from harness.core.errors import RecordError
+from harness.core.records import TrialRecord, atomic_write_json, create_trial_record, read_json
+from harness.run import checkpoints
 
 
 def test_atomic_write_leaves_old_file_when_interrupted(tmp_path, monkeypatch):

@@ -3,7 +3,7 @@ and the trial resumes from the previous good one (or from scratch) to the uninte
 
 import pytest
 
-from tests.reliability_tools import Trial, final_state, reference, tiny_scene, write_experiment  # noqa: F401
+from tests.reliability_tools import Trial, final_state, write_experiment
 
 
 def _damage(path, how):

@@ -8,7 +8,7 @@ import sys
 import time
 
 from tests.conftest import ROOT
-from tests.reliability_tools import Trial, tiny_scene, write_experiment  # noqa: F401
+from tests.reliability_tools import Trial, write_experiment
 
 
 def test_two_sweeps_at_once_train_every_trial_exactly_once(tiny_scene, tmp_path):
@@ -46,6 +46,6 @@ def test_waiting_for_a_trial_that_fails_elsewhere_does_not_run_it_again(tiny_sce
     assert second.run(log_file=log) == "error"
     assert os.waitpid(pid, 0)[1] == 0
     assert "waiting for it" in log.read_text()
-    assert f"failed in another sweep: RuntimeError: injected failure at step 30" in log.read_text()
+    assert "failed in another sweep: RuntimeError: injected failure at step 30" in log.read_text()
     status = second.status()
     assert status["state"] == "failed" and status["attempts"] == 1

@@ -1,17 +1,15 @@
 """Reliability 3: a full disk (injected ENOSPC at any write, and a real tmpfs that fills up) gives
 one clear error naming the file, leaves the previous checkpoint intact, and the trial resumes."""
 
-import os
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 
 from tests.conftest import ROOT
-from tests.reliability_tools import (Trial, can_mount_tmpfs, check_intact, final_state, reference,  # noqa: F401
-                                     temp_files, tiny_scene, write_experiment)
-
+from tests.reliability_tools import Trial, can_mount_tmpfs, check_intact, final_state, temp_files, write_experiment
 
 # (file glob, nth write of it, file the error must name, relative to the trial folder)
 CASES = [("step_*.pt", 2, "checkpoints/step_00000020.pt"),
@@ -19,7 +17,7 @@ CASES = [("step_*.pt", 2, "checkpoints/step_00000020.pt"),
          ("status.json", 3, "status.json"),  # the 'done' status, after metrics.json is written
          ("progress.json", 4, "progress.json"),
          ("metrics.json", 1, "metrics.json"),
-         ("*.png", 2, "renders/test_001.png")]
+         ("test_*.png", 2, "renders/test_001.png")]  # a render (ground truth PNGs are named by their hash)
 
 
 @pytest.mark.parametrize("pattern, nth, named", CASES, ids=[c[0] for c in CASES])
@@ -73,6 +71,6 @@ def test_a_job_that_cannot_record_its_failure_is_reported_by_its_exception_line(
     assert proc.returncode == 1, (proc.stdout, proc.stderr[-3000:])
     (status_path,) = (tmp_path / "runs" / "rel").glob("*/status.json")
     assert json.loads(status_path.read_text())["state"] == "running"  # nothing could be recorded
-    expected = (f"ended without recording its outcome (disk full or read-only?): harness.records.WriteError: "
+    expected = (f"ended without recording its outcome (disk full or read-only?): harness.core.records.WriteError: "
                 f"cannot write {status_path.resolve()}: No space left on device (ENOSPC); log: ")  # the trial store
     assert expected in proc.stdout and expected in proc.stderr, (proc.stdout, proc.stderr[-3000:])

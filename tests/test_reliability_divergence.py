@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from harness import checkpoints
+from harness.run import checkpoints
 from tests.conftest import harness
-from tests.reliability_tools import Trial, check_intact, tiny_scene, write_experiment  # noqa: F401
+from tests.reliability_tools import Trial, check_intact, write_experiment
 
 
 @pytest.mark.parametrize("where, extra, at, message", [

@@ -6,8 +6,8 @@ import string
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from harness import sweep
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
+from harness.run import sweep
 from tests.reliability_tools import write_experiment
 
 KEYS = ["Trainer.iterations", "Trainer.seed", "Trainer.checkpoint_every", "Trainer.keep_checkpoints",
@@ -54,7 +54,8 @@ def test_fuzzed_experiment_files_expand_or_raise_harness_errors(tmp_path_factory
     base = write_experiment(folder, folder / "scene").read_text().splitlines()
     outcomes = {"trials": 0, "error": 0}
 
-    @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None, derandomize=True)
+    @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None,
+              derandomize=True)
     @given(changes=edits)
     def check(changes):
         path = folder / "fuzz.gin"

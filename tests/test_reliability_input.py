@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from harness import sweep
-from harness.data.blender import load_blender
-from harness.data.nerfstudio import load_nerfstudio
-from harness.driver import run_sweep
-from harness.errors import ConfigError, DataError, HarnessError
+from harness.core.data.blender import load_blender
+from harness.core.data.nerfstudio import load_nerfstudio
+from harness.core.errors import ConfigError, DataError, HarnessError
+from harness.run import sweep
+from harness.run.driver import run_sweep
 from tests.conftest import harness
-from tests.reliability_tools import tiny_scene, write_experiment  # noqa: F401
+from tests.reliability_tools import write_experiment
 
 
 def _one_line(exc_type, match, fn, *args):
@@ -84,7 +84,8 @@ def test_bad_input_loses_nothing_already_computed(tiny_scene, tmp_path):
                                            f"'load_scene.path': ['{good}', '{bad}']}}\n")
     outcome = run_sweep(str(exp), [], runs, {"threads": 1})
     failed = [v for v in outcome.values() if v != "done"]
-    assert len(outcome) == 4 and len(failed) == 2 and len(list(runs.glob("rel/*/status.json"))) == 4 and all(f"{png}: unreadable image" in v for v in failed), failed
+    assert (len(outcome) == 4 and len(failed) == 2 and len(list(runs.glob("rel/*/status.json"))) == 4
+            and all(f"{png}: unreadable image" in v for v in failed)), failed
     after = _snapshot(runs)
     assert {k: v for k, v in after.items() if k in before} == before  # nothing earlier was touched
     for status in _statuses(runs):
@@ -147,15 +148,21 @@ NAN = [[1, 0, 0, float("nan")], [0, 1, 0, 0], [0, 0, 1, 4], [0, 0, 0, 1]]
 
 @pytest.mark.parametrize("break_it, match", [
     (lambda r: (r / "train_1.png").write_text("not a png"), r"train_1\.png: unreadable image"),
-    (lambda r: (r / "train_1.png").write_bytes((r / "train_1.png").read_bytes()[:40]), r"train_1\.png: unreadable image"),
-    (lambda r: Image.new("RGBA", (8, 6)).save(r / "train_1.png"), r"train_1\.png: image is 8x6, but scene/ \(other frames\) says 8x8"),
+    (lambda r: (r / "train_1.png").write_bytes((r / "train_1.png").read_bytes()[:40]),
+     r"train_1\.png: unreadable image"),
+    (lambda r: Image.new("RGBA", (8, 6)).save(r / "train_1.png"),
+     r"train_1\.png: image is 8x6, but scene/ \(other frames\) says 8x8"),
     (lambda r: (r / "test_0.png").unlink(), r"test_0\.png: image file is missing"),
-    (lambda r: _edit(r, "train", lambda m: m.pop("camera_angle_x")), r"transforms_train\.json: missing required key 'camera_angle_x'"),
-    (lambda r: _edit(r, "train", lambda m: m.__setitem__("camera_angle_x", float("inf"))), r"transforms_train\.json camera_angle_x: expected a positive finite number, got inf"),
-    (lambda r: _edit(r, "train", lambda m: m["frames"][1].pop("transform_matrix")), r"transforms_train\.json frame 1: missing required key 'transform_matrix'"),
+    (lambda r: _edit(r, "train", lambda m: m.pop("camera_angle_x")),
+     r"transforms_train\.json: missing required key 'camera_angle_x'"),
+    (lambda r: _edit(r, "train", lambda m: m.__setitem__("camera_angle_x", float("inf"))),
+     r"transforms_train\.json camera_angle_x: expected a positive finite number, got inf"),
+    (lambda r: _edit(r, "train", lambda m: m["frames"][1].pop("transform_matrix")),
+     r"transforms_train\.json frame 1: missing required key 'transform_matrix'"),
     (lambda r: _edit(r, "train", _pose(ZERO)), r"transforms_train\.json frame 1: camera pose is not rigid .*det=0"),
     (lambda r: _edit(r, "train", _pose(NAN)), r"transforms_train\.json frame 1: camera pose has non-finite values"),
-    (lambda r: _edit(r, "train", _pose([[1, 0, 0], [0, 1, 0]])), r"transforms_train\.json frame 1 transform_matrix: expected a 4x4 matrix"),
+    (lambda r: _edit(r, "train", _pose([[1, 0, 0], [0, 1, 0]])),
+     r"transforms_train\.json frame 1 transform_matrix: expected a 4x4 matrix"),
     (lambda r: (r / "transforms_test.json").write_text('{"frames": ['), r"transforms_test\.json: not valid JSON"),
 ], ids=["non-image", "truncated", "wrong-size", "missing-image", "missing-key", "non-finite-fov", "missing-pose",
         "singular", "non-finite-pose", "pose-shape", "bad-json"])

@@ -4,8 +4,7 @@ the result of an uninterrupted run, and no record or checkpoint is ever half-wri
 import collections
 import random
 
-from tests.reliability_tools import (Trial, check_intact, final_state, reference, temp_files, tiny_scene,  # noqa: F401
-                                     write_experiment)
+from tests.reliability_tools import Trial, check_intact, final_state, temp_files, write_experiment
 
 KILLS = 24
 # Where a SIGKILL can land, with the HARNESS_FAULT that puts it there (nth/byte/phase drawn per run).
@@ -77,8 +76,8 @@ def test_threads_are_pinned_only_when_there_is_something_to_resume(tmp_path):
     but no checkpoint keeps this process's count; with a checkpoint, the recorded one is used."""
     import torch
 
-    from harness.records import create_trial_record
-    from harness.trial import _pin_threads
+    from harness.core.records import create_trial_record
+    from harness.run.trial import _pin_threads
 
     record = create_trial_record(tmp_path / "t", {"torch_threads": 3}, "c\n")
     before = torch.get_num_threads()

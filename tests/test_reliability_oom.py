@@ -3,9 +3,9 @@ the step with a smaller ray batch, records it, survives a resume, and fails clea
 
 import pytest
 
-from harness import sweep
-from harness.errors import ConfigError
-from tests.reliability_tools import Trial, final_state, tiny_scene, write_experiment  # noqa: F401
+from harness.core.errors import ConfigError
+from harness.run import sweep
+from tests.reliability_tools import Trial, final_state, write_experiment
 
 OOM = "ToyColour.oom_above = 20\n"  # batches of more than 20 rays "do not fit"
 

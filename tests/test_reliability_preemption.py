@@ -5,9 +5,9 @@ import os
 import signal
 import threading
 
-from harness import trial as trial_module
+from harness.run import trial as trial_module
 from tests.fixtures import toy_method
-from tests.reliability_tools import Trial, final_state, reference, tiny_scene, write_experiment  # noqa: F401
+from tests.reliability_tools import Trial, final_state, write_experiment
 
 
 def test_preemption_is_delivered_between_steps_and_saves_that_step(tiny_scene, reference, tmp_path, monkeypatch):

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from tests.conftest import ROOT
-from tests.reliability_tools import can_mount_tmpfs, tiny_scene, write_experiment  # noqa: F401
+from tests.reliability_tools import can_mount_tmpfs, write_experiment
 
 SCRIPT = """
 set -u

@@ -9,9 +9,9 @@ import subprocess
 import sys
 import time
 
-from harness.sweep import expand
+from harness.run.sweep import expand
 from tests.conftest import ROOT
-from tests.reliability_tools import Trial, final_state, tiny_scene, write_experiment  # noqa: F401
+from tests.reliability_tools import Trial, final_state, write_experiment
 
 SLOW = "ToyColour.step_delay = 0.1\nTrainer.progress_every = 1\nSweep.seeds = [0, 1]\n"
 
@@ -60,7 +60,7 @@ def _both_training_past(runs, step):
 
 def _check_stopped(runs, signame):
     """Every trial preempted at a step past its last periodic checkpoint, with that step saved."""
-    for tid, d in _records(runs).items():
+    for _tid, d in _records(runs).items():
         status = _status(d)
         assert status["state"] == "preempted", status
         assert f"stopped by {signame} at step" in status["error"], status["error"]

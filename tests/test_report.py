@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
 from reports.build import build_report
 from tests.conftest import harness
 
@@ -122,7 +122,7 @@ def test_table_numbers_equal_the_records_and_the_t_interval(sweep, report):
     assert [r[0]["data-variant"] for r in body] == ["lr=0.01", "lr=0.1"]
     for metric, digits in (("psnr", 2), ("ssim", 3)):
         col = next(i for i, h in enumerate(header) if h.startswith(metric.upper()))
-        for (attrs, cells), lr in zip(body, (0.01, 0.1)):
+        for (_attrs, cells), lr in zip(body, (0.01, 0.1)):
             values = np.array([m[metric] for m in by_lr[lr]])
             n = len(values)
             half = stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / math.sqrt(n)
@@ -185,7 +185,8 @@ def _open_and_check(path: Path, shot: Path, n_variants: int) -> dict:
         rows = driver.find_elements(By.CSS_SELECTOR, "table.results tbody tr")
         assert len(rows) == n_variants, f"results table has {len(rows)} rows, expected {n_variants}"
         images = driver.execute_script(
-            "return Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.getAttribute('src').slice(0, 80)])")
+            "return Array.from(document.images)"
+            ".map(i => [i.complete, i.naturalWidth, i.getAttribute('src').slice(0, 80)])")
         assert len(images) >= 5, images
         broken = [src for complete, width, src in images if not complete or width == 0]
         assert not broken, f"images not loaded: {broken}"

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from harness.records import atomic_write_json
+from harness.core.records import atomic_write_json
 from reports.build import build_report
 from reports.collect import collect_composed
 from tests.test_report import parse_tables
@@ -19,7 +19,7 @@ from tests.test_report_units import synthetic_experiment
 
 
 def _metrics(experiment: str, group: dict, variant: str, psnr: float, *, overlap=None, n_overlap=8) -> dict:
-    """A compose metrics.json like harness/compose.py + baselines/block_nerf/compose.py write it."""
+    """A compose metrics.json like harness/run/composition.py + baselines/block_nerf/compose.py write it."""
     return {"experiment": experiment, "compose_variant": variant, "group": group, "psnr": psnr,
             "ssim": 0.5 + psnr / 100, "lpips": 0.6 - psnr / 100, "num_views": 25,
             "per_view": {"frame_00000": {"psnr": psnr, "blocks": [0], "weights": [1.0]}},
@@ -108,7 +108,8 @@ def test_report_shows_composed_records(tmp_path):
     assert head[0] == "variant" and head[1].startswith("PSNR")
     body = {attrs["data-variant"]: cells for attrs, cells in rows[1:]}
     # the label: the bindings that differ between rows (not the seed, not the one scene) · composition variant
-    assert list(body) == ["appearance=none · full", "appearance=appearance_id · full", "appearance=appearance_id · wide"]
+    assert list(body) == ["appearance=none · full", "appearance=appearance_id · full",
+                          "appearance=appearance_id · wide"]
 
     def t_text(values):
         half = stats.t.ppf(0.975, len(values) - 1) * pd.Series(values).std(ddof=1) / math.sqrt(len(values))

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from harness.records import TrialRecord, atomic_write_json, create_trial_record
+from harness.core.records import TrialRecord, atomic_write_json, create_trial_record
 from reports import aggregate, bench, collect, provenance
 from reports.build import build_report
 from tests.test_report import parse_tables
@@ -23,7 +23,7 @@ from tests.test_report import parse_tables
 def synthetic_experiment(runs_dir: Path, name: str, axes: dict, seeds=(0, 1, 2), scenes=("s0",), views: int = 4,
                          log_steps: int = 3, seed: int = 0) -> list[TrialRecord]:
     """Done trials for every (scene, axis combination, seed), with metrics, per-view scores and a
-    train.jsonl, written through harness.records like the trial runner writes them; plus sweep.json."""
+    train.jsonl, written through harness.core.records like the trial runner writes them; plus sweep.json."""
     rng = np.random.default_rng(seed)
     records, entries = [], []
     keys = list(axes)
@@ -42,7 +42,8 @@ def synthetic_experiment(runs_dir: Path, name: str, axes: dict, seeds=(0, 1, 2),
                 quality = 20 + sum(float(c) if isinstance(c, (int, float)) else len(str(c)) for c in combo)
                 per_view = {f"r_{i}": {"psnr": float(quality + rng.normal()), "ssim": float(0.8 + 0.01 * rng.normal()),
                                        "lpips": float(0.2 + 0.01 * rng.normal())} for i in range(views)}
-                rec.write_metrics({m: float(np.mean([v[m] for v in per_view.values()])) for m in ("psnr", "ssim", "lpips")}
+                rec.write_metrics({m: float(np.mean([v[m] for v in per_view.values()]))
+                                   for m in ("psnr", "ssim", "lpips")}
                                   | {"per_view": per_view, "train_time": float(10 + rng.random()), "scene": scene,
                                      "iterations": 100})
                 for step in range(1, log_steps + 1):
@@ -90,7 +91,8 @@ def test_difference_paired_by_seed_and_welch():
 def test_best_rank_and_direction():
     trials = pd.DataFrame({"scene": ["a"] * 4 + ["b"] * 4, "variant": ["x", "x", "y", "y"] * 2,
                            "state": "done", "seed": [0, 1] * 4,
-                           "psnr": [20, 21, 25, 26, 30, 31, 28, 29.0], "lpips": [0.3, 0.3, 0.1, 0.2, 0.1, 0.1, 0.2, 0.2],
+                           "psnr": [20, 21, 25, 26, 30, 31, 28, 29.0],
+                           "lpips": [0.3, 0.3, 0.1, 0.2, 0.1, 0.1, 0.2, 0.2],
                            "train_time": 1.0})
     trials["variant"] = pd.Categorical(trials["variant"], ["x", "y"])
     s = aggregate.summarize(trials, ["psnr", "lpips"]).set_index(["scene", "variant"])

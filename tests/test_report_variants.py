@@ -7,7 +7,7 @@ import csv
 from reports.build import build_report
 from reports.collect import collect
 from tests.conftest import harness
-from tests.reliability_tools import tiny_scene, write_experiment  # noqa: F401
+from tests.reliability_tools import write_experiment
 
 
 def _summary(path) -> dict[str, dict]:

@@ -10,9 +10,9 @@ import sys
 import pytest
 import torch
 
-from harness import sweep
+from harness.run import sweep
 from tests.conftest import ROOT
-from tests.reliability_tools import tiny_scene, write_experiment  # noqa: F401
+from tests.reliability_tools import write_experiment
 
 
 def _harness(*args, env=None):
@@ -41,7 +41,8 @@ def test_a_done_trial_reproduces_bit_for_bit(done_trial):
         json.loads((runs / "rel" / tid / "metrics.json").read_text())["per_view"]
 
 
-@pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() != "AVX512", reason="needs an AVX512 machine to simulate AVX2")
+@pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() != "AVX512",
+                    reason="needs an AVX512 machine to simulate AVX2")
 def test_another_cpu_capability_is_named(done_trial):
     """What a record from another machine looks like: torch dispatching to AVX2 kernels here."""
     runs, tid = done_trial

@@ -27,13 +27,13 @@ def test_basis_is_orthonormal_on_the_sphere(degree):
     assert err < 1e-4, f"Gram matrix deviates from identity by {err}"
 
 
-def _scipy_real_sh(l: int, m: int, dirs: np.ndarray) -> np.ndarray:
+def _scipy_real_sh(degree: int, m: int, dirs: np.ndarray) -> np.ndarray:
     """Real SH from scipy's complex ones (Condon-Shortley phase removed by (-1)^m)."""
     from scipy.special import sph_harm_y
 
     theta = np.arccos(np.clip(dirs[:, 2], -1, 1))  # polar
     phi = np.arctan2(dirs[:, 1], dirs[:, 0])  # azimuth
-    y = sph_harm_y(l, abs(m), theta, phi)
+    y = sph_harm_y(degree, abs(m), theta, phi)
     if m == 0:
         return y.real
     part = y.real if m > 0 else y.imag
@@ -44,19 +44,20 @@ def test_each_basis_function_matches_scipy_up_to_sign():
     pytest.importorskip("scipy")
     dirs = fibonacci_sphere(2_000)
     ours = sh_basis(dirs, MAX_DEGREE).numpy()
-    for l in range(MAX_DEGREE + 1):
-        for m in range(-l, l + 1):
-            ref = _scipy_real_sh(l, m, dirs.numpy())
-            col = ours[:, l * l + l + m]
+    for degree in range(MAX_DEGREE + 1):
+        for m in range(-degree, degree + 1):
+            ref = _scipy_real_sh(degree, m, dirs.numpy())
+            col = ours[:, degree * degree + degree + m]
             sign = np.sign(np.dot(col, ref))
-            np.testing.assert_allclose(col, sign * ref, atol=1e-10, err_msg=f"l={l}, m={m}")
+            np.testing.assert_allclose(col, sign * ref, atol=1e-10, err_msg=f"l={degree}, m={m}")
 
 
 def test_svox2_sign_convention_of_degree_one():
     # svox2 / PlenOctrees: Y_1 = (-C1 y, C1 z, -C1 x)
     y = sh_basis(torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]), 1)
     c1 = math.sqrt(3 / (4 * math.pi))
-    expected = torch.tensor([[0, 0, 0, -c1], [0, -c1, 0, 0], [0, 0, c1, 0]]) + 0.5 / math.sqrt(math.pi) * torch.tensor([[1.0, 0, 0, 0]] * 3)
+    expected = (torch.tensor([[0, 0, 0, -c1], [0, -c1, 0, 0], [0, 0, c1, 0]])
+                + 0.5 / math.sqrt(math.pi) * torch.tensor([[1.0, 0, 0, 0]] * 3))
     torch.testing.assert_close(y, expected)
 
 

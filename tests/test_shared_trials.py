@@ -9,7 +9,7 @@ import sys
 
 from reports.collect import collect
 from tests.conftest import ROOT
-from tests.reliability_tools import tiny_scene, write_experiment  # noqa: F401
+from tests.reliability_tools import write_experiment
 
 
 def _popen(exp, runs):
@@ -37,7 +37,9 @@ def test_two_experiments_sharing_a_trial_started_together_train_it_once(tiny_sce
     for exp in ("ea", "eb"):
         link = runs / exp / shared
         assert link.is_symlink() and os.readlink(link) == f"../.trials/{shared}"
-    assert sorted(p.name for p in (runs / ".trials").iterdir()) == sorted(set(ids["ea"]) | set(ids["eb"]))
+    stored = sorted(p.name for p in (runs / ".trials").iterdir() if not p.name.startswith("."))
+    assert stored == sorted(set(ids["ea"]) | set(ids["eb"]))
+    assert (runs / ".trials" / ".ground_truth").is_dir()  # the scored targets, once for all trials
 
     trials = collect(runs, ["ea", "eb"], with_curves=False).trials  # in both reports, with each one's bindings
     rows = trials[trials["id"] == shared].set_index("experiment")
@@ -49,8 +51,8 @@ def test_a_new_trial_has_a_folder_only_once_it_is_launched(tiny_scene, tmp_path)
     """Expanding writes sweep.json; status and reports list the new trials as pending; launching one
     makes its folder (config, identity, pending status, the link); another experiment sharing a made
     trial links it when it is expanded."""
-    from harness import driver
-    from harness.sweep import expand
+    from harness.run import driver
+    from harness.run.sweep import expand
     from reports.collect import collect_trials
 
     exp = write_experiment(tmp_path, tiny_scene, "Sweep.axes = {'ToyColour.lr': [0.01, 0.05, 0.1]}\n", name="la")

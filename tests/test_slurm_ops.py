@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from harness import slurm
+from harness.run import slurm
 from tests.conftest import ROOT, TOY, harness
 
 pytestmark = [
@@ -76,7 +76,7 @@ def test_preempted_trial_checkpoints_requeues_and_resumes_to_the_uninterrupted_r
     (tid,) = _statuses(runs)
     trial = runs / "toy" / tid
     # past the step-10 checkpoint, before the step-20 one: the job saves the step it is at when the
-    # signal comes (harness.trial delivers it between steps), and the requeued job resumes there
+    # signal comes (harness.run.trial delivers it between steps), and the requeued job resumes there
     _wait("training past step 13", lambda: _step(runs, tid) >= 13, timeout=180)
     preempted_at = _step(runs, tid)
     assert preempted_at < 20, "preemption came too late to land between checkpoints"
@@ -91,9 +91,12 @@ def test_preempted_trial_checkpoints_requeues_and_resumes_to_the_uninterrupted_r
     assert "this job is preempted" in log and f"Requeued job {job}" in log, log[-3000:]
     resumed = re.search(rf"resumed {tid} from step (\d+)\b", log)
     assert resumed and int(resumed.group(1)) >= preempted_at, log[-3000:]  # not back to the step-10 checkpoint
+
     # the record is written before the job step ends: let sacct catch up (-D: every run of the job)
-    sacct = lambda: subprocess.run(["sacct", "-n", "-P", "-X", "-D", "-j", job, "-o", "JobID,State"],
-                                   capture_output=True, text=True).stdout
+    def sacct():
+        return subprocess.run(["sacct", "-n", "-P", "-X", "-D", "-j", job, "-o", "JobID,State"],
+                              capture_output=True, text=True).stdout
+
     _wait("sacct to show the job requeued then completed", lambda: "COMPLETED" in sacct(), timeout=60)
     assert sacct().splitlines() == [f"{job}|REQUEUED", f"{job}|COMPLETED"], sacct()
 
@@ -102,8 +105,10 @@ def test_preempted_trial_checkpoints_requeues_and_resumes_to_the_uninterrupted_r
     a = json.loads((trial / "metrics.json").read_text())
     b = json.loads((local / "toy" / tid / "metrics.json").read_text())
     assert a["per_view"] == b["per_view"] and a["psnr"] == b["psnr"]
-    losses = lambda d: [e["loss"] for e in map(json.loads, (d / "train.jsonl").read_text().splitlines())
-                        if "loss" in e]
+
+    def losses(d):
+        return [e["loss"] for e in map(json.loads, (d / "train.jsonl").read_text().splitlines()) if "loss" in e]
+
     assert losses(trial)[-1] == losses(local / "toy" / tid)[-1]
 
 
@@ -152,14 +157,15 @@ def test_status_counts_merge_squeue_and_cancel_empties_the_queue(tmp_path):
     killed, running = slow
     os.kill(_statuses(runs)[killed]["pid"], signal.SIGKILL)  # dies unrecorded: status must find out
     array = st[done]["slurm_job_id"].split("_")[0]
-    _wait("sacct to see the killed job end", lambda: slurm.sacct([array]).get(_statuses(runs)[killed]
-                                                                               ["slurm_job_id"], slurm.JobInfo("", "")).lost,
+    _wait("sacct to see the killed job end",
+          lambda: slurm.sacct([array]).get(_statuses(runs)[killed]["slurm_job_id"], slurm.JobInfo("", "")).lost,
           timeout=60)
 
     out = harness("status", "toy", "--runs-dir", runs, check=True).stdout
     assert "toy: 4 trials: 1 done, 2 failed, 1 running" in out, out
     row = next(line for line in out.splitlines() if line.strip().startswith(running))
-    assert f"{array}_" in row and "RUNNING" in row and subprocess.check_output(["hostname", "-s"], text=True).strip() in row
+    assert (f"{array}_" in row and "RUNNING" in row
+            and subprocess.check_output(["hostname", "-s"], text=True).strip() in row)
     assert f"--- {failing} failed: RuntimeError: injected failure at step 5" in out
     assert "injected failure at step 5" in out.split(f"--- {failing}")[1].split("---")[0].split("(tail of")[1]
     assert f"--- {killed} failed: SLURM job" in out
@@ -177,7 +183,8 @@ def test_a_100_trial_sweep_is_submitted_as_one_array(tmp_path):
     runs = tmp_path / "runs"
     lrs = ", ".join(f"{0.001 * (i + 1):.3f}" for i in range(25))
     cpu0, t0 = _children_cpu(), time.perf_counter()
-    proc = harness("sweep", TOY, "--runs-dir", runs, "--cluster", "slurm", "--bind", f"Sweep.axes = {{'ToyColour.lr': [{lrs}]}}",
+    proc = harness("sweep", TOY, "--runs-dir", runs, "--cluster", "slurm",
+                   "--bind", f"Sweep.axes = {{'ToyColour.lr': [{lrs}]}}",
                    "--bind", "Sweep.seeds = [0, 1, 2, 3]", "--bind", "Trainer.iterations = 2", *SMALL, check=True)
     wall, cpu = time.perf_counter() - t0, _children_cpu() - cpu0
     try:

@@ -1,10 +1,10 @@
-"""harness.slurm parsers on squeue/sacct output captured from the local SLURM 22.05 cluster
+"""harness.run.slurm parsers on squeue/sacct output captured from the local SLURM 22.05 cluster
 (no cluster needed), and reconcile's decisions on real records with SLURM answers given as text."""
 
 import pytest
 
-from harness import slurm
-from harness.records import TrialRecord, create_trial_record
+from harness.core.records import TrialRecord, create_trial_record
+from harness.run import slurm
 
 # squeue -h -r -o '%i|%T|%M|%N|%r' -j 1 (array 0-5%2, two running)
 SQUEUE = """1_2|PENDING|0:00||JobArrayTaskLimit

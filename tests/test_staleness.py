@@ -9,7 +9,7 @@ import sys
 import textwrap
 
 from tests.conftest import ROOT
-from tests.reliability_tools import tiny_scene, write_experiment  # noqa: F401
+from tests.reliability_tools import write_experiment
 
 METHOD = textwrap.dedent("""
     import gin

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from harness import sweep
-from harness.errors import ConfigError
+from harness.core.errors import ConfigError
+from harness.run import sweep
 from tests.conftest import TOY, harness
 
 

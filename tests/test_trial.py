@@ -26,7 +26,8 @@ def test_sweep_writes_complete_records_and_rerun_skips(runs_dir):
         assert abs(metrics["psnr"] - sum(v["psnr"] for v in metrics["per_view"].values()) / 200) < 1e-9
         assert len(list((trial / "renders").glob("*.png"))) == 200
         assert "ToyColour.lr" in (trial / "config.gin").read_text()
-        assert [json.loads(line)["step"] for line in (trial / "train.jsonl").read_text().splitlines()] == [10, 20, 30, 40]
+        assert [json.loads(line)["step"]
+                for line in (trial / "train.jsonl").read_text().splitlines()] == [10, 20, 30, 40]
     t0 = time.perf_counter()
     again = harness("sweep", TOY, "--runs-dir", runs_dir, check=True)
     assert time.perf_counter() - t0 < 30  # generous: the point is that nothing is trained again

@@ -8,11 +8,11 @@ import gin
 import pytest
 import torch
 
-from harness import checkpoints
-from harness.errors import ConfigError
-from harness.trial import Trainer
+from harness.core.errors import ConfigError
+from harness.run import checkpoints
+from harness.run.trial import Trainer
 from tests.fixtures.toy_method import ToyColour
-from tests.reliability_tools import SETTINGS, Trial, tiny_scene  # noqa: F401
+from tests.reliability_tools import SETTINGS, Trial
 
 PEAK = 20  # PeakColour's validation PSNR is highest at this step (asserted below, not assumed)
 
@@ -142,7 +142,7 @@ def test_evaluate_with_config_errors(kw, match):
 
 
 def test_evaluate_with_error_is_one_line_when_the_sweep_is_expanded(tiny_scene, tmp_path):  # noqa: F811
-    from harness import sweep
+    from harness.run import sweep
 
     exp = _experiment(tmp_path, tiny_scene, "Trainer.validate_every = 0\nTrainer.evaluate_with = 'best'\n")
     with pytest.raises(ConfigError, match=r"Trainer\.evaluate_with = 'best' needs validation") as info:
@@ -153,7 +153,7 @@ def test_evaluate_with_error_is_one_line_when_the_sweep_is_expanded(tiny_scene, 
 def test_validation_prefers_the_val_split_over_test():
     from types import SimpleNamespace
 
-    from harness.trial import validation_split
+    from harness.run.trial import validation_split
 
     assert validation_split(SimpleNamespace(splits={"train": 0, "val": 1, "test": 2})) == "val"
     assert validation_split(SimpleNamespace(splits={"train": 0, "test": 2})) == "test"

@@ -4,7 +4,8 @@ For a camera: take the blocks whose centre lies within `select_radius` x their r
 one if none), drop those whose mean predicted visibility of the view is below `visibility_threshold`
 (keeping at least the most visible; with `visibility_region`, samples outside the block's radius count as
 invisible, so a block behind the camera or hidden behind nearer geometry scores low), render the rest and
-blend them in image space with inverse-distance weights w_i ~ |camera - centre_i|^-p (the paper used p = 4 and p = 1 on its two datasets).
+blend them in image space with inverse-distance weights w_i ~ |camera - centre_i|^-p (the paper used p = 4
+and p = 1 on its two datasets).
 Appearance matching: with the networks frozen, a block's appearance code is optimised so its render of a
 view both blocks see matches its already-matched neighbour's render, starting from a root block and
 propagating breadth-first over overlapping neighbours. It is off by default: with codes per
@@ -13,7 +14,8 @@ codes already agree, and replacing them by a fit to a neighbour's (imperfect) re
 composed PSNR by 0.65 dB in run 5 (docs/block_nerf.md). Matching is what makes blocks agree when the
 codes do not share a meaning across blocks (per-image codes, or an appearance chosen by hand).
 
-`compose_blocks` is the entry point `harness compose` calls for one variant/seed's finished blocks.
+`Composition` is the entry point `harness compose` calls for one variant/seed's finished blocks: it
+composes the views; the harness saves and scores them.
 """
 
 from __future__ import annotations
@@ -25,12 +27,12 @@ from collections import deque
 import numpy as np
 import torch
 
-from harness.data.rays import image_rays, rays_for_pixels
-from harness.data.scene import Split
-
 from baselines.block_nerf import protocol as proto
 from baselines.block_nerf.partition import Block
 from baselines.block_nerf.seam import in_regions, seam_summary
+from harness.core.data.rays import image_rays, rays_for_pixels
+from harness.core.data.scene import Split
+from harness.core.metrics.image import psnr, to_8bit
 
 log = logging.getLogger(__name__)
 DEFAULTS = {"power": 4.0, "select_radius": 1.0, "visibility_threshold": 0.1, "visibility_stride": 8,
@@ -159,12 +161,15 @@ def render_blocks(methods: dict, split: Split, i: int, options: dict,
     for k in chosen:
         m = methods[k]
         if m.protocol == "appearance_id":
-            code = (matched or {}).get(k, {}).get(int(split.appearance_id[i]), m.codes.detach()[int(split.appearance_id[i])])
+            code = (matched or {}).get(k, {}).get(int(split.appearance_id[i]),
+                                                  m.codes.detach()[int(split.appearance_id[i])])
         elif m.protocol == "left_half":
             lo, ld, target = _left_rays(split, i)
             with proto.frozen(m.field):
-                code = proto.fit_code(lambda oo, dd, c: m.render_rays(oo, dd, c, exposure if m.use_exposure else 1.0)
-                                      ["fine"]["rgb"].float(), m.default_code(), lo, ld, target, m.fit["steps"],
+                def render_rgb(oo, dd, c, m=m):
+                    return m.render_rays(oo, dd, c, exposure if m.use_exposure else 1.0)["fine"]["rgb"].float()
+
+                code = proto.fit_code(render_rgb, m.default_code(), lo, ld, target, m.fit["steps"],
                                       m.fit["lr"], m.fit["rays"], seed=k * 1009 + i)
         else:
             code = None
@@ -182,52 +187,89 @@ def render_blocks(methods: dict, split: Split, i: int, options: dict,
     return images, w, info
 
 
-def compose_blocks(methods: dict, scene, evaluation, options: dict, renders_dir=None) -> dict:
-    """Compose the finished blocks `methods` {block index: BlockNeRF} over every test view of `scene`,
-    score through harness.metrics, and return the record (variant facts, per-view blocks, seam check)."""
-    from harness.evaluate import save_png
-    from harness.metrics import score_images, to_8bit
+class Composition:
+    """The test views of `scene` composed from finished blocks `methods` ({block index: BlockNeRF}):
+    `views()` yields (name, image, target) as scored, for the harness to save and score
+    (harness.run.evaluation); `record(scores)` adds what the compose record keeps beside the scores
+    (options, matching log, blocks per view, the seam check). `harness compose` builds one per
+    variant/seed (the `run` entry of Sweep.compose)."""
 
-    opts = {**DEFAULTS, **options}
-    unknown = set(options) - set(DEFAULTS)
-    if unknown:
-        raise ValueError(f"compose options: unknown {sorted(unknown)} (known: {sorted(DEFAULTS)})")
-    if opts["visibility_mean"] not in ("samples", "weights"):
-        raise ValueError(f"compose option visibility_mean must be 'samples' or 'weights', got {opts['visibility_mean']!r}")
-    split = scene.split("test")
-    first = methods[min(methods)]
-    t0 = time.perf_counter()
-    matched, match_log = None, []
-    if opts["appearance_matching"] and first.protocol == "appearance_id" and len(methods) > 1:
-        ids = sorted(set(int(a) for a in split.appearance_id))
-        matched = {k: {} for k in methods}
-        for a_id in ids:
-            codes = {k: m.codes.detach()[a_id] for k, m in methods.items()}
-            out, rows = match_appearance(methods, codes, scene.split("train").cameras, opts)
-            for k, c in out.items():
-                matched[k][a_id] = c
-            match_log += [{"appearance_id": a_id, **r} for r in rows]
-    infos = {}
+    def __init__(self, methods: dict, scene, options: dict):
+        unknown = set(options) - set(DEFAULTS)
+        if unknown:
+            raise ValueError(f"compose options: unknown {sorted(unknown)} (known: {sorted(DEFAULTS)})")
+        self.opts = {**DEFAULTS, **options}
+        if self.opts["visibility_mean"] not in ("samples", "weights"):
+            raise ValueError(f"compose option visibility_mean must be 'samples' or 'weights', "
+                             f"got {self.opts['visibility_mean']!r}")
+        self.methods, self.split = methods, scene.split("test")
+        self.first = methods[min(methods)]
+        self.t0 = time.perf_counter()
+        self.matched, self.match_log = self._match(scene)
+        self.infos: dict = {}
 
-    def views():
-        for i in range(len(split)):
-            img, info = compose_view(methods, split, i, opts, matched)
-            infos[split.names[i]] = info
-            pred = to_8bit(first.scored_part(img))
-            if renders_dir is not None and evaluation.save_renders:
-                save_png(renders_dir / f"{split.names[i]}.png", pred)
-            yield split.names[i], pred, first.scored_part(split.images[i])
+    def _match(self, scene) -> tuple[dict | None, list]:
+        if not (self.opts["appearance_matching"] and self.first.protocol == "appearance_id" and len(self.methods) > 1):
+            return None, []
+        matched, log = {k: {} for k in self.methods}, []
+        for a_id in sorted(set(int(a) for a in self.split.appearance_id)):
+            codes = {k: m.codes.detach()[a_id] for k, m in self.methods.items()}
+            out, rows = match_appearance(self.methods, codes, scene.split("train").cameras, self.opts)
+            for k, code in out.items():
+                matched[k][a_id] = code
+            log += [{"appearance_id": a_id, **r} for r in rows]
+        return matched, log
 
-    result = score_images(views(), metrics=evaluation.metrics, lpips_net=evaluation.lpips_net,
-                          weights_dir=evaluation.lpips_weights_dir, background=tuple(scene.background))
-    per_view = result["per_view"]
-    for name, info in infos.items():
-        per_view[name].update(info)
-    seam = seam_summary([v["psnr"] for v in per_view.values()], [v["in_blocks"] for v in per_view.values()])
-    result.update(
-        options=opts, appearance_protocol=first.protocol_record(split), appearance_matching=match_log,
-        blocks=[methods[k].block.as_record() for k in sorted(methods)],
-        blocks_rendered_mean=float(np.mean([len(v["blocks"]) for v in infos.values()])),
-        seam={k: seam[k] for k in ("psnr_overlap", "n_overlap", "psnr_interior", "n_interior")},
-        compose_time=round(time.perf_counter() - t0, 3))
-    return result
+    def views(self):
+        for i in range(len(self.split)):
+            img, info = compose_view(self.methods, self.split, i, self.opts, self.matched)
+            self.infos[self.split.names[i]] = info
+            yield self.split.names[i], self.first.scored_part(img), self.first.scored_part(self.split.images[i])
+
+    def record(self, scores: dict) -> dict:
+        per_view = scores["per_view"]
+        for name, info in self.infos.items():
+            per_view[name].update(info)
+        seam = seam_summary([v["psnr"] for v in per_view.values()], [v["in_blocks"] for v in per_view.values()])
+        return {"options": self.opts, "appearance_protocol": self.first.protocol_record(self.split),
+                "appearance_matching": self.match_log,
+                "blocks": [self.methods[k].block.as_record() for k in sorted(self.methods)],
+                "blocks_rendered_mean": float(np.mean([len(v["blocks"]) for v in self.infos.values()])),
+                "seam": {k: seam[k] for k in ("psnr_overlap", "n_overlap", "psnr_interior", "n_interior")},
+                "compose_time": round(time.perf_counter() - self.t0, 3)}
+
+
+def score_composed(methods: dict, split, options: dict, classify: list[Block] | None = None,
+                   alone: bool = True, progress=None) -> dict:
+    """Compose every view of `split` from `methods` ({block: BlockNeRF}) under compose `options`
+    (appearance matching off) and score it as the compose record does (8-bit render). Views are
+    classed by the regions of `classify` (default: the methods' own blocks), so a one-block control can
+    be classed by the partition it is compared with. With `alone`, every view blended from two or more
+    blocks is also scored as each of those blocks' own render (the images the blend is made of). Returns
+    per-view rows and `seam_summary` (plus, over the blended views, the blend, the nearest block alone and
+    the best block alone)."""
+    opts = {**DEFAULTS, **options, "appearance_matching": False}
+    classify = classify if classify is not None else [methods[k].block for k in sorted(methods)]
+    part = methods[min(methods)].scored_part  # the left-half protocol scores the right half
+    rows = []
+    for i in range(len(split)):
+        images, weights, info = render_blocks(methods, split, i, opts, None)
+        gt = part(split.images[i])
+
+        def score(img, gt=gt):
+            return psnr(to_8bit(part(np.clip(img, 0, 1))), gt)
+
+        row = {"name": split.names[i], "psnr": score(blend(images, weights)), "blocks": info["blocks"],
+               "regions": in_regions(split.cameras.c2w[i, :, 3], classify)}
+        if alone and len(images) > 1:
+            row["alone"] = [score(img) for img in images]
+        rows.append(row)
+        if progress is not None:
+            progress(i + 1, len(split))
+    out = {"views": rows, **seam_summary([r["psnr"] for r in rows], [r["regions"] for r in rows])}
+    blended = [r for r in rows if "alone" in r]
+    if blended:
+        out["blended"] = {"n": len(blended), "blend": float(np.mean([r["psnr"] for r in blended])),
+                          "nearest_alone": float(np.mean([r["alone"][0] for r in blended])),  # nearest first
+                          "best_alone": float(np.mean([max(r["alone"]) for r in blended]))}
+    return out

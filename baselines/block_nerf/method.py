@@ -4,22 +4,17 @@ The method is built with the whole scene and a block index; it partitions the sc
 cameras (baselines.block_nerf.partition), keeps the images of its block and the test views of its
 block, and exposes them as `trial_scene` (the runner trains, validates and evaluates on that). Its
 `evaluate` hook renders each test view with the view's conditioning (appearance code by protocol,
-exposure from the metadata) and scores through harness.metrics; it adds the "block", pose and
+exposure from the metadata) and scores through harness.core.metrics; it adds the "block", pose and
 visibility facts to metrics.json.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 
 import gin
 import numpy as np
 import torch
-
-from harness.data.rays import image_rays, rays_for_pixels
-from harness.data.scene import Scene, Split
-from harness.method import pick_device
 
 from baselines.block_nerf import protocol as proto
 from baselines.block_nerf.field import BlockField
@@ -27,6 +22,9 @@ from baselines.block_nerf.model import MipMLP, VisibilityMLP, exposure_input, in
 from baselines.block_nerf.partition import BlockPartition
 from baselines.block_nerf.pose import PoseRefinement, perturb_poses, pose_errors, pose_errors_aligned
 from baselines.block_nerf.training import ComponentOptimisers, Schedule, autocast
+from harness.core.data.rays import image_rays, rays_for_pixels
+from harness.core.data.scene import Scene, Split
+from harness.core.method import pick_device
 
 log = logging.getLogger(__name__)
 APPEARANCE_MODES = ("appearance_id", "image", "none")
@@ -53,7 +51,7 @@ def subset_split(split: Split, index: np.ndarray, c2w: np.ndarray | None = None)
 class BlockNeRF:
     """See the module docstring and docs/block_nerf.md for every argument."""
 
-    # checked when the sweep expands (harness.method.check_positive_settings)
+    # checked when the sweep expands (harness.run.sweep.check_positive_settings)
     positive_settings = ("lr_mlp", "lr_appearance", "lr_visibility", "lr_pose", "lr_pose_translation", "fit_lr",
                          "batch_size")
 
@@ -69,7 +67,8 @@ class BlockNeRF:
                  pose_reg_steps: int = 500, pose_groups: str = "image", pose_noise_deg: float = 0.0,
                  pose_noise_frac: float = 0.0, pose_noise_translation: float | None = None,
                  lr_mlp: float = 5e-3, lr_appearance: float = 5e-3, lr_visibility: float = 5e-3,
-                 lr_pose: float = 1e-3, lr_pose_translation: float | None = None, optimiser: str = "adam", schedule: Schedule | None = None,
+                 lr_pose: float = 1e-3, lr_pose_translation: float | None = None, optimiser: str = "adam",
+                 schedule: Schedule | None = None,
                  clip_norm: float = 0.0, mixed_precision: bool = True, test_appearance: str = "auto",
                  fit_steps: int = 64, fit_lr: float = 0.05, fit_rays: int = 512, visibility_eval_stride: int = 4,
                  render_chunk: int = 4096, device: str = "auto"):
@@ -237,7 +236,7 @@ class BlockNeRF:
         rgb, depth, acc = (torch.cat(x) for x in zip(*outs))
         return {"rgb": rgb.clamp(0, 1), "depth": depth, "acc": acc}
 
-    # ---- evaluation hook (harness.trial calls it instead of rendering whole views) ---------------
+    # ---- view protocol (harness.core.method.ViewProtocol: the harness renders test views through it) --
     def view_condition(self, split: Split, i: int) -> tuple[torch.Tensor | None, float]:
         """(appearance code, exposure) for view i of `split` under the test protocol."""
         exposure = float(split.exposure[i]) if split.exposure is not None and self.use_exposure else 1.0
@@ -273,38 +272,21 @@ class BlockNeRF:
             return img
         return img[:, proto.halves(img.shape[1])[1]]
 
-    def evaluate(self, evaluation, split: Split, indices=None, renders_dir=None, metrics=None, progress=None,
-                 background=(1.0, 1.0, 1.0)) -> dict:
-        from harness.evaluate import save_png
-        from harness.metrics import score_images, to_8bit
-
-        full = indices is None
-        indices = range(len(split)) if indices is None else indices
-
-        def views():
-            for i in indices:
-                pred = to_8bit(self.render_view(split, int(i)))
-                name = split.names[int(i)]
-                if renders_dir is not None and evaluation.save_renders:
-                    save_png(renders_dir / f"{name}.png", pred)
-                if progress is not None:
-                    progress()
-                yield name, pred, self.scored_part(split.images[int(i)])
-
-        result = score_images(views(), metrics=tuple(metrics or evaluation.metrics), lpips_net=evaluation.lpips_net,
-                              weights_dir=evaluation.lpips_weights_dir, background=tuple(background))
-        result["appearance_protocol"] = self.protocol_record(split)
+    def evaluation_record(self, split: Split, full: bool) -> dict:
+        """Stored with the scores (harness.core.method.ViewProtocol): the appearance protocol; after
+        every test view (`full`), the block, its cameras and partition, the poses and visibility."""
+        out = {"appearance_protocol": self.protocol_record(split)}
         if full:
-            result["block"] = {**self.block.as_record(),
-                               "cameras": [[float(x) for x in c] for c in self.true_c2w[:, :, 3]],
-                               "n_blocks": len(self.blocks), "n_train_images": len(self.train_index),
-                               "partition": [[round(float(x), 4) for x in b.center] for b in self.blocks],
-                               "test_views": list(split.names)}
-            result["pose"] = self.pose_record()
+            out["block"] = {**self.block.as_record(),
+                            "cameras": [[float(x) for x in c] for c in self.true_c2w[:, :, 3]],
+                            "n_blocks": len(self.blocks), "n_train_images": len(self.train_index),
+                            "partition": [[round(float(x), 4) for x in b.center] for b in self.blocks],
+                            "test_views": list(split.names)}
+            out["pose"] = self.pose_record()
             vis = self.visibility_error(split)
             if vis is not None:
-                result["visibility"] = vis
-        return result
+                out["visibility"] = vis
+        return out
 
     def protocol_record(self, split: Split) -> dict:
         rec = {"name": self.protocol, "appearance": self.appearance_mode, "exposure_input": self.use_exposure}
@@ -357,7 +339,8 @@ class BlockNeRF:
                 add("all", err)
                 add("all_density", err_d)
                 finite = torch.isfinite(true_depth)
-                hit_pt = o[pick].to(self.device) + torch.where(finite, true_depth, 0.0)[:, None] * d[pick].to(self.device)
+                hit_pt = (o[pick].to(self.device)
+                          + torch.where(finite, true_depth, 0.0)[:, None] * d[pick].to(self.device))
                 hit = finite & ((hit_pt - centre).norm(dim=-1) <= self.block.radius)
                 if hit.any():
                     add("hit", err[hit])
@@ -373,7 +356,8 @@ class BlockNeRF:
 
         return {"mae": mean("all"), "density_transmittance_mae": mean("all_density"), "mae_hit": mean("hit"),
                 "density_transmittance_mae_hit": mean("hit_density"), "mae_hit_coarse": mean("hit_coarse"),
-                "hit_ray_fraction": sums["hit"][1] / max(1, sums["all"][1]), "pixel_stride": self.visibility_eval_stride}
+                "hit_ray_fraction": sums["hit"][1] / max(1, sums["all"][1]),
+                "pixel_stride": self.visibility_eval_stride}
 
     def mean_visibility(self, origins: torch.Tensor, directions: torch.Tensor, weighted: bool = False,
                         region: bool = False) -> float:

@@ -2,8 +2,8 @@
 
 Centres come from the scene's `blocks` list (source='scene') or are spaced evenly along the camera
 trajectory's principal axis (source='trajectory'; `shift` moves them along it by that fraction of their
-spacing, e.g. 0.5 puts centres where the unshifted blocks meet, for a seam check). Block-NeRF places one block per intersection,
-reaching 75% of the way to each neighbour, which gives adjacent blocks a 50% overlap; here
+spacing, e.g. 0.5 puts centres where the unshifted blocks meet, for a seam check). Block-NeRF places one
+block per intersection, reaching 75% of the way to each neighbour, which gives adjacent blocks a 50% overlap; here
 `reach` sets radius = reach * (distance to the nearest neighbouring centre), so the overlap of two
 neighbours is (2 * reach - 1) of their spacing. A single block covers every camera (its radius is the
 largest camera distance from its centre times `single_margin`).
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import gin
 import numpy as np
 
-from harness.errors import ConfigError
+from harness.core.errors import ConfigError
 
 SOURCES = ("trajectory", "scene")
 

@@ -40,7 +40,8 @@ def fine_edges(t_edges: torch.Tensor, weights: torch.Tensor, n_samples: int, gen
     if generator is None:
         u = torch.linspace(0.0, 1.0, m, device=w.device).expand(w.shape[0], m).contiguous()
     else:
-        u = (torch.arange(m, device=w.device) + torch.rand(w.shape[0], m, generator=generator, device=generator.device).to(w.device)) / m
+        jitter = torch.rand(w.shape[0], m, generator=generator, device=generator.device).to(w.device)
+        u = (torch.arange(m, device=w.device) + jitter) / m
         u = u.clamp(max=1.0 - 1e-6)
     idx = torch.searchsorted(cdf, u, right=True).clamp(1, cdf.shape[-1] - 1)
     c0, c1 = torch.gather(cdf, 1, idx - 1), torch.gather(cdf, 1, idx)

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from harness.evaluation.image import psnr, to_8bit
-
 from baselines.block_nerf.partition import Block
 
 
@@ -34,40 +32,6 @@ def seam_summary(psnrs, regions) -> dict:
     out = {"psnr": mean(psnrs), "psnr_overlap": mean(over), "n_overlap": int(over.size),
            "psnr_interior": mean(inner), "n_interior": int(inner.size)}
     out["gap"] = out["psnr_interior"] - out["psnr_overlap"] if over.size and inner.size else None
-    return out
-
-
-def score_composed(methods: dict, split, options: dict, classify: list[Block] | None = None,
-                   alone: bool = True, progress=None) -> dict:
-    """Compose every view of `split` from `methods` ({block: BlockNeRF}) under compose `options`
-    (appearance matching off) and score it as the compose record does (8-bit render). Views are
-    classed by the regions of `classify` (default: the methods' own blocks), so a one-block control can
-    be classed by the partition it is compared with. With `alone`, every view blended from two or more
-    blocks is also scored as each of those blocks' own render (the images the blend is made of). Returns per-view rows and `seam_summary`
-    (plus, over the blended views, the blend, the nearest block alone and the best block alone)."""
-    from baselines.block_nerf.compose import DEFAULTS, blend, render_blocks  # compose uses this module's summary
-
-    opts = {**DEFAULTS, **options, "appearance_matching": False}
-    classify = classify if classify is not None else [methods[k].block for k in sorted(methods)]
-    part = methods[min(methods)].scored_part  # the left-half protocol scores the right half
-    rows = []
-    for i in range(len(split)):
-        images, weights, info = render_blocks(methods, split, i, opts, None)
-        gt = part(split.images[i])
-        score = lambda img: psnr(to_8bit(part(np.clip(img, 0, 1))), gt)  # noqa: E731
-        row = {"name": split.names[i], "psnr": score(blend(images, weights)), "blocks": info["blocks"],
-               "regions": in_regions(split.cameras.c2w[i, :, 3], classify)}
-        if alone and len(images) > 1:
-            row["alone"] = [score(img) for img in images]
-        rows.append(row)
-        if progress is not None:
-            progress(i + 1, len(split))
-    out = {"views": rows, **seam_summary([r["psnr"] for r in rows], [r["regions"] for r in rows])}
-    blended = [r for r in rows if "alone" in r]
-    if blended:
-        out["blended"] = {"n": len(blended), "blend": float(np.mean([r["psnr"] for r in blended])),
-                          "nearest_alone": float(np.mean([r["alone"][0] for r in blended])),  # nearest first
-                          "best_alone": float(np.mean([max(r["alone"]) for r in blended]))}
     return out
 
 

@@ -9,7 +9,7 @@ import math
 import gin
 import torch
 
-from harness.errors import ConfigError
+from harness.core.errors import ConfigError
 
 SCHEDULES = ("exponential", "cosine", "step", "constant")
 OPTIMISERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}

@@ -1,8 +1,9 @@
 """The Plenoxels voxel grid: density and SH coefficients stored only for allocated voxels.
 
 `links` maps every voxel of the (X, Y, Z) grid to its row in the data tensors or -1, like svox2's
-SparseGrid (whose LLFF grids are not cubic either, e.g. 1408 x 1156 x 128); absent voxels read as zeros (density 0, SH 0). A dense grid is the case where every
-voxel is allocated. Rows are always in increasing flat-voxel order, so `links` alone fixes them.
+SparseGrid (whose LLFF grids are not cubic either, e.g. 1408 x 1156 x 128); absent voxels read as zeros
+(density 0, SH 0). A dense grid is the case where every voxel is allocated. Rows are always in increasing
+flat-voxel order, so `links` alone fixes them.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ class SparseGrid:
 
     @classmethod
     def dense(cls, resolution, bbox_min: torch.Tensor, bbox_max: torch.Tensor, sh_dim: int,
-              init_density: float) -> "SparseGrid":
+              init_density: float) -> SparseGrid:
         x, y, z = as_resolution(resolution)
         n = x * y * z
         dev = bbox_min.device
@@ -74,7 +75,7 @@ class SparseGrid:
         links[keep] = torch.arange(int(keep.sum()), dtype=torch.int32, device=keep.device)
         return links
 
-    def pruned(self, keep: torch.Tensor) -> tuple["SparseGrid", torch.Tensor]:
+    def pruned(self, keep: torch.Tensor) -> tuple[SparseGrid, torch.Tensor]:
         """The grid restricted to voxels where `keep` (X*Y*Z,) bool is set, and the kept rows (k,)."""
         keep = keep.reshape(-1) & (self.links >= 0)
         rows = self.links[keep].long()
@@ -83,7 +84,7 @@ class SparseGrid:
         return grid, rows
 
     @torch.no_grad()
-    def upsampled(self, resolution, keep: torch.Tensor) -> "SparseGrid":
+    def upsampled(self, resolution, keep: torch.Tensor) -> SparseGrid:
         """The grid resampled at `resolution` (int or (X, Y, Z)) over the same box: values
         trilinearly interpolated at the new voxel centres, allocated where the voxel of the old
         grid containing the new centre is set in `keep` (old X*Y*Z,) (svox2's resample)."""
@@ -107,7 +108,7 @@ class SparseGrid:
                 "density": self.density.detach().clone(), "sh": self.sh.detach().clone()}
 
     @classmethod
-    def from_state(cls, state: dict, bbox_min: torch.Tensor, bbox_max: torch.Tensor) -> "SparseGrid":
+    def from_state(cls, state: dict, bbox_min: torch.Tensor, bbox_max: torch.Tensor) -> SparseGrid:
         dev = bbox_min.device
         return cls(state["resolution"], bbox_min, bbox_max, state["links"].to(dev),
                    state["density"].to(dev).clone(), state["sh"].to(dev).clone())

@@ -1,7 +1,7 @@
 """The Plenoxels loss family, each term a Gin configurable that a sweep can vary.
 
 - `Reconstruction`: L2 (the paper's Eq. 2) or L1 on the ray colours, plus an optional SSIM term
-  computed by the evaluation module's SSIM (harness.metrics.ssim, differentiable) on square
+  computed by the evaluation module's SSIM (harness.core.metrics.ssim, differentiable) on square
   patches of rays (the trainer then samples patches, see RaySampler.sample).
 - `TVLoss`: total variation on density and SH (Eq. 3), on a random subset of voxels per step.
 - `Sparsity`: Cauchy (the paper's forward-facing / 360 prior, log(1 + 2 sigma^2) over the
@@ -20,12 +20,11 @@ import math
 import gin
 import torch
 
-from harness.evaluation.image import SSIM_WINDOW
-from harness.metrics import ssim as image_ssim
+from baselines.plenoxels.grid import SparseGrid
+from harness.core.metrics import ssim as image_ssim
+from harness.core.metrics.image import SSIM_WINDOW
 from kernels.grid import as_resolution
 from kernels.tv import NORMS, tv_from_rows, tv_neighbours
-
-from baselines.plenoxels.grid import SparseGrid
 
 RECONSTRUCTIONS = ("l2", "l1")
 SPARSITIES = ("cauchy", "l1")

@@ -20,16 +20,15 @@ import gin
 import torch
 import torch.nn.functional as F
 
-from harness.method import pick_device
-from kernels.grid import as_resolution, interpolate
-from kernels.render import composite, early_termination
-from kernels.sh import check_degree, num_coeffs, sh_basis
-
 from baselines.plenoxels.compact import lookup, remap, touched_rows
 from baselines.plenoxels.grid import SparseGrid
 from baselines.plenoxels.losses import Reconstruction, Smoothness, Sparsity, TVLoss, mse
 from baselines.plenoxels.optim import GridOptimizer, lr_factor
 from baselines.plenoxels.sampling import Occupancy, sample_rays
+from harness.core.method import pick_device
+from kernels.grid import as_resolution, interpolate
+from kernels.render import composite, early_termination
+from kernels.sh import check_degree, num_coeffs, sh_basis
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +58,7 @@ class Plenoxels:
     or (X, Y, Z) for boxes that are not cubes, e.g. NDC for forward-facing scenes) is the final
     one: training starts at resolution / 2^len(upsample_steps) along every axis."""
 
-    # checked when the sweep expands (harness.method.check_positive_settings)
+    # checked when the sweep expands (harness.run.sweep.check_positive_settings)
     positive_settings = ("lr_density", "lr_sh", "lr_background", "batch_size", "lr_decay_steps")
 
     def __init__(self, scene, seed: int, *, resolution=128, upsample_steps=(400, 1500),
@@ -69,7 +68,8 @@ class Plenoxels:
                  lr_density_delay_mult: float = 1e-2, rms_beta: float = 0.99, step_size: float = 1.0,
                  density_activation: str = "relu", init_density: float = 0.1,
                  prune_steps=(100, 250, 800, 2000), prune_by: str = "weight", prune_weight: float = 0.01,
-                 prune_density: float = 5.0, prune_dilation: int = 1, occupancy_every: int = 100, occupancy_threshold: float = 3.0,
+                 prune_density: float = 5.0, prune_dilation: int = 1, occupancy_every: int = 100,
+                 occupancy_threshold: float = 3.0,
                  train_stop_transmittance: float = 1e-4, stop_transmittance: float = 1e-4,
                  render_chunk: int = 16384, background: str = "scene", lr_background: float = 0.01,
                  reconstruction: Reconstruction | None = None, tv: TVLoss | None = None,
@@ -195,7 +195,7 @@ class Plenoxels:
         world-space view direction."""
         if self.ndc is None:
             return origins, directions
-        from harness.data.ndc import ndc_rays
+        from harness.core.data.ndc import ndc_rays
 
         o, d = ndc_rays(origins, directions, float(self.ndc["focal"]), int(self.ndc["width"]),
                         int(self.ndc["height"]), float(self.ndc.get("near", 1.0)))

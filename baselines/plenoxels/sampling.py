@@ -18,10 +18,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from baselines.plenoxels.grid import SparseGrid
 from kernels.grid import flat_index
 from kernels.render import ray_aabb, segment_starts
-
-from baselines.plenoxels.grid import SparseGrid
 
 BLOCK = 8  # samples per coarse test
 
@@ -36,7 +35,7 @@ class Occupancy:
     resolution: tuple  # (X, Y, Z) of the grid (cells per axis: resolution - 1)
 
     @classmethod
-    def build(cls, grid: SparseGrid, threshold: float, step_voxels: float) -> "Occupancy":
+    def build(cls, grid: SparseGrid, threshold: float, step_voxels: float) -> Occupancy:
         r = grid.resolution
         cells = tuple(n - 1 for n in r)
         vol = grid.density_volume().view(1, 1, *r)
@@ -79,7 +78,7 @@ class Occupancy:
                 "resolution": list(self.resolution)}
 
     @classmethod
-    def from_state(cls, state: dict, device) -> "Occupancy":
+    def from_state(cls, state: dict, device) -> Occupancy:
         return cls(state["fine"].to(device), state["coarse"].to(device), int(state["factor"]),
                    state["box_min"].to(device), state["box_max"].to(device), _shape(state["resolution"]))
 

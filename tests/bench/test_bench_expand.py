@@ -1,9 +1,9 @@
 """Expanding a large sweep (issue 22, item 8; target: 10,000 trials expanded with ids in <= 10 s on the
-2-core CPU; measured, not asserted). `harness.sweep.expand` parses the experiment once per scene and
+2-core CPU; measured, not asserted). `harness.run.sweep.expand` parses the experiment once per scene and
 derives the other trials (sweep._Base); the reference path parses every trial on its own, as the
 expansion did before and as each job still does to check its id. Both run here, so their ratio is
 measured in the same run. `driver.prepare` then writes the sweep's records: sweep.json, the index
-of every trial; a trial's own folder is made when it is launched (harness/store.py), timed here per
+of every trial; a trial's own folder is made when it is launched (harness/run/store.py), timed here per
 1,000 trials. Run with `make bench` or
 `pytest tests/bench/test_bench_expand.py --override-ini addopts=`.
 """
@@ -15,7 +15,7 @@ import resource
 
 import pytest
 
-from harness import driver, store, sweep
+from harness.run import driver, store, sweep
 
 pytestmark = pytest.mark.bench
 

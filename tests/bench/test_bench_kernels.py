@@ -167,7 +167,8 @@ def test_bench_composite_fwd_bwd(benchmark, impl, rays_samples):
         ref = composite(sigma0, rgb0, step, ray, R, t=t, impl="torch")
         with torch.no_grad():
             for got, key in zip(render(sigma0, rgb0), ("rgb", "acc", "depth")):
-                torch.testing.assert_close(got, ref[key], rtol=1e-4, atol=1e-4, msg=lambda m, k=key: f"nerfacc {k}: {m}")
+                torch.testing.assert_close(got, ref[key], rtol=1e-4, atol=1e-4,
+                                           msg=lambda m, k=key: f"nerfacc {k}: {m}")
     else:
         kernel_impl = "torch" if impl == "compile" else impl
 

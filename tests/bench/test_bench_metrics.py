@@ -11,10 +11,10 @@ import pytest
 import torch
 from scipy.ndimage import gaussian_filter
 
-from harness import metrics as M
-from harness.data.images import read_image
-from harness.evaluation.lpips_model import lpips_batch
-from harness.paths import resolve_project_path
+from harness.core import metrics as M
+from harness.core.data.images import read_image
+from harness.core.metrics.lpips_model import lpips_batch
+from harness.core.paths import resolve_project_path
 
 pytestmark = pytest.mark.bench
 

@@ -1,6 +1,6 @@
 """Building a report over 1,000 trial records (target: <= 30 s on the 2-core CPU; measured, not asserted).
 
-The records are synthetic but written with the project's record functions (harness.records), like
+The records are synthetic but written with the project's record functions (harness.core.records), like
 the trial runner writes them: 2 scenes x 10 x 10 variants x 5 seeds, 20 per-view scores with PSNR,
 SSIM and LPIPS, 10 train.jsonl lines each. Run with `make bench` or
 `pytest tests/bench/test_bench_report.py --override-ini addopts=`.

@@ -1,0 +1,1 @@
+"""Scene loading: one representation (harness.core.data.scene) from every supported format."""

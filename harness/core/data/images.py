@@ -1,0 +1,48 @@
+"""Reading images with clear errors, compositing and downscaling."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from harness.core.errors import DataError
+
+
+def read_image(path: Path) -> np.ndarray:
+    """An image as float32 in [0, 1], (H, W, C) with C = 3 or 4. Raises DataError naming the file."""
+    if not path.is_file():
+        raise DataError(f"{path}: image file is missing")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            mode = "RGBA" if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info else "RGB"
+            arr = np.asarray(im.convert(mode))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"{path}: unreadable image ({exc.__class__.__name__}: {exc})") from None
+    return arr.astype(np.float32) / 255.0
+
+
+def downscale(rgba: np.ndarray, factor: int) -> np.ndarray:
+    """Exact box (area) filter by an integer factor, in premultiplied alpha when there is alpha."""
+    if factor == 1:
+        return rgba
+    h, w, c = rgba.shape
+    if h % factor or w % factor:
+        raise DataError(f"image of {w}x{h} cannot be downscaled by {factor} (not divisible)")
+    blocks = rgba.reshape(h // factor, factor, w // factor, factor, c)
+    if c == 3:
+        return blocks.mean(axis=(1, 3))
+    alpha = blocks[..., 3:].mean(axis=(1, 3))
+    premult = (blocks[..., :3] * blocks[..., 3:]).mean(axis=(1, 3))
+    colour = np.where(alpha > 0, premult / np.maximum(alpha, 1e-12), 0.0)
+    return np.concatenate([colour, alpha], axis=-1).astype(np.float32)
+
+
+def composite(rgba: np.ndarray, background: np.ndarray) -> np.ndarray:
+    """RGB over a background colour; RGB input is returned unchanged."""
+    if rgba.shape[-1] == 3:
+        return rgba
+    alpha = rgba[..., 3:]
+    return (rgba[..., :3] * alpha + background * (1.0 - alpha)).astype(np.float32)

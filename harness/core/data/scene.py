@@ -1,0 +1,70 @@
+"""The one camera/scene representation every loader produces.
+
+Conventions (all loaders convert to these):
+- camera-to-world matrices `c2w` of shape (N, 3, 4), OpenGL/Blender camera axes
+  (x right, y up, looking down -z);
+- pinhole intrinsics per image in pixels (`fx`, `fy`, `cx`, `cy`, shape (N,));
+- images float32 in [0, 1], shape (N, H, W, 3), already composited on the
+  scene's background colour (identically for every consumer, DESIGN.md "Evaluation protocol").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class Cameras:
+    c2w: np.ndarray  # (N, 3, 4) float32
+    fx: np.ndarray  # (N,) float32
+    fy: np.ndarray
+    cx: np.ndarray
+    cy: np.ndarray
+    width: int
+    height: int
+
+    def __len__(self) -> int:
+        return int(self.c2w.shape[0])
+
+    def subset(self, index) -> "Cameras":
+        idx = np.asarray(index)
+        return Cameras(self.c2w[idx], self.fx[idx], self.fy[idx], self.cx[idx], self.cy[idx],
+                       self.width, self.height)
+
+
+@dataclass
+class Split:
+    """One split (train/val/test) of a scene."""
+
+    images: np.ndarray  # (N, H, W, 3) float32 in [0, 1]
+    cameras: Cameras
+    names: list[str]  # one per image, used to name renders and per-view metrics
+    exposure: np.ndarray | None = None  # (N,) positive floats, Block-NeRF scenes
+    appearance_id: np.ndarray | None = None  # (N,) ints, Block-NeRF scenes
+    sequence_id: np.ndarray | None = None  # (N,) ints: the capture sequence (drive), Block-NeRF scenes
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+@dataclass
+class Scene:
+    name: str
+    path: str
+    format: str  # 'blender', 'llff', 'nerfstudio', 'colmap', ...
+    splits: dict[str, Split]
+    background: np.ndarray  # (3,) float32, the colour images were composited on
+    near: float
+    far: float
+    bbox: np.ndarray  # (2, 3) world-space axis-aligned box holding the scene
+    ndc: bool = False
+    extras: dict = field(default_factory=dict)  # format-specific (e.g. Block-NeRF 'blocks')
+
+    def split(self, name: str) -> Split:
+        from harness.core.errors import DataError
+
+        if name not in self.splits:
+            raise DataError(f"{self.path}: scene has no '{name}' split (has: {', '.join(sorted(self.splits))})")
+        return self.splits[name]

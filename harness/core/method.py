@@ -1,0 +1,74 @@
+"""The one protocol every baseline implements; the trial runner knows nothing else about it.
+
+A method is a Gin-configurable class. The runner builds it as `method_cls(scene=scene, seed=seed)`
+and then only calls the members below. Methods train and render; they never compute metrics
+(harness.core.metrics does), never write files (harness.run.trial does), never launch anything.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+
+@runtime_checkable
+class Method(Protocol):
+    #: rays per training step; the runner draws batches of this size from the train split
+    batch_size: int
+
+    def train_step(self, step: int, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """One optimisation step on `batch` (keys: origins, directions (unit), rgb, image_index;
+        float32 CPU tensors, moved by the method to its device). Schedules that depend on the
+        step (learning rates, coarse-to-fine, pruning) are applied here. Returns scalar losses
+        as floats, including 'loss' (the total). Must be deterministic given (state, step, batch)."""
+
+    def render(self, origins: torch.Tensor, directions: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Render rays without gradients: returns 'rgb' (M, 3) in [0, 1], 'depth' (M,), 'acc' (M,)
+        on the CPU. The runner calls it in chunks of rays."""
+
+    def state_dict(self) -> dict:
+        """Everything needed to resume training bit-for-bit (parameters, optimiser state, grid
+        resolution, RNG state if any), as tensors/ints/floats/lists (saved with torch.save)."""
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what state_dict() returned, including shapes that changed during training."""
+
+    def stats(self) -> dict[str, float]:
+        """Model facts for the record (e.g. parameter count, memory in bytes, voxel count)."""
+
+
+@runtime_checkable
+class ViewProtocol(Protocol):
+    """Optional: a method whose test views are not plain renders of the split's cameras (Block-NeRF
+    fits each view's appearance code on its left half and is scored on the right half). The harness
+    renders through these, saves the images and scores them; the method writes nothing."""
+
+    def render_view(self, split, i: int) -> np.ndarray:
+        """View i of `split` as scored: (H, W', 3) float32 in [0, 1]."""
+
+    def scored_part(self, image: np.ndarray) -> np.ndarray:
+        """The part of a full (H, W, 3) image that is scored (the same crop as render_view's)."""
+
+    def evaluation_record(self, split, full: bool) -> dict:
+        """Facts to store with the scores (e.g. the appearance protocol; with `full`, i.e. every test
+        view scored, also facts about the trained model such as its block and poses)."""
+
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def pick_device(device: str) -> torch.device:
+    """A method's `device` binding: 'auto' is the GPU when torch sees one, else the CPU. A
+    specific device ('cuda:1') is taken as given."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device must be one of {DEVICES} or a torch device string, got {device!r}") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but torch sees no CUDA GPU here "
+                         f"(torch {torch.__version__}); use device='auto' or 'cpu'")
+    return dev

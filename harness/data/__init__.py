@@ -1,1 +1,0 @@
-"""Scene loading: one representation (harness.data.scene) from every supported format."""

@@ -1,1 +1,0 @@
-"""Implementation of the evaluation protocol; import the public API from `harness.metrics`."""

@@ -1,0 +1,129 @@
+"""Rendering a split with a method and scoring it through harness.core.metrics (the only scorer)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+from pathlib import Path
+
+import gin
+import numpy as np
+import torch
+from PIL import Image
+
+from harness.core.data.rays import image_rays
+from harness.core.data.scene import Split
+from harness.core.method import ViewProtocol
+
+log = logging.getLogger(__name__)
+
+
+def render_view(method, split: Split, index: int, chunk: int) -> np.ndarray:
+    """One image (H, W, 3) float32 in [0, 1], rendered in chunks of rays."""
+    origins, dirs = image_rays(split.cameras, index)
+    out = []
+    with torch.no_grad():
+        for start in range(0, origins.shape[0], chunk):
+            out.append(method.render(origins[start:start + chunk], dirs[start:start + chunk])["rgb"])
+    rgb = torch.cat(out).clamp(0, 1).reshape(split.cameras.height, split.cameras.width, 3)
+    return rgb.cpu().numpy().astype(np.float32)
+
+
+GROUND_TRUTH = ".ground_truth"  # beside the trial folders: each scored target once, named by its content
+
+
+def save_ground_truth(record_dir: Path, target: np.ndarray) -> str:
+    """Write a scored target (8-bit PNG) once into <record_dir>/../.ground_truth/, named by the hash of
+    its bytes (every trial of a scene shares one copy); returns its path relative to `record_dir`, for
+    metrics.json, so a report reads ground truth from the runs folder alone, without the dataset."""
+    from harness.core.metrics import to_uint8
+
+    buf = io.BytesIO()
+    Image.fromarray(to_uint8(np.asarray(target)[..., :3])).save(buf, format="PNG")
+    data = buf.getvalue()
+    name = f"{hashlib.sha256(data).hexdigest()[:20]}.png"
+    path = Path(record_dir).parent / GROUND_TRUTH / name
+    if not path.exists():
+        from harness.core.records import atomic_write_bytes
+
+        atomic_write_bytes(path, data)
+    return f"../{GROUND_TRUTH}/{name}"
+
+
+def save_png(path: Path, img: np.ndarray) -> None:
+    """Write an image as 8-bit PNG (atomically); the same rounding the scores use."""
+    from harness.core.metrics import to_uint8
+    from harness.core.records import atomic_write_bytes
+
+    buf = io.BytesIO()
+    Image.fromarray(img if img.dtype == np.uint8 else to_uint8(img)).save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+@gin.configurable
+class Evaluation:
+    """How a trial is scored; every field is part of the recorded protocol."""
+
+    def __init__(self, metrics=("psnr", "ssim", "lpips"), lpips_net: str = "vgg", chunk: int = 16384,
+                 save_renders: bool = True, error_maps: bool = False, lpips_weights_dir: str | None = None):
+        self.metrics = tuple(metrics)
+        self.lpips_net = lpips_net
+        self.chunk = int(chunk)
+        self.save_renders = save_renders
+        self.error_maps = error_maps
+        self.lpips_weights_dir = lpips_weights_dir
+
+    def preflight(self) -> None:
+        """Fail before any training if LPIPS weights are missing (never a random backbone)."""
+        if "lpips" in self.metrics:
+            from harness.core.metrics import check_lpips_weights
+
+            check_lpips_weights(self.lpips_net, self.lpips_weights_dir)
+
+    def views(self, method, split: Split, indices):
+        """(name, image as scored (float32 in [0, 1]), target) for `indices`: through the method's own
+        view protocol when it has one (harness.core.method.ViewProtocol), else whole renders."""
+        own = isinstance(method, ViewProtocol)
+        for i in map(int, indices):
+            if own:
+                yield split.names[i], method.render_view(split, i), method.scored_part(split.images[i])
+            else:
+                yield split.names[i], render_view(method, split, i, self.chunk), split.images[i]
+
+    def score_views(self, views, renders_dir: Path | None = None, metrics=None, progress=None,
+                    background=(1.0, 1.0, 1.0)) -> dict:
+        """Score (name, image, target) views through harness.core.metrics, saving each image as scored
+        (8-bit PNG) with its ground truth (`save_ground_truth`; listed in the result's `ground_truth`)
+        and, with `error_maps`, its error map; methods and compositions only return images."""
+        from harness.core.metrics import error_map, score_images, to_8bit
+
+        truth: dict[str, str] = {}
+
+        def saved():
+            for name, image, target in views:
+                pred = np.asarray(to_8bit(image))  # numpy in, numpy out
+                if renders_dir is not None and self.save_renders:
+                    save_png(renders_dir / f"{name}.png", pred)
+                    truth[name] = save_ground_truth(renders_dir.parent, target)
+                    if self.error_maps:
+                        save_png(renders_dir / "errors" / f"{name}.png", np.asarray(error_map(pred, target)))
+                if progress is not None:
+                    progress()
+                yield name, pred, target
+
+        result = score_images(saved(), metrics=tuple(metrics or self.metrics), lpips_net=self.lpips_net,
+                              weights_dir=self.lpips_weights_dir, background=tuple(float(c) for c in background))
+        if truth:
+            result["ground_truth"] = truth
+        return result
+
+    def score(self, method, split: Split, indices=None, renders_dir: Path | None = None,
+              metrics=None, progress=None, background=(1.0, 1.0, 1.0)) -> dict:
+        """Render and score views of `split` (every view when `indices` is None)."""
+        full = indices is None
+        result = self.score_views(self.views(method, split, range(len(split)) if full else indices),
+                                  renders_dir, metrics, progress, background)
+        if isinstance(method, ViewProtocol):
+            result.update(method.evaluation_record(split, full))
+        return result
