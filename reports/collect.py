@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from harness.core import gin_text
 from harness.core.errors import HarnessError, RecordError
 from harness.core.records import TrialRecord, binding_label, read_json
 
 log = logging.getLogger(__name__)
 METRICS = ("psnr", "ssim", "lpips")
 HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "lpips": False}
-_BINDING = re.compile(r"^([A-Za-z_][\w./]*)\s*=\s*(.*)$")
 
 
 def _read(path: Path) -> dict | None:
@@ -42,21 +42,9 @@ def _as_float(value):
 
 
 def parse_gin_bindings(text: str) -> dict[str, str]:
-    """`Selector.param = value` lines of a saved config.gin, value text kept as written
-    (continuation lines of long values are joined); imports/includes/comments are left out."""
-    out: dict[str, str] = {}
-    key = None
-    for line in text.splitlines():
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        if line[0].isspace() and key is not None:
-            out[key] += " " + line.strip()
-            continue
-        m = _BINDING.match(line)
-        key = m.group(1) if m else None
-        if m is not None:
-            out[m.group(1)] = m.group(2).strip()
-    return {k: " ".join(v.split()) for k, v in out.items()}
+    """`[scope/]Selector.param` -> value text of a saved config.gin, read by Gin's own parser
+    (harness.core.gin_text; nothing registered or imported, so it reads without the training code)."""
+    return gin_text.bindings(text)
 
 
 def _literal(text: str | None):

@@ -107,25 +107,25 @@ def trial_config_str() -> str:
 def check_duplicate_bindings(path: Path, search_dir: Path = EXPERIMENTS_DIR) -> list[str]:
     """Bindings repeated across a file and its includes (the drift Gin's docs warn about):
     the same key twice in one file, or an include's binding restated with the same value.
-    Overriding an included value with a different one is what experiment files are for."""
+    Overriding an included value with a different one is what experiment files are for.
+    Read with Gin's own parser (harness.core.gin_text), so values compare as Gin reads them."""
+    from gin.config_parser import BindingStatement
+
+    from harness.core import gin_text
+
     seen: dict[str, tuple[str, str]] = {}  # key -> (where, value)
+    local: dict[Path, set[str]] = {}  # the keys each file binds
     problems: list[str] = []
-
-    def visit(file: Path) -> None:
-        local = set()
-        for lineno, raw in enumerate(Path(file).read_text().splitlines(), 1):
-            line = raw.split("#", 1)[0].strip()
-            if line.startswith("include"):
-                visit(search_dir / line.split(None, 1)[1].strip().strip("'\""))
-            elif "=" in line and not line.startswith(("import", "from")) and not raw[:1].isspace():
-                key, value = (part.strip() for part in line.split("=", 1))
-                where = f"{file}:{lineno}"
-                if key in local:
-                    problems.append(f"{key} bound twice in {file} ({seen[key][0]} and line {lineno})")
-                elif key in seen and seen[key][1] == value:
-                    problems.append(f"{key} = {value} at {where} repeats {seen[key][0]}")
-                local.add(key)
-                seen[key] = (where, value)
-
-    visit(Path(path))
+    for file, statement in gin_text.includes(Path(path), search_dir):
+        if not isinstance(statement, BindingStatement):
+            continue
+        key, value = gin_text.key_of(statement), repr(statement.value)
+        lineno = statement.location.line_num
+        where = f"{file}:{lineno}"
+        if key in local.setdefault(file, set()):
+            problems.append(f"{key} bound twice in {file} ({seen[key][0]} and line {lineno})")
+        elif key in seen and seen[key][1] == value:
+            problems.append(f"{key} = {value} at {where} repeats {seen[key][0]}")
+        local[file].add(key)
+        seen[key] = (where, value)
     return problems
