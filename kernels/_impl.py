@@ -24,7 +24,7 @@ IMPLS = ("auto", "torch", "triton", "cuda")
 @functools.cache
 def triton_available() -> bool:
     try:
-        import triton  # noqa: F401
+        import triton
         import triton.language  # noqa: F401
     except Exception:  # ImportError, or a broken install: fall back to the reference
         return False

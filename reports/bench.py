@@ -15,13 +15,13 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
 
-from harness.core.errors import HarnessError  # noqa: E402
-from reports.figures import Figure, _safe, _save, _theme  # noqa: E402
+from harness.core.errors import HarnessError
+from reports.figures import Figure, _safe, _save, _theme
 
 IMPL_ORDER = ("torch", "compile", "triton", "cuda", "nerfacc")
 

@@ -14,13 +14,13 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # no display on clusters and CI
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
 
-from reports.aggregate import pareto_front, t_interval  # noqa: E402
-from reports.collect import HIGHER_IS_BETTER, fmt_value  # noqa: E402
+from reports.aggregate import pareto_front, t_interval
+from reports.collect import HIGHER_IS_BETTER, fmt_value
 
 MAX_HUES = 8  # lines per panel before the rest are left out (said in the caption)
 MAX_BOXES = 24

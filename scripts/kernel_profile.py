@@ -19,9 +19,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from kernels.render import composite  # noqa: E402
-from kernels.sample import sample_grid_sh  # noqa: E402
-from tests.bench.test_bench_kernels import _grid_and_samples, _packed  # noqa: E402
+from kernels.render import composite
+from kernels.sample import sample_grid_sh
+from tests.bench.test_bench_kernels import _grid_and_samples, _packed
 
 
 def main() -> None:

@@ -24,9 +24,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere
 
-from harness.core.data.blender import load_blender  # noqa: E402
-from harness.core.data.rays import RaySampler, image_rays  # noqa: E402
-from harness.core.metrics import psnr, to_8bit  # noqa: E402
+from harness.core.data.blender import load_blender
+from harness.core.data.rays import RaySampler, image_rays
+from harness.core.metrics import psnr, to_8bit
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = ROOT / "data/nerf_synthetic/lego_100"

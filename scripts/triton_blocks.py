@@ -19,11 +19,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from kernels import triton as kt  # noqa: E402
-from kernels.render import composite  # noqa: E402
-from kernels.sample import sample_grid_sh  # noqa: E402
-from kernels.tv import tv_from_rows  # noqa: E402
-from tests.bench.test_bench_kernels import _grid_and_samples, _packed, _tv_inputs  # noqa: E402
+from kernels import triton as kt
+from kernels.render import composite
+from kernels.sample import sample_grid_sh
+from kernels.tv import tv_from_rows
+from tests.bench.test_bench_kernels import _grid_and_samples, _packed, _tv_inputs
 
 # GPU sizes to try besides the chosen ones (kernels.triton.BLOCKS), which are timed first
 NAMES = {"composite": ("composite_rays", "composite_samples"), "samples": ("samples",), "tv": ("tv",)}

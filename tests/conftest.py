@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-import harness.run.registry  # noqa: F401  (the tests' entry point: registers the harness's configurables)
+import harness.run.registry  # the tests' entry point: registers the harness's configurables
 
 # fixtures shared by several test modules (tiny_scene, reference, small_blocks)
 pytest_plugins = ("tests.reliability_tools", "tests.test_kernels_fixtures")

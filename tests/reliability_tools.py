@@ -77,7 +77,7 @@ class Trial:
             try:
                 self._child(fault, threads, log_file)
                 code = 0
-            except BaseException:  # noqa: BLE001 - the record says what happened; the exit code says that it did
+            except BaseException:  # the record says what happened; the exit code says that it did
                 logging.getLogger(__name__).exception("trial raised")
             finally:
                 logging.shutdown()

@@ -58,7 +58,7 @@ class Server:
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 - http.server API
+            def do_GET(self):  # http.server's name
                 server.requests.append((self.path, self.headers.get("Range")))
                 body = server.files.get(self.path)
                 if body is None:

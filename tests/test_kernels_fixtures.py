@@ -20,10 +20,10 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from kernels import _impl  # noqa: E402
-from kernels.grid import as_resolution, world_to_grid  # noqa: E402
-from kernels.render import march, ray_aabb  # noqa: E402
-from tests.conftest import SHARED_DATA  # noqa: E402
+from kernels import _impl
+from kernels.grid import as_resolution, world_to_grid
+from kernels.render import march, ray_aabb
+from tests.conftest import SHARED_DATA
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 LEGO = SHARED_DATA / "nerf_synthetic" / "lego_100"

@@ -59,7 +59,7 @@ class _Server(http.server.ThreadingHTTPServer):
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802 - http.server API
+    def do_GET(self):  # http.server's name
         self.server.requests.append(self.path)
         body = self.server.files.get(self.path)
         if body is None:

@@ -53,7 +53,7 @@ def _best_files(trial: Trial) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def best_run(tiny_scene, tmp_path_factory) -> Trial:  # noqa: F811
+def best_run(tiny_scene, tmp_path_factory) -> Trial:
     """One uninterrupted trial with evaluate_with = 'best' (run in this process)."""
     folder = tmp_path_factory.mktemp("best")
     trial = Trial(_experiment(folder, tiny_scene, "Trainer.evaluate_with = 'best'\n"), folder / "runs")
@@ -73,7 +73,7 @@ def test_best_checkpoint_holds_the_highest_logged_validation_psnr(best_run):
     assert best_run.metrics()["best_validation"] == {"step": top, "psnr": val[top], "split": "test"}
 
 
-def test_evaluate_with_best_scores_the_best_state(best_run, tiny_scene, tmp_path):  # noqa: F811
+def test_evaluate_with_best_scores_the_best_state(best_run, tiny_scene, tmp_path):
     val = _val(best_run)
     metrics = best_run.metrics()
     assert metrics["evaluated_checkpoint"] == "best" and metrics["iterations"] == 40
@@ -87,7 +87,7 @@ def test_evaluate_with_best_scores_the_best_state(best_run, tiny_scene, tmp_path
     assert latest.metrics()["best_validation"] == best_run.metrics()["best_validation"]
 
 
-def test_keep_one_checkpoint_never_deletes_the_best(tiny_scene, tmp_path):  # noqa: F811
+def test_keep_one_checkpoint_never_deletes_the_best(tiny_scene, tmp_path):
     trial = Trial(_experiment(tmp_path, tiny_scene, "Trainer.checkpoint_every = 5\nTrainer.keep_checkpoints = 1\n"),
                   tmp_path / "runs")
     assert trial.run() == "ok"
@@ -99,7 +99,7 @@ def test_keep_one_checkpoint_never_deletes_the_best(tiny_scene, tmp_path):  # no
     assert checkpoints.load_best(trial.dir / "checkpoints")[0] == PEAK
 
 
-def test_resume_keeps_the_better_best(tiny_scene, tmp_path):  # noqa: F811
+def test_resume_keeps_the_better_best(tiny_scene, tmp_path):
     """Killed at step 33 (after the step-30 checkpoint, past the peak): the resumed run's validations
     at 35 and 40 are worse than the best read back from best_20.pt, so they do not replace it."""
     trial = Trial(_experiment(tmp_path, tiny_scene, "Trainer.evaluate_with = 'best'\n"), tmp_path / "runs")
@@ -141,7 +141,7 @@ def test_evaluate_with_config_errors(kw, match):
     assert Trainer(method=ToyColour).evaluate_with == "latest"
 
 
-def test_evaluate_with_error_is_one_line_when_the_sweep_is_expanded(tiny_scene, tmp_path):  # noqa: F811
+def test_evaluate_with_error_is_one_line_when_the_sweep_is_expanded(tiny_scene, tmp_path):
     from harness.run import sweep
 
     exp = _experiment(tmp_path, tiny_scene, "Trainer.validate_every = 0\nTrainer.evaluate_with = 'best'\n")

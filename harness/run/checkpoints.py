@@ -137,7 +137,7 @@ def _verified(path: Path) -> dict | None:
         return None
     try:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means unusable
+    except Exception as exc:  # any unpickling failure means unusable
         log.warning("checkpoint %s cannot be read (%s): skipped", path, exc)
         return None
 

@@ -62,7 +62,7 @@ def _load():
     except ImportError as exc:
         raise RuntimeError(f"nerfacc is not installed ({exc}); pip install nerfacc==0.5.3") from exc
     try:
-        from nerfacc import csrc  # noqa: F401  (a wheel built with its extension)
+        from nerfacc import csrc  # a wheel built with its extension
         return nerfacc
     except ImportError:
         pass
