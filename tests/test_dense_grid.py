@@ -60,3 +60,37 @@ def test_dense_grid_is_a_method_and_resumes_bit_for_bit():
     b.load_state_dict(saved)
     assert run(a, range(5, 10)) == run(b, range(5, 10))
     assert torch.equal(a.grid, b.grid)
+
+
+def test_capabilities_are_declared_and_checked(tmp_path):
+    """A method uses a capability only by declaring it; a wrong declaration, or a capability's member
+    present but not declared, is one line (at expansion for the class, when built for the instance)."""
+    from harness.core.method import method_problems
+
+    assert method_problems(DenseGrid) == []
+
+    class Broken(DenseGrid):
+        capabilities = ("device", "views", "teleport")
+
+    problems = method_problems(Broken)
+    assert "Broken declares the 'views' capability but has no render_view" in problems
+    assert any("names 'teleport': known capabilities are" in p for p in problems)
+
+    class Undeclared:  # a patch size the runner would silently ignore
+        def __init__(self):
+            self.patch_size = 4
+
+        train_step = render = state_dict = load_state_dict = stats = staticmethod(lambda *a: None)
+
+    assert method_problems(Undeclared) == []
+    assert method_problems(Undeclared()) == ["Undeclared has patch_size but does not declare the 'patches' "
+                                             "capability (add it to Undeclared.capabilities)"]
+
+    exp = _experiment(tmp_path)
+    exp.write_text(exp.read_text().replace("import baselines.dense_grid", "import baselines.dense_grid\n"
+                                           "import tests.fixtures.broken_method")
+                   .replace("Trainer.method = @DenseGrid", "Trainer.method = @NoRender"))
+    proc = harness("sweep", exp, "--runs-dir", tmp_path / "runs", "--dry-run")
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2 and last.startswith(f"error: {exp}, trial ") and last.endswith(
+        "Trainer.method = @NoRender: NoRender has no render() (harness.core.method.Method)"), proc.stderr

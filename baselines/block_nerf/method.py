@@ -54,6 +54,7 @@ class BlockNeRF:
     # checked when the sweep expands (harness.run.sweep.check_positive_settings)
     positive_settings = ("lr_mlp", "lr_appearance", "lr_visibility", "lr_pose", "lr_pose_translation", "fit_lr",
                          "batch_size")
+    capabilities = ("own_scene", "views", "device")  # harness.core.method.CAPABILITIES
 
     def __init__(self, scene: Scene, seed: int, *, block: int = 0, partition: BlockPartition | None = None,
                  batch_size: int = 1024, n_coarse: int = 32, n_fine: int = 32, spacing: str = "log",

@@ -22,6 +22,7 @@ from kernels.render import composite
 @gin.configurable
 class DenseGrid:
     positive_settings = ("lr", "batch_size", "samples", "resolution")  # checked when the sweep expands
+    capabilities = ("device",)  # harness.core.method.CAPABILITIES
 
     def __init__(self, scene, seed: int, resolution: int = 48, samples: int = 64, batch_size: int = 1024,
                  lr: float = 0.05, device: str = "auto"):

@@ -60,6 +60,7 @@ class Plenoxels:
 
     # checked when the sweep expands (harness.run.sweep.check_positive_settings)
     positive_settings = ("lr_density", "lr_sh", "lr_background", "batch_size", "lr_decay_steps")
+    capabilities = ("patches", "device")  # harness.core.method.CAPABILITIES
 
     def __init__(self, scene, seed: int, *, resolution=128, upsample_steps=(400, 1500),
                  sh_degree: int = 2, batch_size: int = 4096, optimizer: str = "rmsprop",

@@ -56,6 +56,52 @@ class ViewProtocol(Protocol):
         view scored, also facts about the trained model such as its block and poses)."""
 
 
+# Optional capabilities: a method names the ones it has in a class attribute `capabilities`; the harness
+# uses a capability only when it is declared, and checks the declaration (`method_problems`) when the
+# sweep expands (members defined on the class) and when the method is built (instance attributes).
+CAPABILITIES: dict[str, tuple[str, ...]] = {
+    "patches": ("patch_size",),  # trains on p x p pixel patches (int attribute): the runner samples them
+    "own_scene": ("trial_scene",),  # trains, validates and is scored on this Scene (e.g. one block's part)
+    "device": ("device",),  # computes on this torch.device: recorded as the trial's device
+    "views": ("render_view", "scored_part", "evaluation_record"),  # its own test-view protocol (ViewProtocol)
+}
+REQUIRED = ("train_step", "render", "state_dict", "load_state_dict", "stats")
+
+
+def declared(method) -> tuple[str, ...]:
+    """The capabilities a method (class or instance) declares."""
+    return tuple(getattr(method, "capabilities", ()))
+
+
+def has(method, capability: str) -> bool:
+    return capability in declared(method)
+
+
+def method_problems(method) -> list[str]:
+    """What a method class (or, built, its instance) lacks: the protocol's methods, the members of the
+    capabilities it declares, and, on an instance, capability members it has without declaring them
+    (which the harness would ignore); one line each."""
+    name = method.__name__ if isinstance(method, type) else type(method).__name__
+    problems = [f"{name} has no {m}() (harness.core.method.Method)"
+                for m in REQUIRED if not callable(getattr(method, m, None))]
+    for cap in declared(method):
+        if cap not in CAPABILITIES:
+            problems.append(f"{name}.capabilities names '{cap}': known capabilities are {', '.join(CAPABILITIES)}")
+            continue
+        for member in CAPABILITIES[cap]:
+            if not hasattr(method, member) and (not isinstance(method, type) or member in _CLASS_MEMBERS):
+                problems.append(f"{name} declares the '{cap}' capability but has no {member}")
+    if not isinstance(method, type):
+        for cap, members in CAPABILITIES.items():
+            if cap not in declared(method) and all(hasattr(method, m) for m in members):
+                problems.append(f"{name} has {', '.join(members)} but does not declare the '{cap}' capability "
+                                f"(add it to {name}.capabilities)")
+    return problems
+
+
+_CLASS_MEMBERS = set(CAPABILITIES["views"])  # defined on the class; the other members are set in __init__
+
+
 DEVICES = ("auto", "cpu", "cuda")
 
 

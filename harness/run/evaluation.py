@@ -14,7 +14,7 @@ from PIL import Image
 
 from harness.core.data.rays import image_rays
 from harness.core.data.scene import Split
-from harness.core.method import ViewProtocol
+from harness.core.method import has as has_capability
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +83,9 @@ class Evaluation:
 
     def views(self, method, split: Split, indices):
         """(name, image as scored (float32 in [0, 1]), target) for `indices`: through the method's own
-        view protocol when it has one (harness.core.method.ViewProtocol), else whole renders."""
-        own = isinstance(method, ViewProtocol)
+        view protocol when it declares one (the 'views' capability, harness.core.method.ViewProtocol),
+        else whole renders."""
+        own = has_capability(method, "views")
         for i in map(int, indices):
             if own:
                 yield split.names[i], method.render_view(split, i), method.scored_part(split.images[i])
@@ -124,6 +125,6 @@ class Evaluation:
         full = indices is None
         result = self.score_views(self.views(method, split, range(len(split)) if full else indices),
                                   renders_dir, metrics, progress, background)
-        if isinstance(method, ViewProtocol):
+        if has_capability(method, "views"):
             result.update(method.evaluation_record(split, full))
         return result

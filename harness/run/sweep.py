@@ -212,7 +212,19 @@ def check_settings() -> None:
     from harness.run.trial import check_settings as check_trainer  # lazy: trial imports torch
 
     check_trainer()
-    check_positive_settings(gin.query_parameter("Trainer.method"))
+    method = gin.query_parameter("Trainer.method")
+    check_method(method)
+    check_positive_settings(method)
+
+
+def check_method(reference) -> None:
+    """The method class has the protocol's methods and the members of the capabilities it declares
+    (harness.core.method.method_problems): one ConfigError line, before anything is queued."""
+    from harness.core.method import method_problems
+
+    problems = method_problems(reference.configurable.wrapped) if hasattr(reference, "configurable") else []
+    if problems:
+        raise ConfigError(f"Trainer.method = {reference!r}: {problems[0]}")
 
 
 def check_positive_settings(reference) -> None:

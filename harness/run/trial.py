@@ -22,7 +22,8 @@ from harness.core import faults, provenance
 from harness.core.data.load_scene import load_scene
 from harness.core.data.rays import RaySampler
 from harness.core.errors import ConfigError, HarnessError, RecordError, TrialDiverged
-from harness.core.method import pick_device
+from harness.core.method import has as has_capability
+from harness.core.method import method_problems, pick_device
 from harness.core.records import FINAL_STATES, TrialRecord, remove_temp_files
 from harness.run import checkpoints
 from harness.run.evaluation import Evaluation
@@ -273,7 +274,7 @@ class Trainer:
 
     def _train_step(self, method, sampler: RaySampler, step: int, record: TrialRecord) -> dict:
         """One training step; on out-of-memory, the same step again with a smaller batch."""
-        patch = getattr(method, "patch_size", 1)
+        patch = method.patch_size if has_capability(method, "patches") else 1
         while True:
             try:
                 return method.train_step(step, sampler.sample(step, method.batch_size, patch))
@@ -344,9 +345,13 @@ class Trainer:
         np.random.seed(self.seed % 2**32)
         scene = load_scene()
         method = self.method_cls(scene=scene, seed=self.seed)
-        if getattr(method, "device", None) is not None:  # what it computes on, not only what is there
+        problems = method_problems(method)
+        if problems:
+            raise ConfigError(problems[0])
+        if has_capability(method, "device"):  # what it computes on, not only what is there
             record.update(device=device_name(method.device))
-        scene = getattr(method, "trial_scene", scene)  # optional: the part of the scene it trains on
+        if has_capability(method, "own_scene"):  # the part of the scene it trains on
+            scene = method.trial_scene
         step, train_time = self.train(method, scene, record, evaluation)
         evaluated = self._load_evaluated(method, record)
         test = scene.split("test")
