@@ -87,9 +87,11 @@ def test_changing_a_default_in_a_methods_signature_changes_the_id(tmp_path, tiny
             import gin
 
             @gin.configurable
-            class Probe:
+            class Probe:  # the Method protocol's members, checked when the sweep expands; never trained here
                 def __init__(self, scene, seed, lr: float = {default}, batch_size: int = 8):
                     pass
+
+                train_step = render = state_dict = load_state_dict = stats = lambda self, *args: None
             """))
         code = f"import harness.run.registry; from harness.run import sweep; print(sweep.expand({str(exp)!r})[0].id)"
         proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
