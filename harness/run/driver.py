@@ -29,7 +29,7 @@ def prepare(trials: list[Trial], runs_dir: Path, exp_file: Path, user_bindings: 
     this experiment or (a shared trial) by another, are kept and linked here; a new trial's record
     stays a pending entry of sweep.json until it is launched (store.materialise)."""
     records = [store.find(runs_dir, t) for t in trials]
-    made = [i for i, t in enumerate(trials) if store.is_made(runs_dir, t)]
+    made = [i for i, r in enumerate(records) if r.dir.is_dir()]
     # threads: a made record is a few stats and reads, and a few fsynced writes when it is new here
     with ThreadPoolExecutor(max_workers=16) as pool:
         for i, record in zip(made, pool.map(lambda i: store.materialise(runs_dir, trials[i]), made)):

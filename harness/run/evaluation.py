@@ -37,11 +37,7 @@ def save_ground_truth(record_dir: Path, target: np.ndarray) -> str:
     """Write a scored target (8-bit PNG) once into <record_dir>/../.ground_truth/, named by the hash of
     its bytes (every trial of a scene shares one copy); returns its path relative to `record_dir`, for
     metrics.json, so a report reads ground truth from the runs folder alone, without the dataset."""
-    from harness.core.metrics import to_uint8
-
-    buf = io.BytesIO()
-    Image.fromarray(to_uint8(np.asarray(target)[..., :3])).save(buf, format="PNG")
-    data = buf.getvalue()
+    data = _png_bytes(np.asarray(target)[..., :3])
     name = f"{hashlib.sha256(data).hexdigest()[:20]}.png"
     path = Path(record_dir).parent / GROUND_TRUTH / name
     if not path.exists():
@@ -53,12 +49,18 @@ def save_ground_truth(record_dir: Path, target: np.ndarray) -> str:
 
 def save_png(path: Path, img: np.ndarray) -> None:
     """Write an image as 8-bit PNG (atomically); the same rounding the scores use."""
-    from harness.core.metrics import to_uint8
     from harness.core.records import atomic_write_bytes
+
+    atomic_write_bytes(path, _png_bytes(img))
+
+
+def _png_bytes(img: np.ndarray) -> bytes:
+    """An image as 8-bit PNG bytes (float images rounded as the scores round them)."""
+    from harness.core.metrics import to_uint8
 
     buf = io.BytesIO()
     Image.fromarray(img if img.dtype == np.uint8 else to_uint8(img)).save(buf, format="PNG")
-    atomic_write_bytes(path, buf.getvalue())
+    return buf.getvalue()
 
 
 @gin.configurable

@@ -27,17 +27,13 @@ def trial_dir(runs_dir: Path, trial) -> Path:
 
 
 def find(runs_dir: Path, trial) -> TrialRecord:
-    """The trial's record, made or not: the experiment's own folder when it has one (a link into the
-    store, or a real folder made before the store existed), else its place in the store."""
+    """The trial's record, made or not (its folder exists once made, by this experiment or another):
+    the experiment's own folder when it has one (a link into the store, or a real folder made before
+    the store existed), else its place in the store."""
     link = trial_dir(runs_dir, trial)
     if link.is_symlink() or not link.is_dir():
         return TrialRecord(Path(runs_dir) / STORE / trial.id)
     return TrialRecord(link)
-
-
-def is_made(runs_dir: Path, trial) -> bool:
-    """Whether the trial has a folder in this experiment, or in the store (made by another experiment)."""
-    return trial_dir(runs_dir, trial).is_dir() or (Path(runs_dir) / STORE / trial.id).is_dir()
 
 
 def materialise(runs_dir: Path, trial) -> TrialRecord:
