@@ -161,3 +161,17 @@ def test_derived_ids_with_zipped_axes_scenes_and_a_bookkeeping_axis(tiny_scene, 
     for t in trials:
         sweep.trial_config(exp, [], t.gin_bindings)
         assert sweep.trial_identity()[0] == t.id, t.bindings
+
+
+def test_expansion_parses_gin_once_per_scene(monkeypatch, tiny_scene, tmp_path):
+    """The Sweep once, then one parse per scene for literal axes (issue 23: it used to be once per
+    trial, plus three); the driver passes the Sweep it read with the launch settings."""
+    parses = []
+    real = sweep.cfg.parse
+    monkeypatch.setattr(sweep.cfg, "parse", lambda *a, **k: (parses.append(a), real(*a, **k))[1])
+    exp = write_experiment(tmp_path, tiny_scene, "Sweep.axes = {'ToyColour.lr': [0.01, 0.1, 0.2]}\n"
+                           "Sweep.scenes = ['tiny', 'lego_100']\nSweep.seeds = [0, 1]\n")
+    spec = sweep.read_spec(exp, [])
+    assert len(parses) == 1
+    trials = sweep.expand(str(exp), spec=spec)
+    assert len(trials) == 12 and len(parses) == 1 + 2

@@ -125,9 +125,21 @@ def clean_gin():
 def test_gin_bindings_reach_tv_and_method(clean_gin):
     clean_gin.parse_config(["TVLoss.weight_density = 1e-3", "TVLoss.weight_sh = 2e-3",
                             "Plenoxels.sh_degree = 1", "Plenoxels.resolution = 32",
-                            "Plenoxels.upsample_steps = ()"])
+                            "Plenoxels.upsample_steps = ()", "Plenoxels.tv = @TVLoss()"])
     m = Plenoxels(synthetic_scene(), 0)
     assert (m.tv.weight_density, m.tv.weight_sh, m.n_basis) == (1e-3, 2e-3, 4)
+
+
+def test_loss_terms_are_used_only_when_referenced(clean_gin):
+    # a term is a Gin reference: building it in Python never reads Gin, and without a reference the
+    # method has no such term (the sweep reports the dangling binding: tests/test_reliability_input.py)
+    clean_gin.parse_config(["TVLoss.weight_density = 1e-3", "Plenoxels.resolution = 32",
+                            "Plenoxels.upsample_steps = ()"])
+    m = Plenoxels(synthetic_scene(), 0)
+    assert m.tv is None and m.sparsity is None and m.smoothness is None
+    assert TVLoss().weight_density == 0.0 and m.reconstruction.kind == "l2"
+    logs = m.train_step(0, random_batch(0))
+    assert not {"tv_density", "tv_sh", "sparsity", "smooth_density"} & logs.keys()
 
 
 def test_base_gin_file_parses_and_builds_the_method(clean_gin):
@@ -135,7 +147,7 @@ def test_base_gin_file_parses_and_builds_the_method(clean_gin):
     config.parse([PROJECT / "experiments/base/plenoxels.gin"], ["TVLoss.weight_density = 1e-4"])
     assert clean_gin.query_parameter("Trainer.method").selector == "Plenoxels"
     m = Plenoxels(synthetic_scene(), 0)
-    assert m.tv.weight_density == 1e-4 and m.lr_decay_steps == clean_gin.query_parameter("%ITERATIONS")
+    assert m.tv.weight_density == 1e-4 and m.sparsity is None and m.lr_decay_steps == clean_gin.query_parameter("%ITERATIONS")
 
 
 # ---- determinism ---------------------------------------------------------------------------------

@@ -11,6 +11,11 @@
 
 Every term is a mean, so its scale does not depend on batch size, voxel fraction or resolution;
 a weight of 0 disables a term (nothing is computed).
+
+The terms are registered with Gin (`gin.register`), not made configurable: Gin's bindings reach a
+term only through a reference (`Plenoxels.tv = @TVLoss()`, experiments/base/plenoxels.gin), and
+building one in Python never reads them. A binding to a term no reference uses is an error when
+the sweep expands (harness.run.usage).
 """
 
 from __future__ import annotations
@@ -53,7 +58,7 @@ def mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return torch.mean((pred - target) ** 2)
 
 
-@gin.configurable
+@gin.register
 class Reconstruction:
     """Photometric loss: `weight` * (L2 | L1) + `ssim_weight` * (1 - SSIM over p x p patches).
 
@@ -93,7 +98,7 @@ class Reconstruction:
         return image_ssim(pred.view(n, p, p, 3), target.view(n, p, p, 3)).mean()
 
 
-@gin.configurable
+@gin.register
 class TVLoss:
     """Total variation on the grid, with separate weights for density and SH coefficients.
 
@@ -135,7 +140,7 @@ class TVLoss:
         return out
 
 
-@gin.configurable
+@gin.register
 class Sparsity:
     """Sparsity prior on the activated density sigma of the batch's samples:
     'cauchy' mean log(1 + 2 sigma^2) (Plenoxels, Sec. 4), or 'l1' mean |sigma|."""
@@ -175,7 +180,7 @@ def axis_neighbours(resolution, links: torch.Tensor, voxels: torch.Tensor) -> to
     return torch.stack(out)
 
 
-@gin.configurable
+@gin.register
 class Smoothness:
     """Second-order smoothness: mean over drawn voxels, axes with both neighbours allocated and
     channels of (f(v-a) - 2 f(v) + f(v+a))^2; separate weights for density and SH."""

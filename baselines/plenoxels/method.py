@@ -113,10 +113,11 @@ class Plenoxels:
         # ('cuda' is only the compositing kernel, so not a choice for the whole method)
         _check(kernels in KERNEL_IMPLS, f"kernels must be one of {KERNEL_IMPLS}, got {kernels!r}")
         self.kernels = kernels
+        # the loss terms the config references (`Plenoxels.tv = @TVLoss()`); a term not given is not
+        # used, and the reconstruction defaults to plain L2 (the parts are gin.register'ed: building
+        # one here never reads Gin bindings, so the config says what is used)
         self.reconstruction = reconstruction if reconstruction is not None else Reconstruction()
-        self.tv = tv if tv is not None else TVLoss()
-        self.sparsity = sparsity if sparsity is not None else Sparsity()
-        self.smoothness = smoothness if smoothness is not None else Smoothness()
+        self.tv, self.sparsity, self.smoothness = tv, sparsity, smoothness
         self.patch_size = self.reconstruction.patch_size  # the trainer samples p x p patches
         self.device = pick_device(device)
         self.near, self.far = float(scene.near), float(scene.far)
@@ -276,7 +277,7 @@ class Plenoxels:
         draws = {}
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + int(step))
         for name, term in (("tv", self.tv), ("smoothness", self.smoothness)):
-            if term.active:
+            if term is not None and term.active:
                 draws[name] = term.draw(self.grid, gen)
         return draws
 
@@ -311,7 +312,8 @@ class Plenoxels:
         out = self._composite(sigma[sel], rgb, t, ray_index, n_rays, self.background(bg_logit))
 
         losses = self.reconstruction(out["rgb"], target)
-        losses.update(self.sparsity(sigma))
+        if self.sparsity is not None:
+            losses.update(self.sparsity(sigma))
         for name, rows_drawn in draws.items():
             d_idx = tuple(remap(d_local, r) for r in rows_drawn)
             s_idx = tuple(remap(s_local, r) for r in rows_drawn)

@@ -14,14 +14,15 @@ from harness.core.records import FINAL_STATES, TrialRecord, atomic_write_json, n
 from harness.run import config as cfg
 from harness.run import launch, store
 from harness.run import settings as settings_of
-from harness.run.sweep import Trial, expand
+from harness.run.sweep import Trial, expand, read_spec
 
 log = logging.getLogger(__name__)
 
 
-def read_launch_settings(experiment: str, user_bindings: list[str], overrides: dict) -> dict:
-    cfg.parse([cfg.experiment_path(experiment)], user_bindings)
-    return settings_of.launch(**{k: v for k, v in overrides.items() if v is not None})
+def read_experiment(experiment: str, user_bindings: list[str], overrides: dict) -> tuple[dict, dict]:
+    """The experiment's Sweep and launch settings (command-line overrides applied), from one parse."""
+    spec = read_spec(cfg.experiment_path(experiment), list(user_bindings))
+    return spec, settings_of.launch(**{k: v for k, v in overrides.items() if v is not None})
 
 
 def prepare(trials: list[Trial], runs_dir: Path, exp_file: Path, user_bindings: list[str]) -> list[TrialRecord]:
@@ -61,8 +62,8 @@ def run_sweep(experiment: str, user_bindings: list[str], runs_dir: Path, overrid
     """Run (or resume) a sweep; returns a summary {trial id: outcome}."""
     t0 = time.perf_counter()
     exp_file = cfg.experiment_path(experiment)
-    settings = read_launch_settings(experiment, user_bindings, overrides)
-    trials = expand(experiment, user_bindings)
+    spec, settings = read_experiment(experiment, user_bindings, overrides)
+    trials = expand(experiment, user_bindings, spec=spec)
     if not trials:
         raise ConfigError(f"{exp_file}: the sweep has no trials")
     launch.check_cluster(settings)

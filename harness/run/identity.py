@@ -41,7 +41,7 @@ _GIN_INTERNAL = ("macro", "constant", "singleton")
 REQUIRED = "<required>"
 
 
-def _registry() -> dict[str, Any]:
+def configurables() -> dict[str, Any]:
     """{name: gin Configurable} of every registered configurable (gin keeps them in a private map;
     gin-config 0.5's, stable since 2019)."""
     return {c.name: c for _, c in gin.config._REGISTRY.items() if c.name not in _GIN_INTERNAL}
@@ -113,20 +113,20 @@ def parameters(configurable) -> dict:
     return {k: v for k, v in params.items() if k not in skip}
 
 
-def _references(value, registry: dict) -> list[str]:
+def references(value, registry: dict) -> list[str]:
     if isinstance(value, gin.config.ConfigurableReference):
         name = value.configurable.name
         return [name] if name in registry else []
     if isinstance(value, (list, tuple)):
-        return [n for v in value for n in _references(v, registry)]
+        return [n for v in value for n in references(v, registry)]
     if isinstance(value, dict):
-        return [n for v in value.values() for n in _references(v, registry)]
+        return [n for v in value.values() for n in references(v, registry)]
     return []
 
 
 def operative() -> dict[str, dict]:
     """{configurable: {parameter: canonical value}} of the parsed config (see the module docstring)."""
-    registry = _registry()
+    registry = configurables()
     queue = [n for n in (*ROOTS, *_bound_names(registry)) if n in registry]
     try:
         method = gin.query_parameter("Trainer.method")
@@ -143,7 +143,7 @@ def operative() -> dict[str, dict]:
         seen.add(name)
         params = parameters(registry[name])
         for value in params.values():
-            queue += _references(value, registry)
+            queue += references(value, registry)
         out[name] = {k: canonical(v) for k, v in sorted(params.items())}
     return dict(sorted(out.items()))
 
@@ -151,7 +151,7 @@ def operative() -> dict[str, dict]:
 def operative_modules() -> list[str]:
     """The modules that define the configurables of the parsed config's operative set (for the code
     fingerprint: a method defined outside the project's folders is hashed too)."""
-    registry = _registry()
+    registry = configurables()
     return sorted({registry[name].module for name in operative() if name in registry})
 
 

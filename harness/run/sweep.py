@@ -17,6 +17,7 @@ import gin
 from harness.core.errors import ConfigError, HarnessError
 from harness.core.records import binding_label
 from harness.run import config as cfg
+from harness.run import usage
 from harness.run.settings import Sweep
 
 
@@ -113,11 +114,16 @@ def read_spec(exp_file: Path, user_bindings: list[str]) -> dict:
         raise ConfigError(f"{exp_file}: {str(exc).splitlines()[0]}") from None
 
 
-def expand(experiment: str, user_bindings: list[str] | tuple = (), require_data: bool = True) -> list[Trial]:
+def expand(experiment: str, user_bindings: list[str] | tuple = (), require_data: bool = True,
+           spec: dict | None = None) -> list[Trial]:
     """All trials of an experiment, in a stable order; raises ConfigError for an empty sweep, and
-    DataError for a scene that does not exist (unless `require_data` is False: provisional ids)."""
+    DataError for a scene that does not exist (unless `require_data` is False: provisional ids).
+    `spec`: the experiment's Sweep when the caller has read it already (one parse fewer).
+
+    Gin is parsed once per scene when every swept value is a plain literal (`_Base`), else once
+    per trial."""
     exp_file = cfg.experiment_path(experiment)
-    spec = read_spec(exp_file, list(user_bindings))
+    spec = read_spec(exp_file, list(user_bindings)) if spec is None else spec
     if not spec["seeds"]:
         raise ConfigError(f"{exp_file}: Sweep.seeds is empty: the sweep has no trials")
     scenes = spec["scenes"] or [None]
@@ -128,24 +134,23 @@ def expand(experiment: str, user_bindings: list[str] | tuple = (), require_data:
     fast = _fast_path_ok(spec, variants)
     for scene in scenes:
         base = None
+        scene_lines = [f"include 'base/scenes/{scene}.gin'"] if scene is not None else []
         for variant in variants:
             for seed in spec["seeds"]:
-                lines = [_binding_line(k, v) for k, v in variant.items()]
+                lines = scene_lines + [_binding_line(k, v) for k, v in variant.items()]
                 lines.append(_binding_line(spec["seed_binding"], seed))
-                if scene is not None:
-                    lines.insert(0, f"include 'base/scenes/{scene}.gin'")
                 bindings = {**({"scene": scene} if scene is not None else {}), **variant, "seed": seed}
                 values = {**variant, spec["seed_binding"]: seed}
                 try:
-                    if fast and base is not None:
+                    if fast:
+                        base = base or _Base(exp_file, list(user_bindings), scene_lines, values,
+                                             require_data, data_memo)
                         config, tid, ident = base.trial(values)
                     else:
                         config = trial_config(exp_file, list(user_bindings), lines)
                         check_settings()
+                        usage.check_unused()
                         tid, ident = trial_identity(require_data, data_memo)
-                        if fast:  # the first trial of the scene: what the others are derived from
-                            base = _Base(exp_file, list(user_bindings), lines[:1] if scene is not None else [],
-                                         values, ident)
                 except ConfigError as exc:
                     raise ConfigError(f"{exp_file}, trial {bindings}: {exc}") from None
                 if tid in seen:
@@ -169,19 +174,25 @@ def _fast_path_ok(spec: dict, variants: list[dict]) -> bool:
 
 
 class _Base:
-    """One parse of the experiment (and scene) from which the scene's other trials are derived: each
-    binds the same keys, only to other literal values, so its operative identity is the first trial's
-    with those values replaced, and its config the experiment's plus its binding lines. Settings are
-    still checked per trial, with the values bound in Gin. tests/test_identity.py checks that ids
-    equal those of parsing every trial on its own (which the job does)."""
+    """One parse of the experiment (and scene) from which the scene's trials are derived: each binds
+    the same keys, only to other literal values, so its operative identity is the first trial's with
+    those values replaced, and its config the experiment's plus its binding lines. The first trial's
+    identity is computed in full, with its values bound over the parse; settings are checked per
+    trial, with the values bound in Gin. tests/test_identity.py checks that ids equal those of
+    parsing every trial on its own (which the job does)."""
 
-    def __init__(self, exp_file: Path, user_bindings: list[str], scene_lines: list[str], first: dict, ident: dict):
+    def __init__(self, exp_file: Path, user_bindings: list[str], scene_lines: list[str], first: dict,
+                 require_data: bool, data_memo: dict):
         from harness.run import identity
 
         self.identity_module = identity
-        self.first = ident
         cfg.parse([exp_file], user_bindings + scene_lines)  # without the trial's own bindings
         self.text = cfg.trial_config_str()
+        for key, value in first.items():
+            gin.bind_parameter(key, value)
+        check_settings()
+        usage.check_unused()  # the other trials bind only literals: they call the same configurables
+        self.first = trial_identity(require_data, data_memo)[1]
         self.slots = {key: self._slot(key) for key in first}
 
     def _slot(self, key: str) -> tuple[str, str] | None:
@@ -227,18 +238,24 @@ def check_method(reference) -> None:
         raise ConfigError(f"Trainer.method = {reference!r}: {problems[0]}")
 
 
-def check_positive_settings(reference) -> None:
-    """A method may list settings that must be positive finite numbers (learning rates, batch
+def check_positive_settings(reference, _seen: set | None = None) -> None:
+    """A configurable may list settings that must be positive finite numbers (learning rates, batch
     sizes) in an optional class attribute `positive_settings`; check their operative values (Gin
-    binding, else the signature's default) when the sweep expands, so a negative learning rate is
-    one ConfigError line before anything is queued, not a job failing on the cluster.
+    binding, else the signature's default) when the sweep expands, for the method and every part it
+    references (e.g. `BlockNeRF.optimization = @Optimization()`), so a negative learning rate is one
+    ConfigError line before anything is queued, not a job failing on the cluster.
     `reference`: Gin's reference to the method (the value of `Trainer.method`)."""
     import inspect
     import math
 
     from harness.run.identity import parameters, resolve_macros
 
-    params, name = parameters(reference.configurable), reference.configurable.name
+    seen = set() if _seen is None else _seen
+    name = reference.configurable.name
+    if name in seen:
+        return
+    seen.add(name)
+    params = parameters(reference.configurable)
     for key in getattr(reference.configurable.wrapped, "positive_settings", ()):
         value = resolve_macros(params.get(key))  # absent: a **kwargs setting left unbound
         if value is None or value is inspect.Parameter.empty or isinstance(value, gin.config.ConfigurableReference):
@@ -246,6 +263,10 @@ def check_positive_settings(reference) -> None:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
         if not ok:
             raise ConfigError(f"{name}.{key} = {value!r}: expected a positive number")
+    for value in params.values():  # the parts the configurable is given (`@Part()`)
+        value = resolve_macros(value)
+        if isinstance(value, gin.config.ConfigurableReference) and value.configurable.name not in ("macro",):
+            check_positive_settings(value, seen)
 
 
 def trial_config(exp_file: Path, user_bindings: list[str], trial_lines: list[str]) -> str:

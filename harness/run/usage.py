@@ -1,0 +1,55 @@
+"""Bindings no trial reads. Gin ignores a binding to a configurable nothing calls: an experiment that
+sets `TVLoss.weight_density` but never references `@TVLoss()` trains without TV and says nothing.
+Here such a binding is a ConfigError when the sweep expands.
+
+What a trial calls: the harness's roots (`Trainer`, `load_scene`, `Evaluation`), the procedural
+scene generator `load_scene.path` names (`street_scene`), and every configurable referenced
+(`@Name` / `@Name()`) from a parameter of something it calls. A method's parts are registered with
+`gin.register`, so Python code building one never reads Gin: a reference is the only way in.
+"""
+
+from __future__ import annotations
+
+import gin
+
+from harness.core.errors import ConfigError
+from harness.run.config import NON_TRIAL_CONFIGURABLES
+from harness.run.identity import ROOTS, configurables, parameters, references, resolve_macros
+
+
+def _query(selector: str, default):
+    try:
+        return resolve_macros(gin.query_parameter(selector))
+    except ValueError:
+        return default
+
+
+def reached() -> set[str]:
+    """Names of the configurables the parsed config's trial calls."""
+    registry = configurables()
+    queue = [n for n in ROOTS if n in registry]
+    if _query("load_scene.format", "blender") == "procedural":
+        queue.append(f"{_query('load_scene.path', '')}_scene")
+    seen: set[str] = set()
+    while queue:
+        name = queue.pop()
+        if name in seen or name not in registry:
+            continue
+        seen.add(name)
+        for value in parameters(registry[name]).values():
+            queue += references(value, registry)
+    return seen
+
+
+def check_unused() -> None:
+    """One ConfigError line for the first unscoped binding whose configurable the trial never calls."""
+    registry, calls = configurables(), None
+    for scope, selector in gin.config._CONFIG:
+        name = selector.rsplit(".", 1)[-1]
+        if scope or name not in registry or name in NON_TRIAL_CONFIGURABLES:
+            continue
+        calls = reached() if calls is None else calls
+        if name not in calls:
+            param = sorted(gin.config._CONFIG[(scope, selector)])[0]
+            raise ConfigError(f"{name}.{param} is bound but the trial never uses {name}: "
+                              f"no reference @{name}() reaches it (e.g. bind <Method>.<part> = @{name}())")
