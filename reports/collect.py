@@ -96,11 +96,15 @@ def fmt_or_dash(v) -> str:
 
 def differing_labels(rows: list[dict]) -> list[str]:
     """Per row of bindings, a label of the bindings whose values differ between the rows (a row's
-    missing values left out); '' where none differ."""
+    missing values, absent or NaN, left out; a binding to None, e.g. a part switched off, shown);
+    '' where none differ."""
     keys = list(dict.fromkeys(k for r in rows for k in r))
-    differ = [k for k in keys if len({fmt_or_dash(r.get(k)) for r in rows}) > 1]
-    return [_variant_label("", {k: r[k] for k in differ if fmt_or_dash(r.get(k)) != "–"}, differ, several=False)
-            for r in rows]
+    differ = [k for k in keys if len({fmt_value(r[k]) if _present(r, k) else "–" for r in rows}) > 1]
+    return [_variant_label("", {k: r[k] for k in differ if _present(r, k)}, differ, several=False) for r in rows]
+
+
+def _present(row: dict, key: str) -> bool:
+    return key in row and not (isinstance(row[key], float) and math.isnan(row[key]))
 
 
 def _variant_label(experiment: str, bindings: dict, axes: list[str], several: bool) -> str:

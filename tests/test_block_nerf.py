@@ -14,8 +14,9 @@ from baselines.block_nerf.encoding import frustum_gaussian, integrated_pos_enc
 from baselines.block_nerf.method import BlockNeRF
 from baselines.block_nerf.model import VisibilityMLP
 from baselines.block_nerf.partition import BlockPartition, overlap_fraction
+from baselines.block_nerf.parts import Appearance, MipField, Optimization, PoseNoise, PoseRefinement, Visibility
 from baselines.block_nerf.pose import (
-    PoseRefinement,
+    PoseOffsets,
     perturb_poses,
     pose_errors,
     pose_errors_aligned,
@@ -45,11 +46,23 @@ def _no_gin_bindings():
     gin.clear_config()
 
 
+PARTS = {"field": MipField, "appearance": Appearance, "visibility": Visibility, "pose_refinement": PoseRefinement,
+         "pose_noise": PoseNoise, "optimization": Optimization}
+SMALL = {"field": dict(n_coarse=8, n_fine=8, width=32, colour_width=16, pos_freqs=6, spacing="linear", near=0.5,
+                       far=8.0),
+         "appearance": dict(dim=4), "visibility": dict(width=16), "pose_refinement": {}, "optimization": {}}
+
+
 def small(scene, **kw):
-    args = dict(batch_size=128, n_coarse=8, n_fine=8, width=32, colour_width=16, pos_freqs=6, spacing="linear",
-                near=0.5, far=8.0, appearance_dim=4, visibility_width=16, render_chunk=4096)
-    args.update(kw)
-    return BlockNeRF(scene, 0, **args)
+    """A small BlockNeRF with visibility and pose refinement and no pose noise. A part's keyword is a
+    dict of settings over the small ones (`field={"width": 48}`), a part, or None (not used)."""
+    args: dict = dict(batch_size=128, render_chunk=4096)
+    for name, cls in PARTS.items():
+        value = kw.pop(name, {})
+        if isinstance(value, dict):
+            value = cls(**{**SMALL.get(name, {}), **value}) if name in SMALL or value else None
+        args[name] = value
+    return BlockNeRF(scene, 0, **{**args, **kw})
 
 
 # ---- integrated positional encoding ---------------------------------------------------------------
@@ -238,7 +251,7 @@ def test_visibility_trained_against_transmittance_converges():
 
 # ---- conditioning ---------------------------------------------------------------------------------
 def test_appearance_and_exposure_change_colour_not_density():
-    m = small(toy_scene(), appearance_dim=8)
+    m = small(toy_scene(), appearance={"dim": 8})
     torch.manual_seed(0)
     o, d = torch.zeros(64, 3), torch.nn.functional.normalize(torch.randn(64, 3), dim=-1)
     a = m.render_rays(o, d, torch.randn(8), 1.0)
@@ -250,8 +263,8 @@ def test_appearance_and_exposure_change_colour_not_density():
 
 def test_exposure_input_changes_radiance_monotonically_after_training():
     scene = toy_scene(n=32, seed=1)
-    m = small(scene, appearance="none", pose_refinement=False, visibility=False, batch_size=256, lr_mlp=1e-2,
-              partition=BlockPartition(n_blocks=1))
+    m = small(scene, appearance={"mode": "none"}, pose_refinement=None, visibility=None, batch_size=256,
+              optimization={"lr_mlp": 1e-2}, partition=BlockPartition(n_blocks=1))
     from harness.core.data.rays import RaySampler, image_rays
 
     tr = m.trial_scene.split("train")
@@ -287,7 +300,7 @@ def test_pose_refinement_recovers_a_known_perturbation():
     before = pose_errors(noisy, true)
     assert before["rotation_deg"] == pytest.approx(2.0) and before["translation"] == pytest.approx(0.1)
     gen = torch.Generator().manual_seed(0)
-    pose = PoseRefinement(n, reg_initial=0.0, reg_final=0.0)
+    pose = PoseOffsets(n, reg_initial=0.0, reg_final=0.0)
     opt = torch.optim.Adam(pose.parameters(), lr=3e-3)
     for _ in range(400):
         idx = torch.randint(0, n, (512,), generator=gen)
@@ -318,7 +331,7 @@ def test_sequence_noise_is_one_draw_per_group_and_offsets_follow_groups():
     assert not np.allclose(moved[0], moved[2])
     np.testing.assert_allclose(noisy[5, :, :3], noisy[0, :, :3])
     assert pose_errors(noisy, true) == pytest.approx({"rotation_deg": 1.0, "translation": 0.2})
-    pose = PoseRefinement(2)
+    pose = PoseOffsets(2)
     with torch.no_grad():
         pose.translation[1] = torch.tensor([1.0, 2.0, 3.0])
     refined = pose.refined_c2w(true, group)
@@ -345,7 +358,7 @@ def test_aligned_pose_errors_remove_a_rigid_motion_of_all_cameras_only():
 
 
 def test_pose_regulariser_is_strong_early():
-    pose = PoseRefinement(3, reg_initial=10.0, reg_final=0.01, reg_steps=100)
+    pose = PoseOffsets(3, reg_initial=10.0, reg_final=0.01, reg_steps=100)
     assert pose.reg_weight(0) == 10.0 and pose.reg_weight(100) == pytest.approx(0.01)
     assert pose.reg_weight(50) < pose.reg_weight(10)
 
@@ -353,8 +366,8 @@ def test_pose_regulariser_is_strong_early():
 # ---- appearance matching -----------------------------------------------------------------------------
 def test_appearance_matching_reduces_the_difference_between_blocks():
     scene = toy_scene()
-    a = small(scene, block=0, partition=BlockPartition(n_blocks=2), appearance_dim=8)
-    b = small(scene, block=1, partition=BlockPartition(n_blocks=2), appearance_dim=8)
+    a = small(scene, block=0, partition=BlockPartition(n_blocks=2), appearance={"dim": 8})
+    b = small(scene, block=1, partition=BlockPartition(n_blocks=2), appearance={"dim": 8})
     b.field.load_state_dict(a.field.state_dict())  # same networks, different codes: matching must find A's look
     gen = torch.Generator().manual_seed(1)
     code_a, code_b = torch.randn(8, generator=gen) * 3, torch.randn(8, generator=gen) * 3
@@ -382,7 +395,7 @@ def test_left_and_right_halves_split_the_image():
 
 def test_left_half_protocol_fits_on_left_and_scores_right():
     scene = toy_scene()
-    m = small(scene, appearance="image", fit_steps=5)
+    m = small(scene, appearance={"mode": "image", "fit_steps": 5})
     test = m.trial_scene.split("test")
     assert m.protocol == "left_half"
     code, _ = m.view_condition(test, 0)
@@ -428,8 +441,12 @@ def test_ablation_expands_into_one_trial_per_block():
     # the composition settings are not part of any trial's id
     assert "compose" not in trials[0].config and "visibility_threshold" not in trials[0].config
     # every row's pose noise is the same absolute amount, so the one-block row is not noisier
-    assert all(t.bindings.get("BlockNeRF.pose_noise_translation", 0.275) == 0.275 for t in trials)
-    assert "BlockNeRF.pose_noise_translation = 0.275" in trials[0].config
+    assert all(t.bindings.get("PoseNoise.translation", 0.275) == 0.275 for t in trials)
+    assert all("PoseNoise.translation = 0.275" in t.config for t in trials)
+    # the row without pose refinement binds the part to None; every other row to @PoseRefinement()
+    plain = [t for t in trials if t.bindings["BlockNeRF.pose_refinement"] is None]
+    assert len(plain) == 4 and all("BlockNeRF.pose_refinement = None" in t.config for t in plain)
+    assert all(t.bindings["BlockNeRF.pose_refinement"] == "@PoseRefinement()" for t in trials if t not in plain)
 
 
 def test_blocks_experiment_compares_4_blocks_with_1_at_a_smaller_network():
@@ -440,7 +457,123 @@ def test_blocks_experiment_compares_4_blocks_with_1_at_a_smaller_network():
     sizes = {members[0].bindings["BlockPartition.n_blocks"]: len(members)
              for members in groups(trials, "BlockNeRF.block").values()}
     assert sizes == {4: 4, 1: 1}
-    assert all("BlockNeRF.width = 32" in t.config for t in trials)
+    assert all("MipField.width = 32" in t.config for t in trials)
+
+
+# ---- settings in parts (baselines/block_nerf/parts.py) ----------------------------------------------------
+@pytest.mark.parametrize("make, message", [
+    (lambda: MipField(n_coarse=1), "MipField.n_coarse = 1: expected an integer >= 2"),
+    (lambda: MipField(spacing="cubic"), "MipField.spacing = 'cubic': expected one of ('linear', 'disparity', 'log')"),
+    (lambda: MipField(near=2.0, far=1.0), "MipField.far = 1.0: expected a number > MipField.near (2.0)"),
+    (lambda: MipField(width=64.0), "MipField.width = 64.0: expected an integer >= 1"),
+    (lambda: Appearance(mode="per_image"), "Appearance.mode = 'per_image': expected one of"),
+    (lambda: Appearance(exposure="yes"), "Appearance.exposure = 'yes': expected True or False"),
+    (lambda: Appearance(fit_lr=-0.05), "Appearance.fit_lr = -0.05: expected a positive number"),
+    (lambda: Appearance(mode="image", test_protocol="appearance_id"),
+     "Appearance.test_protocol = 'appearance_id' needs Appearance.mode = 'appearance_id'"),
+    (lambda: Appearance(test_protocol="right_half"), "Appearance.test_protocol must be 'auto' or one of"),
+    (lambda: Visibility(width=0), "Visibility.width = 0: expected an integer >= 1"),
+    (lambda: Visibility(weight=float("nan")), "Visibility.weight = nan: expected a number >= 0"),
+    (lambda: Visibility(eval_stride=0), "Visibility.eval_stride = 0: expected an integer >= 1"),
+    (lambda: PoseRefinement(reg_initial=-1.0), "PoseRefinement.reg_initial = -1.0: expected a number >= 0"),
+    (lambda: PoseRefinement(reg_steps=-5), "PoseRefinement.reg_steps = -5: expected an integer >= 0"),
+    (lambda: PoseNoise(rotation_deg=-1.0), "PoseNoise.rotation_deg = -1.0: expected a number >= 0"),
+    (lambda: PoseNoise(translation=-0.1), "PoseNoise.translation = -0.1: expected a number >= 0"),
+    (lambda: Optimization(optimizer="adagrad"), "Optimization.optimizer = 'adagrad': expected one of"),
+    (lambda: Optimization(lr_mlp=-5e-3), "Optimization.lr_mlp = -0.005: expected a positive number"),
+    (lambda: Optimization(lr_pose_translation=0.0), "Optimization.lr_pose_translation = 0.0: expected a positive"),
+    (lambda: Optimization(schedule="cosine"), "Optimization.schedule = 'cosine': expected @Schedule() or None"),
+    (lambda: Optimization(mixed_precision=1), "Optimization.mixed_precision = 1: expected True or False"),
+])
+def test_each_part_rejects_a_bad_value_in_one_line_naming_it(make, message):
+    with pytest.raises(ConfigError) as info:
+        make()
+    assert str(info.value).startswith(message) and "\n" not in str(info.value), str(info.value)
+
+
+def test_block_nerf_takes_only_its_parts():
+    """The old switches (`BlockNeRF.visibility = True`) or a part in the wrong place are one clear error
+    (BlockNeRF is gin.configurable: Gin adds a line naming the configurable after it)."""
+    for kw, message in [({"visibility": True}, "BlockNeRF.visibility = True: expected @Visibility() or None"),
+                        ({"pose_refinement": False}, "BlockNeRF.pose_refinement = False: expected @PoseRefinement()"),
+                        ({"optimization": MipField()}, "BlockNeRF.optimization = MipField(n_coarse=32, ")]:
+        with pytest.raises(ConfigError) as info:
+            BlockNeRF(toy_scene(), 0, **kw)
+        assert str(info.value).splitlines()[0].startswith(message), str(info.value)
+
+
+def test_parts_keep_their_settings_and_defaults():
+    f = MipField()
+    assert (f.n_coarse, f.n_fine, f.spacing, f.near, f.far, f.coarse_loss_weight, f.pos_freqs, f.dir_freqs, f.depth,
+            f.width, f.skip, f.colour_width) == (32, 32, "log", None, None, 0.1, 12, 4, 4, 64, 2, 32)
+    a = Appearance(mode="image")
+    assert (a.dim, a.exposure, a.exposure_freqs, a.exposure_scale, a.fit_steps, a.fit_lr, a.fit_rays) == \
+        (32, True, 4, 0.5, 64, 0.05, 512) and a.protocol == "left_half"
+    v, r, n = Visibility(), PoseRefinement(), PoseNoise()
+    assert (v.weight, v.width, v.depth, v.freqs, v.eval_stride) == (0.1, 32, 2, 8, 4)
+    assert (r.reg_initial, r.reg_final, r.reg_steps) == (10.0, 0.01, 500)
+    assert (n.rotation_deg, n.translation, n.translation_frac) == (0.0, None, 0.0)
+    o = Optimization()
+    assert (o.optimizer, o.lr_mlp, o.lr_appearance, o.lr_visibility, o.lr_pose, o.lr_pose_translation, o.clip_norm,
+            o.mixed_precision) == ("adam", 5e-3, 5e-3, 5e-3, 1e-3, None, 0.0, True)
+    assert o.schedule.kind == "exponential"  # None: Schedule()
+    assert Appearance.positive_settings == ("fit_lr",) and BlockNeRF.positive_settings == ("batch_size",)
+    assert set(Optimization.positive_settings) == {"lr_mlp", "lr_appearance", "lr_visibility", "lr_pose",
+                                                   "lr_pose_translation"}
+
+
+@pytest.mark.parametrize("binding, key", [("Optimization.lr_mlp = -1e-3", "Optimization.lr_mlp = -0.001"),
+                                          ("Appearance.fit_lr = 0", "Appearance.fit_lr = 0"),
+                                          ("BlockNeRF.batch_size = -4", "BlockNeRF.batch_size = -4")])
+def test_a_bad_positive_setting_of_a_part_stops_the_expansion(binding, key):
+    """The sweep follows the method's `@Part()` references and checks each part's `positive_settings`
+    (harness.run.sweep.check_positive_settings) before any trial is made."""
+    from harness.run.sweep import expand
+
+    with pytest.raises(ConfigError) as info:
+        expand("block_nerf_ablation", [binding], require_data=False)
+    msg = str(info.value)
+    assert f"{key}: expected a positive number" in msg and "\n" not in msg, msg
+
+
+def test_visibility_and_pose_refinement_bound_to_none_are_not_built():
+    """`BlockNeRF.visibility = None` and `BlockNeRF.pose_refinement = None`: no visibility network, no
+    pose offsets, no optimizers, losses or records for them; the same model with both parts has them."""
+    scene = toy_scene()
+    common = ["BlockNeRF.field = @MipField()", "MipField.n_coarse = 8", "MipField.n_fine = 8", "MipField.width = 32",
+              "MipField.near = 0.5", "MipField.far = 8.0", "BlockNeRF.batch_size = 128",
+              "BlockNeRF.pose_noise = @PoseNoise()", "PoseNoise.rotation_deg = 1.0", "PoseNoise.translation = 0.05"]
+    gin.parse_config(common + ["BlockNeRF.visibility = None", "BlockNeRF.pose_refinement = None"])
+    m = BlockNeRF(scene, 0)
+    gin.clear_config()
+    gin.parse_config(common + ["BlockNeRF.visibility = @Visibility()", "BlockNeRF.pose_refinement = @PoseRefinement()"])
+    full = BlockNeRF(scene, 0)
+    gin.clear_config()
+    assert m.field.visibility is None and m.pose is None
+    assert full.field.visibility is not None and full.pose is not None
+    assert set(m.opt.opts) == {"mlp", "appearance"}
+    assert set(full.opt.opts) == {"mlp", "appearance", "visibility", "pose", "pose_translation"}
+    assert m.state_dict()["pose"] is None and full.state_dict()["pose"] is not None
+    assert m.stats()["params_visibility"] == 0 and m.stats()["params_pose"] == 0
+    assert full.stats()["params_visibility"] > 0 and full.stats()["params_pose"] > 0
+    # the same networks otherwise (the same draws of the random generator, in the same order)
+    assert torch.equal(m.field.mlp.trunk[0].weight, full.field.mlp.trunk[0].weight)
+    from harness.core.data.rays import RaySampler
+
+    tr = m.trial_scene.split("train")
+    batch = RaySampler(tr.images, tr.cameras, 0).sample(0, m.batch_size)
+    losses = m.train_step(0, batch)
+    assert "visibility" not in losses and "pose_reg" not in losses and np.isfinite(losses["loss"])
+    assert {"visibility", "pose_reg"} <= set(full.train_step(0, batch))
+    test = m.trial_scene.split("test")
+    assert m.visibility_error(test) is None
+    rec = m.pose_record()
+    assert rec["refinement"] is False and rec["error_after"] == rec["error_before"]
+    assert rec["noise"]["rotation_deg"] == 1.0 and rec["noise"]["translation"] == 0.05
+    # BlockNeRF's own defaults: neither part, and no noise
+    plain = BlockNeRF(scene, 0, field=MipField(n_coarse=8, n_fine=8, width=32, near=0.5, far=8.0))
+    assert plain.field.visibility is None and plain.pose is None
+    assert plain.pose_noise["rotation_deg"] == 0.0 and plain.pose_noise["translation"] == 0.0
 
 
 # ---- visibility on the block's own geometry, region-restricted selection, pose learning rates ------------
@@ -482,11 +615,11 @@ def test_region_visibility_is_zero_for_a_view_that_never_enters_the_block():
 
 
 def test_pose_translation_has_its_own_learning_rate():
-    m = small(toy_scene(), lr_pose=2e-3, lr_pose_translation=3e-2)
+    m = small(toy_scene(), optimization={"lr_pose": 2e-3, "lr_pose_translation": 3e-2})
     assert m.opt.base["pose"] == 2e-3 and m.opt.base["pose_translation"] == 3e-2
     assert m.opt.params["pose_translation"][0] is m.pose.translation
     assert m.opt.params["pose"][0] is m.pose.rotation
-    m2 = small(toy_scene(), lr_pose=2e-3)
+    m2 = small(toy_scene(), optimization={"lr_pose": 2e-3})
     assert m2.opt.base["pose_translation"] == 2e-3
 
 
@@ -515,7 +648,8 @@ def test_sequence_pose_groups_share_noise_and_offsets_within_a_drive():
         small(scene, pose_groups="segment")
     train = scene.split("train")
     train.sequence_id = np.arange(len(train)) // 6  # drives of 6 consecutive images
-    m = small(scene, pose_groups="sequence", pose_noise_deg=1.0, pose_noise_frac=0.5, pose_noise_translation=0.2)
+    m = small(scene, pose_groups="sequence",
+              pose_noise={"rotation_deg": 1.0, "translation_frac": 0.5, "translation": 0.2})
     seq = train.sequence_id[m.train_index]
     assert m.pose.translation.shape == (len(np.unique(seq)), 3)
     moved = m.noisy_c2w[:, :, 3] - m.true_c2w[:, :, 3]

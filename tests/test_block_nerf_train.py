@@ -11,7 +11,7 @@ from harness.core.metrics import psnr
 
 def test_short_street_training_improves_psnr():
     import harness.run.registry  # noqa: F401
-    from baselines.block_nerf import BlockNeRF
+    from baselines.block_nerf import BlockNeRF, MipField, PoseNoise, PoseRefinement, Visibility
     from harness.core.data.load_scene import load_scene
 
     old = torch.get_num_threads()
@@ -21,8 +21,9 @@ def test_short_street_training_improves_psnr():
         gin.parse_config(["load_scene.path = 'street'", "load_scene.format = 'procedural'"])
         scene = load_scene()
         gin.clear_config()
-        m = BlockNeRF(scene, 0, block=1, batch_size=256, n_coarse=12, n_fine=12, width=48, near=0.5,
-                      pose_noise_deg=1.0, pose_noise_frac=0.01)
+        m = BlockNeRF(scene, 0, block=1, batch_size=256, field=MipField(n_coarse=12, n_fine=12, width=48, near=0.5),
+                      visibility=Visibility(), pose_refinement=PoseRefinement(),
+                      pose_noise=PoseNoise(rotation_deg=1.0, translation_frac=0.01))
         test = m.trial_scene.split("test")
         assert 0 < len(m.train_index) < len(scene.split("train"))  # trains on its block only
         views = [0, len(test) // 2]

@@ -92,7 +92,8 @@ def test_block_nerf_training_and_render_name_their_devices(appearance):
     """One block with appearance codes, exposure, visibility and pose refinement on; per-image
     codes render a test view through the left-half protocol (a code fitted on the left half)."""
     scene = toy_scene()
-    m = small(scene, pose_noise_deg=1.0, pose_noise_frac=0.01, device="cpu", appearance=appearance)
+    m = small(scene, pose_noise={"rotation_deg": 1.0, "translation_frac": 0.01}, device="cpu",
+              appearance={"mode": appearance})
     train = m.trial_scene.split("train")
     sampler = RaySampler(train.images, train.cameras, 0)
     for step in range(3):
@@ -106,14 +107,14 @@ def test_block_nerf_training_and_render_name_their_devices(appearance):
 
 
 def test_block_nerf_mixed_precision_path_trains(monkeypatch):
-    """The CUDA-only float16 path (autocast + one GradScaler over the per-component optimisers),
+    """The CUDA-only float16 path (autocast + one GradScaler over the per-component optimizers),
     with the CPU's float16 autocast standing in for CUDA's: losses fall and stay finite, and the
     scaler's state survives a state_dict round trip."""
     import baselines.block_nerf.method as block_method
 
     monkeypatch.setattr(block_method, "autocast", lambda device, enabled: torch.autocast("cpu", dtype=torch.float16)
                         if enabled else contextlib.nullcontext())
-    m = small(toy_scene(), device="cpu", pose_noise_deg=1.0, pose_noise_frac=0.01)
+    m = small(toy_scene(), device="cpu", pose_noise={"rotation_deg": 1.0, "translation_frac": 0.01})
     m.mixed, m.scaler = True, torch.amp.GradScaler("cpu")
     train = m.trial_scene.split("train")
     sampler = RaySampler(train.images, train.cameras, 0)

@@ -42,8 +42,8 @@ def write_compose(runs: Path, experiment: str, records: list[tuple[str, str, dic
                                               "records": index})
 
 
-GROUP_A = {"BlockNeRF.appearance": "none", "BlockPartition.n_blocks": 4, "seed": 0}
-GROUP_B = {"BlockNeRF.appearance": "appearance_id", "BlockPartition.n_blocks": 4, "seed": 0}
+GROUP_A = {"Appearance.mode": "none", "BlockPartition.n_blocks": 4, "seed": 0}
+GROUP_B = {"Appearance.mode": "appearance_id", "BlockPartition.n_blocks": 4, "seed": 0}
 
 
 def test_collect_composed_rows(tmp_path, caplog):
@@ -63,7 +63,7 @@ def test_collect_composed_rows(tmp_path, caplog):
     a, b = frame.to_dict("records")
     assert a["experiment"] == "blk" and a["variant"] == "full" and b["variant"] == "wide"
     # bindings as columns under their full names (as in the trial table); the seed in its own column
-    assert a["BlockNeRF.appearance"] == "none" and b["BlockNeRF.appearance"] == "appearance_id"
+    assert a["Appearance.mode"] == "none" and b["Appearance.mode"] == "appearance_id"
     assert a["BlockPartition.n_blocks"] == 4 and a["seed"] == 0 and "scene" not in frame
     assert a["psnr"] == pytest.approx(17.08) and b["psnr"] == pytest.approx(20.34)
     assert a["ssim"] == pytest.approx(0.5 + 0.1708) and a["lpips"] == pytest.approx(0.6 - 0.1708)
@@ -86,16 +86,16 @@ def test_collect_composed_without_records_is_empty(tmp_path):
 
 def test_report_shows_composed_records(tmp_path):
     runs = tmp_path / "runs"
-    # trials: one per (block, appearance, seed), as a Block-NeRF sweep has them
-    synthetic_experiment(runs, "blk", {"BlockNeRF.block": [0, 1], "BlockNeRF.appearance": ["none", "appearance_id"]},
+    # trials: one per (block, appearance mode, seed), as a Block-NeRF sweep has them
+    synthetic_experiment(runs, "blk", {"BlockNeRF.block": [0, 1], "Appearance.mode": ["none", "appearance_id"]},
                          seeds=(0, 1), views=2, log_steps=1)
     psnr = {("none", 0): 17.0, ("none", 1): 17.5, ("appearance_id", 0): 20.25, ("appearance_id", 1): 20.5}
     records = []
     for (app, seed), value in psnr.items():
-        group = {"BlockNeRF.appearance": app, "scene": "s0", "seed": seed}
+        group = {"Appearance.mode": app, "scene": "s0", "seed": seed}
         records.append((f"{app[:4]}{seed}".ljust(12, "0"), "full", group,
                         _metrics("blk", group, "full", value, overlap=value - 0.5)))
-    group = {"BlockNeRF.appearance": "appearance_id", "scene": "s0", "seed": 0}
+    group = {"Appearance.mode": "appearance_id", "scene": "s0", "seed": 0}
     records.append(("wide00000000", "wide", group, _metrics("blk", group, "wide", 20.34, overlap=19.78)))
     records.append(("lost00000000", "wide", {**group, "seed": 1}, None))  # its metrics.json is missing
     write_compose(runs, "blk", records)
@@ -108,24 +108,24 @@ def test_report_shows_composed_records(tmp_path):
     assert head[0] == "variant" and head[1].startswith("PSNR")
     body = {attrs["data-variant"]: cells for attrs, cells in rows[1:]}
     # the label: the bindings that differ between rows (not the seed, not the one scene) · composition variant
-    assert list(body) == ["appearance=none · full", "appearance=appearance_id · full",
-                          "appearance=appearance_id · wide"]
+    assert list(body) == ["mode=none · full", "mode=appearance_id · full",
+                          "mode=appearance_id · wide"]
 
     def t_text(values):
         half = stats.t.ppf(0.975, len(values) - 1) * pd.Series(values).std(ddof=1) / math.sqrt(len(values))
         return f"{sum(values) / len(values):.2f} ± {half:.2f}"
 
-    assert body["appearance=none · full"][1] == t_text([17.0, 17.5])
-    assert body["appearance=appearance_id · full"][1] == t_text([20.25, 20.5])
-    assert body["appearance=appearance_id · wide"][1] == "20.34"  # one seed: the mean alone
-    assert body["appearance=appearance_id · wide"][head.index("seam PSNR overlap")] == "19.78"
-    assert body["appearance=appearance_id · wide"][head.index("blocks / view")] == "1.24"
-    assert body["appearance=none · full"][head.index("seeds (n)")] == "0, 1 (2)"
+    assert body["mode=none · full"][1] == t_text([17.0, 17.5])
+    assert body["mode=appearance_id · full"][1] == t_text([20.25, 20.5])
+    assert body["mode=appearance_id · wide"][1] == "20.34"  # one seed: the mean alone
+    assert body["mode=appearance_id · wide"][head.index("seam PSNR overlap")] == "19.78"
+    assert body["mode=appearance_id · wide"][head.index("blocks / view")] == "1.24"
+    assert body["mode=none · full"][head.index("seeds (n)")] == "0, 1 (2)"
 
     csv = pd.read_csv(out.parent / "composed.csv")
     assert len(csv) == 5 and "lost00000000" not in set(csv["id"])
     assert csv.set_index("id").loc["wide00000000", "psnr"] == pytest.approx(20.34)
-    assert {"label", "variant", "BlockNeRF.appearance", "seed", "seam_psnr_interior"} <= set(csv.columns)
+    assert {"label", "variant", "Appearance.mode", "seed", "seam_psnr_interior"} <= set(csv.columns)
     # the trial tables are still there
     assert parse_tables(out).table("results") and (out.parent / "trials.csv").exists()
 

@@ -81,9 +81,11 @@ def test_scenes_axis_includes_scene_files(tmp_path):
 
 
 def test_negative_learning_rates_of_the_baselines_stop_the_sweep_before_anything_runs(tmp_path):
-    """Plenoxels and Block-NeRF declare their learning rates positive; `%MACRO` values are resolved."""
+    """Plenoxels and Block-NeRF declare their learning rates positive (Block-NeRF's in its Optimization
+    part, which the sweep reaches through `BlockNeRF.optimization = @Optimization()`); `%MACRO` values
+    are resolved."""
     for exp, binding, key in [("plenoxels_tv", "Plenoxels.lr_sh = -0.1", "Plenoxels.lr_sh = -0.1"),
-                              ("block_nerf_ablation", "BlockNeRF.lr_pose = -1e-3", "BlockNeRF.lr_pose = -0.001"),
+                              ("block_nerf_ablation", "Optimization.lr_pose = -1e-3", "Optimization.lr_pose = -0.001"),
                               ("plenoxels_tv", "ITERATIONS = 0", "Plenoxels.lr_decay_steps = 0")]:
         proc = harness("sweep", exp, "--runs-dir", tmp_path, "--bind", binding)
         assert proc.returncode == 2, proc.stderr

@@ -20,21 +20,31 @@ from baselines.block_nerf import protocol as proto
 from baselines.block_nerf.field import BlockField
 from baselines.block_nerf.model import MipMLP, VisibilityMLP, exposure_input, init_codes, param_count, pixel_radius
 from baselines.block_nerf.partition import BlockPartition
-from baselines.block_nerf.pose import PoseRefinement, perturb_poses, pose_errors, pose_errors_aligned
-from baselines.block_nerf.training import ComponentOptimisers, Schedule, autocast
+from baselines.block_nerf.parts import Appearance, MipField, Optimization, PoseNoise, PoseRefinement, Visibility
+from baselines.block_nerf.pose import PoseOffsets, perturb_poses, pose_errors, pose_errors_aligned
+from baselines.block_nerf.training import ComponentOptimisers, autocast
 from harness.core.data.rays import image_rays, rays_for_pixels
 from harness.core.data.scene import Scene, Split
+from harness.core.errors import ConfigError
 from harness.core.method import pick_device
 
 log = logging.getLogger(__name__)
-APPEARANCE_MODES = ("appearance_id", "image", "none")
 POSE_GROUPS = ("image", "sequence")  # one pose offset per training image, or per capture sequence (drive)
-STATE_VERSION = 2  # 2: the pose translation has its own optimiser ("pose_translation")
+STATE_VERSION = 2  # 2: the pose translation has its own optimizer ("pose_translation")
 
 
 def _check(cond: bool, msg: str) -> None:
     if not cond:
         raise ValueError(f"BlockNeRF: {msg}")
+
+
+def _part(name: str, value, cls: type, default: type | None = None):
+    """The part given as BlockNeRF.`name` (an instance of `cls`), else `default()` (None: not used)."""
+    if value is None:
+        return None if default is None else default()
+    if not isinstance(value, cls):
+        raise ConfigError(f"BlockNeRF.{name} = {value!r:.80}: expected @{cls.__name__}() or None")
+    return value
 
 
 def subset_split(split: Split, index: np.ndarray, c2w: np.ndarray | None = None) -> Split:
@@ -49,61 +59,39 @@ def subset_split(split: Split, index: np.ndarray, c2w: np.ndarray | None = None)
 
 @gin.configurable
 class BlockNeRF:
-    """See the module docstring and docs/block_nerf.md for every argument."""
+    """See the module docstring and docs/block_nerf.md for every argument. The settings come in parts
+    (baselines/block_nerf/parts.py): `field`, `appearance` and `optimization` default to the part with
+    its defaults; `visibility`, `pose_refinement` and `pose_noise` None mean no visibility network,
+    no pose refinement and no noise on the training poses."""
 
-    # checked when the sweep expands (harness.run.sweep.check_positive_settings)
-    positive_settings = ("lr_mlp", "lr_appearance", "lr_visibility", "lr_pose", "lr_pose_translation", "fit_lr",
-                         "batch_size")
+    # checked when the sweep expands (harness.run.sweep.check_positive_settings), with those of the parts
+    positive_settings = ("batch_size",)
     capabilities = ("own_scene", "views", "device")  # harness.core.method.CAPABILITIES
 
     def __init__(self, scene: Scene, seed: int, *, block: int = 0, partition: BlockPartition | None = None,
-                 batch_size: int = 1024, n_coarse: int = 32, n_fine: int = 32, spacing: str = "log",
-                 near: float | None = None, far: float | None = None, coarse_loss_weight: float = 0.1,
-                 pos_freqs: int = 12, dir_freqs: int = 4, depth: int = 4, width: int = 64, skip: int = 2,
-                 colour_width: int = 32, appearance: str = "appearance_id", appearance_dim: int = 32,
-                 exposure: bool = True, exposure_freqs: int = 4, exposure_scale: float = 0.5,
-                 visibility: bool = True, visibility_weight: float = 0.1, visibility_width: int = 32,
-                 visibility_depth: int = 2, visibility_freqs: int = 8,
-                 pose_refinement: bool = True, pose_reg_initial: float = 10.0, pose_reg_final: float = 0.01,
-                 pose_reg_steps: int = 500, pose_groups: str = "image", pose_noise_deg: float = 0.0,
-                 pose_noise_frac: float = 0.0, pose_noise_translation: float | None = None,
-                 lr_mlp: float = 5e-3, lr_appearance: float = 5e-3, lr_visibility: float = 5e-3,
-                 lr_pose: float = 1e-3, lr_pose_translation: float | None = None, optimiser: str = "adam",
-                 schedule: Schedule | None = None,
-                 clip_norm: float = 0.0, mixed_precision: bool = True, test_appearance: str = "auto",
-                 fit_steps: int = 64, fit_lr: float = 0.05, fit_rays: int = 512, visibility_eval_stride: int = 4,
-                 render_chunk: int = 4096, device: str = "auto"):
-        _check(appearance in APPEARANCE_MODES, f"appearance must be one of {APPEARANCE_MODES}, got {appearance!r}")
-        _check(batch_size > 0 and n_coarse > 1 and n_fine >= 0, "need batch_size > 0, n_coarse > 1, n_fine >= 0")
-        _check(pose_noise_deg >= 0 and pose_noise_frac >= 0, "pose noise must be >= 0")
+                 batch_size: int = 1024, render_chunk: int = 4096, device: str = "auto",
+                 field: MipField | None = None, appearance: Appearance | None = None,
+                 visibility: Visibility | None = None, pose_groups: str = "image", pose_noise: PoseNoise | None = None,
+                 pose_refinement: PoseRefinement | None = None, optimization: Optimization | None = None):
+        field = _part("field", field, MipField, MipField)
+        appearance = _part("appearance", appearance, Appearance, Appearance)
+        visibility = _part("visibility", visibility, Visibility)
+        pose_noise = _part("pose_noise", pose_noise, PoseNoise)
+        pose_refinement = _part("pose_refinement", pose_refinement, PoseRefinement)
+        optimization = _part("optimization", optimization, Optimization, Optimization)
+        _check(batch_size > 0, f"batch_size must be > 0, got {batch_size}")
         _check(pose_groups in POSE_GROUPS, f"pose_groups must be one of {POSE_GROUPS}, got {pose_groups!r}")
         self.seed, self.block_index, self.batch_size = int(seed), int(block), int(batch_size)
         self.device = pick_device(device)
         self.partition = partition or BlockPartition()
         self.scene = scene
         train, test = scene.split("train"), scene.split("test")
-        self.blocks = self.partition.blocks(train.cameras.c2w[:, :, 3].astype(np.float64),
-                                            scene.extras.get("blocks"))
-        _check(0 <= self.block_index < len(self.blocks),
-               f"block = {self.block_index} but the partition has {len(self.blocks)} blocks")
-        self.block = self.blocks[self.block_index]
-        self.train_index = self.partition.assign(self.blocks, train.cameras.c2w)[self.block_index]
-        self.test_index = self.partition.assign(self.blocks, test.cameras.c2w)[self.block_index]
-        _check(len(self.train_index) > 0, f"block {self.block_index} has no training images")
-        _check(len(self.test_index) > 0, f"block {self.block_index} has no test views")
+        self._select_block(train, test)
         self.true_c2w = train.cameras.c2w[self.train_index].astype(np.float64)
         self.pose_groups, self.pose_group = pose_groups, self._pose_group(train, pose_groups)
-        # world units, or a fraction of this block's radius (a fixed amount keeps rows with other block
-        # sizes, such as one block over the street, under the same noise)
-        noise_t = float(pose_noise_translation) if pose_noise_translation is not None else \
-            pose_noise_frac * self.block.radius
-        _check(noise_t >= 0, f"pose_noise_translation must be >= 0, got {pose_noise_translation}")
-        # the known noise has the structure the offsets can represent: per image, or one draw per sequence
-        self.noisy_c2w = (perturb_poses(self.true_c2w, pose_noise_deg, noise_t, seed=1_000 + self.seed,
-                                        group=self.pose_group)
-                          if (pose_noise_deg > 0 or noise_t > 0) else self.true_c2w.copy())
-        self.pose_noise = {"rotation_deg": float(pose_noise_deg), "translation": float(noise_t),
-                           "groups": pose_groups, "n_groups": int(self.pose_group.max()) + 1}
+        # self.pose_noise: the noise's record (pose_record), not the part
+        self.noisy_c2w, self.pose_noise = self._perturbed_poses(pose_noise if pose_noise is not None else PoseNoise(),
+                                                                pose_groups)
         self.trial_scene = Scene(
             name=scene.name, path=scene.path, format=scene.format, background=scene.background,
             splits={"train": subset_split(train, self.train_index, self.noisy_c2w),
@@ -113,54 +101,93 @@ class BlockNeRF:
         tr = self.trial_scene.split("train")
 
         # conditioning
-        self.appearance_mode = appearance
-        self.protocol = proto.choose(appearance, test_appearance)
-        if appearance == "appearance_id":
-            _check(train.appearance_id is not None, "appearance = 'appearance_id' but the scene has no appearance_id "
-                                                    "(use appearance = 'image' or 'none')")
-            ids = np.concatenate([train.appearance_id, test.appearance_id if test.appearance_id is not None else []])
-            n_codes = int(ids.max()) + 1
-        else:
-            n_codes = len(tr) if appearance == "image" else 0
-        self.use_exposure = bool(exposure)
-        _check(not exposure or train.exposure is not None, "exposure = True but the scene has no per-frame exposure")
-        self.exposure_scale = float(exposure_scale)
+        self.appearance_mode, self.protocol = appearance.mode, appearance.protocol
+        n_codes = self._n_codes(appearance, train, test, tr)
+        self.use_exposure = appearance.exposure
+        _check(not appearance.exposure or train.exposure is not None,
+               "Appearance.exposure = True but the scene has no per-frame exposure")
+        self.exposure_scale = appearance.exposure_scale
+        self.near = float(field.near if field.near is not None else scene.near)
+        self.far = float(field.far if field.far is not None else scene.far)
+        _check(0 < self.near < self.far, f"need 0 < MipField.near < MipField.far, got {self.near}, {self.far} "
+                                          f"(None: the scene's)")
+
+        # networks, codes and pose offsets; the order of their random draws is fixed (results and
+        # checkpoints depend on it): the MLP, the visibility MLP (global RNG), then the codes (own generator)
         gen = torch.Generator().manual_seed(self.seed)
         torch.manual_seed(self.seed)
-        a_dim = appearance_dim if appearance != "none" else 0
-        mlp = MipMLP(pos_freqs, dir_freqs, depth, width, skip, colour_width, a_dim,
-                     exposure_freqs if exposure else None)
-        vis = VisibilityMLP(visibility_freqs, dir_freqs, visibility_depth, visibility_width) if visibility else None
-        self.near = float(near if near is not None else scene.near)
-        self.far = float(far if far is not None else scene.far)
-        _check(0 < self.near < self.far, f"need 0 < near < far, got {self.near}, {self.far}")
+        a_dim = appearance.dim if appearance.mode != "none" else 0
+        mlp = MipMLP(field.pos_freqs, field.dir_freqs, field.depth, field.width, field.skip, field.colour_width, a_dim,
+                     appearance.exposure_freqs if appearance.exposure else None)
+        vis = (VisibilityMLP(visibility.freqs, field.dir_freqs, visibility.depth, visibility.width)
+               if visibility is not None else None)
         self.field = BlockField(self.block.center, self.block.radius, self.near, self.far,
-                                pixel_radius(float(np.median(train.cameras.fx))), n_coarse, n_fine, spacing,
-                                mlp, vis).to(self.device)
+                                pixel_radius(float(np.median(train.cameras.fx))), field.n_coarse, field.n_fine,
+                                field.spacing, mlp, vis).to(self.device)
         self.codes = torch.nn.Parameter(init_codes(n_codes, a_dim, gen).to(self.device))
-        self.pose = PoseRefinement(self.pose_noise["n_groups"], pose_reg_initial, pose_reg_final,
-                                   pose_reg_steps).to(self.device) if pose_refinement else None
-        self.visibility_weight, self.coarse_loss_weight = float(visibility_weight), float(coarse_loss_weight)
-        comps = {"mlp": (mlp.parameters(), lr_mlp), "appearance": ([self.codes] if n_codes else [], lr_appearance)}
-        if vis is not None:
-            comps["visibility"] = (vis.parameters(), lr_visibility)
-        if self.pose is not None:
-            # rotation in radians, translation in world units: separate learning rates (None: lr_pose)
-            comps["pose"] = ([self.pose.rotation], lr_pose)
-            comps["pose_translation"] = ([self.pose.translation],
-                                         lr_pose if lr_pose_translation is None else lr_pose_translation)
-        self.opt = ComponentOptimisers(comps, schedule or Schedule(), optimiser, clip_norm)
-        self.mixed = bool(mixed_precision) and self.device.type == "cuda"
+        self.pose = (PoseOffsets(self.pose_noise["n_groups"], pose_refinement.reg_initial, pose_refinement.reg_final,
+                                 pose_refinement.reg_steps).to(self.device) if pose_refinement is not None else None)
+        self.visibility_weight = visibility.weight if visibility is not None else 0.0
+        self.coarse_loss_weight = field.coarse_loss_weight
+        self.opt = self._optimizers(optimization, mlp, vis, n_codes)
+        self.mixed = optimization.mixed_precision and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda") if self.mixed else None
         self.train_exposure = torch.as_tensor(tr.exposure if tr.exposure is not None else np.ones(len(tr)),
                                               dtype=torch.float32)
         self.train_app = torch.as_tensor(tr.appearance_id if tr.appearance_id is not None else np.zeros(len(tr)),
                                          dtype=torch.long)
         self.train_pose_group = torch.as_tensor(self.pose_group, dtype=torch.long)
-        self.fit = {"steps": int(fit_steps), "lr": float(fit_lr), "rays": int(fit_rays)}
-        self.visibility_eval_stride = int(visibility_eval_stride)
+        self.fit = {"steps": appearance.fit_steps, "lr": appearance.fit_lr, "rays": appearance.fit_rays}
+        self.visibility_eval_stride = visibility.eval_stride if visibility is not None else None
         self.render_chunk = int(render_chunk)
         self.view = {"code": None, "exposure": 1.0}  # conditioning used by render()
+
+    def _select_block(self, train: Split, test: Split) -> None:
+        """The partition's blocks, this trial's block, and the training images and test views it holds."""
+        self.blocks = self.partition.blocks(train.cameras.c2w[:, :, 3].astype(np.float64),
+                                            self.scene.extras.get("blocks"))
+        _check(0 <= self.block_index < len(self.blocks),
+               f"block = {self.block_index} but the partition has {len(self.blocks)} blocks")
+        self.block = self.blocks[self.block_index]
+        self.train_index = self.partition.assign(self.blocks, train.cameras.c2w)[self.block_index]
+        self.test_index = self.partition.assign(self.blocks, test.cameras.c2w)[self.block_index]
+        _check(len(self.train_index) > 0, f"block {self.block_index} has no training images")
+        _check(len(self.test_index) > 0, f"block {self.block_index} has no test views")
+
+    def _perturbed_poses(self, noise: PoseNoise, groups: str) -> tuple[np.ndarray, dict]:
+        """(the training poses with the known noise applied, the noise's record)."""
+        # world units, or a fraction of this block's radius (a fixed amount keeps rows with other block
+        # sizes, such as one block over the street, under the same noise)
+        noise_t = noise.translation if noise.translation is not None else noise.translation_frac * self.block.radius
+        # the known noise has the structure the offsets can represent: per image, or one draw per sequence
+        noisy = (perturb_poses(self.true_c2w, noise.rotation_deg, noise_t, seed=1_000 + self.seed,
+                               group=self.pose_group)
+                 if (noise.rotation_deg > 0 or noise_t > 0) else self.true_c2w.copy())
+        record = {"rotation_deg": noise.rotation_deg, "translation": float(noise_t), "groups": groups,
+                  "n_groups": int(self.pose_group.max()) + 1}
+        return noisy, record
+
+    def _n_codes(self, appearance: Appearance, train: Split, test: Split, tr: Split) -> int:
+        """How many appearance codes: one per appearance_id (training and test), per training image, or none."""
+        if appearance.mode == "appearance_id":
+            _check(train.appearance_id is not None, "Appearance.mode = 'appearance_id' but the scene has no "
+                                                    "appearance_id (use Appearance.mode = 'image' or 'none')")
+            ids = np.concatenate([train.appearance_id, test.appearance_id if test.appearance_id is not None else []])
+            return int(ids.max()) + 1
+        return len(tr) if appearance.mode == "image" else 0
+
+    def _optimizers(self, opt: Optimization, mlp: MipMLP, vis: VisibilityMLP | None,
+                    n_codes: int) -> ComponentOptimisers:
+        comps = {"mlp": (mlp.parameters(), opt.lr_mlp),
+                 "appearance": ([self.codes] if n_codes else [], opt.lr_appearance)}
+        if vis is not None:
+            comps["visibility"] = (vis.parameters(), opt.lr_visibility)
+        if self.pose is not None:
+            # rotation in radians, translation in world units: separate learning rates (None: lr_pose)
+            comps["pose"] = ([self.pose.rotation], opt.lr_pose)
+            comps["pose_translation"] = ([self.pose.translation],
+                                         opt.lr_pose if opt.lr_pose_translation is None else opt.lr_pose_translation)
+        return ComponentOptimisers(comps, opt.schedule, opt.optimizer, opt.clip_norm)
 
     def _pose_group(self, train: Split, groups: str) -> np.ndarray:
         """Pose group (0..G-1) of each of the block's training images."""

@@ -35,7 +35,7 @@ class Block:
         return {"index": self.index, "center": [float(c) for c in self.center], "radius": float(self.radius)}
 
 
-@gin.configurable
+@gin.register
 class BlockPartition:
     def __init__(self, source: str = "trajectory", n_blocks: int = 4, reach: float | None = 0.75,
                  look_distance: float = 0.0, cover_all: bool = True, single_margin: float = 1.05, shift: float = 0.0):

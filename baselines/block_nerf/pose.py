@@ -25,10 +25,10 @@ def axis_angle_to_matrix(v: torch.Tensor) -> torch.Tensor:
     return eye + a * k + b * (k @ k)
 
 
-class PoseRefinement(nn.Module):
+class PoseOffsets(nn.Module):
     """Offsets (translation, axis-angle rotation) per pose group; `apply`, `regulariser` take group
     indices. Refined ray: origin + dt, R(dr) direction (the rotation acts about the camera centre, i.e.
-    refined c2w = [R(dr) R | t + dt])."""
+    refined c2w = [R(dr) R | t + dt]). Its settings are the `PoseRefinement` part (parts.py)."""
 
     def __init__(self, n_groups: int, reg_initial: float = 1.0, reg_final: float = 1e-3, reg_steps: int = 500):
         super().__init__()

@@ -36,11 +36,11 @@ def choose(mode: str, requested: str) -> str:
     if requested == "auto":
         return auto
     if requested not in PROTOCOLS:
-        raise ValueError(f"BlockNeRF.test_appearance must be 'auto' or one of {PROTOCOLS}, got {requested!r}")
+        raise ValueError(f"Appearance.test_protocol must be 'auto' or one of {PROTOCOLS}, got {requested!r}")
     if mode == "none" and requested != "none":
-        raise ValueError(f"BlockNeRF.test_appearance = {requested!r} needs appearance codes (appearance='none')")
+        raise ValueError(f"Appearance.test_protocol = {requested!r} needs appearance codes (Appearance.mode = 'none')")
     if mode == "image" and requested == "appearance_id":
-        raise ValueError("BlockNeRF.test_appearance = 'appearance_id' needs appearance = 'appearance_id' "
+        raise ValueError("Appearance.test_protocol = 'appearance_id' needs Appearance.mode = 'appearance_id' "
                          "(per-image codes have no code for a test image)")
     return requested
 

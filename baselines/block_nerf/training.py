@@ -1,4 +1,4 @@
-"""Training machinery: per-component optimisers and learning rates, schedules with warm-up, gradient
+"""Training machinery: per-component optimizers and learning rates, schedules with warm-up, gradient
 clipping, mixed precision (CUDA only)."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ SCHEDULES = ("exponential", "cosine", "step", "constant")
 OPTIMISERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 
 
-@gin.configurable
+@gin.register
 class Schedule:
     """lr(step) = base * warm-up factor * decay factor.
 
@@ -50,17 +50,17 @@ class Schedule:
 
 
 class ComponentOptimisers:
-    """One optimiser per named component ({name: (parameters, lr)}), all on one schedule."""
+    """One optimizer per named component ({name: (parameters, lr)}), all on one schedule."""
 
-    def __init__(self, components: dict, schedule: Schedule, optimiser: str = "adam", clip_norm: float = 0.0,
+    def __init__(self, components: dict, schedule: Schedule, optimizer: str = "adam", clip_norm: float = 0.0,
                  eps: float = 1e-8):
-        if optimiser not in OPTIMISERS:
-            raise ConfigError(f"BlockNeRF.optimiser must be one of {sorted(OPTIMISERS)}, got {optimiser!r}")
+        if optimizer not in OPTIMISERS:
+            raise ConfigError(f"Optimization.optimizer = {optimizer!r}: expected one of {sorted(OPTIMISERS)}")
         self.schedule, self.clip_norm = schedule, float(clip_norm)
         self.base = {k: float(lr) for k, (_, lr) in components.items()}
-        kw = {"eps": eps} if optimiser != "sgd" else {}
+        kw = {"eps": eps} if optimizer != "sgd" else {}
         lists = {k: (list(params), lr) for k, (params, lr) in components.items()}
-        self.opts = {k: OPTIMISERS[optimiser](params, lr=lr, **kw) for k, (params, lr) in lists.items() if params}
+        self.opts = {k: OPTIMISERS[optimizer](params, lr=lr, **kw) for k, (params, lr) in lists.items() if params}
         self.params = {k: [p for g in o.param_groups for p in g["params"]] for k, o in self.opts.items()}
 
     def zero_grad(self) -> None:

@@ -132,6 +132,7 @@ def expand(experiment: str, user_bindings: list[str] | tuple = (), require_data:
     data_memo: dict = {}
     variants = _variants(spec)
     fast = _fast_path_ok(spec, variants)
+    never: dict | None = None  # bindings no trial so far calls (harness/run/usage.py)
     for scene in scenes:
         base = None
         scene_lines = [f"include 'base/scenes/{scene}.gin'"] if scene is not None else []
@@ -143,13 +144,14 @@ def expand(experiment: str, user_bindings: list[str] | tuple = (), require_data:
                 values = {**variant, spec["seed_binding"]: seed}
                 try:
                     if fast:
-                        base = base or _Base(exp_file, list(user_bindings), scene_lines, values,
-                                             require_data, data_memo)
+                        if base is None:
+                            base = _Base(exp_file, list(user_bindings), scene_lines, values, require_data, data_memo)
+                            never = _still(never, base.unused)
                         config, tid, ident = base.trial(values)
                     else:
                         config = trial_config(exp_file, list(user_bindings), lines)
                         check_settings()
-                        usage.check_unused()
+                        never = _still(never, usage.unused())
                         tid, ident = trial_identity(require_data, data_memo)
                 except ConfigError as exc:
                     raise ConfigError(f"{exp_file}, trial {bindings}: {exc}") from None
@@ -158,7 +160,13 @@ def expand(experiment: str, user_bindings: list[str] | tuple = (), require_data:
                                       f"config (an axis binds something no trial uses?)")
                 seen[tid] = bindings
                 trials.append(Trial(tid, exp_file.stem, bindings, lines, config, ident))
+    usage.report(str(exp_file), never or {})
     return trials
+
+
+def _still(never: dict | None, unused: dict) -> dict:
+    """The bindings unused by every trial so far."""
+    return dict(unused) if never is None else {k: v for k, v in never.items() if k in unused}
 
 
 def _fast_path_ok(spec: dict, variants: list[dict]) -> bool:
@@ -191,7 +199,7 @@ class _Base:
         for key, value in first.items():
             gin.bind_parameter(key, value)
         check_settings()
-        usage.check_unused()  # the other trials bind only literals: they call the same configurables
+        self.unused = usage.unused()  # the other trials bind only literals: they call the same configurables
         self.first = trial_identity(require_data, data_memo)[1]
         self.slots = {key: self._slot(key) for key in first}
 
