@@ -66,7 +66,7 @@ class BlockNeRF:
 
     # checked when the sweep expands (harness.run.sweep.check_positive_settings), with those of the parts
     positive_settings = ("batch_size",)
-    capabilities = ("own_scene", "views", "device")  # harness.core.method.CAPABILITIES
+    capabilities = ("own_scene", "views", "device", "telemetry")  # harness.core.method.CAPABILITIES
 
     def __init__(self, scene: Scene, seed: int, *, block: int = 0, partition: BlockPartition | None = None,
                  batch_size: int = 1024, render_chunk: int = 4096, device: str = "auto",
@@ -426,6 +426,12 @@ class BlockNeRF:
         self.opt.load_state_dict(state["opt"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
+
+    def telemetry(self) -> dict[str, float]:
+        """Learning rate and gradient norm per component (mlp, appearance, visibility, pose) of the last
+        step, and the block's facts: its index, training images and radius."""
+        return {**self.opt.telemetry(), "model/block": float(self.block_index),
+                "model/train_images": float(len(self.train_index)), "model/block_radius": float(self.block.radius)}
 
     def stats(self) -> dict:
         vis = self.field.visibility

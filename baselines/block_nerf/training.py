@@ -86,6 +86,17 @@ class ComponentOptimisers:
             scaler.update()
         return worst
 
+    def telemetry(self) -> dict[str, float]:
+        """Per component: the learning rate last set, and the norm of the gradients left by the
+        last step (after unscaling and clipping)."""
+        out = {}
+        for k, o in self.opts.items():
+            out[f"lr/{k}"] = float(o.param_groups[0]["lr"])
+            grads = [p.grad for p in self.params[k] if p.grad is not None]
+            if grads:
+                out[f"grad_norm/{k}"] = float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))
+        return out
+
     def state_dict(self) -> dict:
         return {k: o.state_dict() for k, o in self.opts.items()}
 

@@ -60,7 +60,7 @@ class Plenoxels:
 
     # checked when the sweep expands (harness.run.sweep.check_positive_settings)
     positive_settings = ("lr_density", "lr_sh", "lr_background", "batch_size", "lr_decay_steps")
-    capabilities = ("patches", "device")  # harness.core.method.CAPABILITIES
+    capabilities = ("patches", "device", "telemetry")  # harness.core.method.CAPABILITIES
 
     def __init__(self, scene, seed: int, *, resolution=128, upsample_steps=(400, 1500),
                  sh_degree: int = 2, batch_size: int = 4096, optimizer: str = "rmsprop",
@@ -136,6 +136,7 @@ class Plenoxels:
         self.optim = GridOptimizer(optimizer, {"density": lr_density, "sh": lr_sh,
                                                "background": lr_background}, beta2=rms_beta)
         self.timing = {"train_rays": 0, "train_s": 0.0, "render_rays": 0, "render_s": 0.0}
+        self.last: dict | None = None  # the last step and its gradients, for telemetry()
         self.max_weight = torch.zeros(self.grid.n_rows, device=self.device)  # per row, since last resample
         self.n_upsampled = self.n_pruned = 0
         self.refresh_occupancy(step=0)
@@ -331,16 +332,38 @@ class Plenoxels:
         self.timing["train_s"] += time.perf_counter() - t_start
         return result
 
-    def _update(self, step: int, grads, d_rows, s_rows) -> None:
+    def _lr_scales(self, step: int) -> dict[str, float]:
+        """Each group's learning-rate factor at `step` (svox2's schedule; density's with its delay)."""
         decay = (self.lr_final_factor, self.lr_decay_steps)
+        common = lr_factor(step, *decay)
+        return {"density": lr_factor(step, *decay, *self.density_delay), "sh": common, "background": common}
+
+    def _update(self, step: int, grads, d_rows, s_rows) -> None:
+        scales = self._lr_scales(step)
+        # kept for telemetry(): the step's gradients, of the touched rows only (no copy)
+        self.last = {"step": step, "grads": dict(zip(("density", "sh", "background"), grads))}
         if grads[0] is not None:
-            scale = lr_factor(step, *decay, *self.density_delay)
-            self.optim.step("density", self.grid.density, d_rows, grads[0], scale)
+            self.optim.step("density", self.grid.density, d_rows, grads[0], scales["density"])
         if grads[1] is not None:
-            self.optim.step("sh", self.grid.sh, s_rows, grads[1], lr_factor(step, *decay))
+            self.optim.step("sh", self.grid.sh, s_rows, grads[1], scales["sh"])
         if len(grads) > 2 and grads[2] is not None:
             zero = torch.zeros(1, dtype=torch.long, device=self.device)
-            self.optim.step("background", self.background_logit, zero, grads[2], lr_factor(step, *decay))
+            self.optim.step("background", self.background_logit, zero, grads[2], scales["background"])
+
+    def telemetry(self) -> dict[str, float]:
+        """The last training step's learning rate and gradient norm per group (over the rows it
+        touched), and the grid: allocated voxels, resolution, occupied fraction of the cells."""
+        last = self.last
+        if last is None:
+            return {}
+        scales = self._lr_scales(last["step"])
+        groups = ("density", "sh") + (("background",) if self.background_mode == "learned" else ())
+        out = {f"lr/{g}": self.optim.lrs[g] * scales[g] for g in groups}
+        out.update({f"grad_norm/{g}": float(last["grads"][g].norm()) for g in groups
+                    if last["grads"].get(g) is not None})
+        out.update({"model/voxels": float(self.grid.n_rows), "model/resolution": float(max(self.grid.resolution)),
+                    "model/occupied_fraction": float(self.occupancy.fine.float().mean())})
+        return out
 
     def _track_weights(self, sample_weight, rows, weight, into: torch.Tensor | None = None) -> None:
         """Running max of each voxel's rendering weight, over the samples it interpolates."""

@@ -64,6 +64,9 @@ CAPABILITIES: dict[str, tuple[str, ...]] = {
     "own_scene": ("trial_scene",),  # trains, validates and is scored on this Scene (e.g. one block's part)
     "device": ("device",),  # computes on this torch.device: recorded as the trial's device
     "views": ("render_view", "scored_part", "evaluation_record"),  # its own test-view protocol (ViewProtocol)
+    # telemetry() -> {name: float} about the last training step, for logs and live tracking: learning
+    # rates 'lr/<group>', gradient norms 'grad_norm/<group>', model facts 'model/<fact>' (voxels, ...)
+    "telemetry": ("telemetry",),
 }
 REQUIRED = ("train_step", "render", "state_dict", "load_state_dict", "stats")
 
@@ -99,7 +102,8 @@ def method_problems(method) -> list[str]:
     return problems
 
 
-_CLASS_MEMBERS = set(CAPABILITIES["views"])  # defined on the class; the other members are set in __init__
+# defined on the class; the other members are set in __init__
+_CLASS_MEMBERS = {*CAPABILITIES["views"], *CAPABILITIES["telemetry"]}
 
 
 DEVICES = ("auto", "cpu", "cuda")

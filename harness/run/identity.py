@@ -32,11 +32,14 @@ from harness.core.errors import ConfigError
 from harness.run.config import NON_TRIAL_CONFIGURABLES
 
 ID_VERSION = 2
-ROOTS = ("Trainer", "load_scene", "Evaluation")
+ROOTS = ("Trainer", "load_scene", "Evaluation")  # what the trial runner calls by name (and Tracker, a watcher)
 # Parameters that change how a trial is run and recorded, never what it computes (the one place
 # they are declared; tests/test_identity.py checks that changing them leaves metrics and weights
 # bit-identical). Launch settings are not here: they are not trial configurables at all.
 BOOKKEEPING = {"Trainer": ("keep_checkpoints", "log_every", "checkpoint_every", "progress_every")}
+# Configurables that only watch a trial (live tracking, harness/run/tracking.py): none of their
+# parameters enters the id (tests/test_tracking.py checks metrics are the same with tracking off).
+WATCHERS = ("Tracker",)
 _GIN_INTERNAL = ("macro", "constant", "singleton")
 REQUIRED = "<required>"
 
@@ -138,7 +141,7 @@ def operative() -> dict[str, dict]:
     out, seen = {}, set()
     while queue:
         name = queue.pop(0)
-        if name in seen:
+        if name in seen or name in WATCHERS:
             continue
         seen.add(name)
         params = parameters(registry[name])

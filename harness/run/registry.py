@@ -6,4 +6,5 @@ import harness.core.data.load_scene  # load_scene
 import harness.core.data.procedural  # tiny_scene, street_scene
 import harness.run.evaluation  # Evaluation
 import harness.run.settings  # Sweep, launch
+import harness.run.tracking  # Tracker
 import harness.run.trial  # noqa: F401  Trainer

@@ -207,7 +207,7 @@ class _Base:
         """(configurable, parameter) of a binding key in the identity; None for a bookkeeping one."""
         selector, param = key.rsplit(".", 1)
         name = selector.rsplit(".", 1)[-1]
-        if param in self.identity_module.BOOKKEEPING.get(name, ()):
+        if param in self.identity_module.BOOKKEEPING.get(name, ()) or name in self.identity_module.WATCHERS:
             return None
         if name not in self.first["operative"]:
             raise ConfigError(f"{key}: not a parameter of the trial's operative config")
@@ -231,9 +231,21 @@ def check_settings() -> None:
     from harness.run.trial import check_settings as check_trainer  # lazy: trial imports torch
 
     check_trainer()
+    check_tracker()
     method = gin.query_parameter("Trainer.method")
     check_method(method)
     check_positive_settings(method)
+
+
+def check_tracker() -> None:
+    """Tracker settings, and that the tracking backends chosen are installed: one line here, not a
+    trial failing on the cluster."""
+    from harness.run.tracking import Tracker
+
+    try:
+        Tracker()
+    except ConfigError as exc:  # gin appends "In call to configurable 'Tracker'": keep the first line
+        raise ConfigError(str(exc).splitlines()[0]) from None
 
 
 def check_method(reference) -> None:

@@ -27,6 +27,7 @@ from harness.core.method import method_problems, pick_device
 from harness.core.records import FINAL_STATES, TrialRecord, remove_temp_files
 from harness.run import checkpoints
 from harness.run.evaluation import Evaluation
+from harness.run.tracking import Tracker, view_image
 
 log = logging.getLogger(__name__)
 
@@ -223,6 +224,8 @@ class Trainer:
                               "or None (no check)")
         self.min_loss_drop = None if min_loss_drop is None else float(min_loss_drop)
         self.best: dict[str, float] | None = None  # {"step", "psnr"} of the best validation so far (read on resume)
+        self.tracker: Tracker | None = None  # live tracking (harness/run/tracking.py), made by run()
+        self.step = 0  # the last completed step, for the tracker's end
 
     def _resume(self, method, record: TrialRecord) -> tuple[int, float]:
         checkpoints.tidy(record.checkpoint_dir)
@@ -299,6 +302,9 @@ class Trainer:
         split = scene.split("train")
         sampler = RaySampler(split.images, split.cameras, self.seed)
         step, train_time = self._resume(method, record)
+        self.step = step
+        if self.tracker is not None:
+            self.tracker.open(record, self.iterations, step)
         record.write_progress(step, self.iterations, phase="train")
         global _boundary_saver
         _boundary_saver = lambda: self._checkpoint(method, record, step, train_time)  # noqa: E731 (late-bound step)
@@ -307,6 +313,7 @@ class Trainer:
                 while step < self.iterations:
                     step, train_time = self._train_iteration(method, scene, record, evaluation, sampler,
                                                              step, train_time)
+                    self.step = step
                     deferred.deliver()  # between steps: a preemption saves this step, then exits
         finally:
             _boundary_saver = None
@@ -324,21 +331,67 @@ class Trainer:
             self._check_params(method.state_dict(), step)
         if (fault := faults.hit("step")) is not None:
             fault.fire(record.dir)
-        if step % self.log_every == 0 or step == self.iterations:
-            record.append_log({"step": step, "time": round(train_time, 3), **losses})
+        last = step == self.iterations
+        logged = step % self.log_every == 0 or last
+        tracked = self.tracker is not None and self.tracker.scalars_due(step, last)
+        # the method's telemetry (learning rates, gradient norms, model facts) where logs want it
+        telemetry = method.telemetry() if (logged or tracked) and has_capability(method, "telemetry") else {}
+        if logged:
+            record.append_log({"step": step, "time": round(train_time, 3), **losses, **telemetry})
+        if tracked:
+            self.tracker.log_scalars(step, {**{f"train/{k}": v for k, v in losses.items()}, **telemetry},
+                                     train_time=train_time, rays=method.batch_size)
         if step % self.progress_every == 0:
             record.write_progress(step, self.iterations, phase="train", loss=float(losses.get("loss", 0)))
         split = validation_split(scene) if self.validate_every and step % self.validate_every == 0 else None
         if split is not None:
-            val = evaluation.score(method, scene.split(split), self.validation_views, metrics=("psnr",))
-            record.append_log({"step": step, "time": round(train_time, 3), "val_psnr": val["psnr"]})
+            wanted = tuple(m for m in VALIDATION_METRICS if m == "psnr" or m in evaluation.metrics)
+            val = evaluation.score(method, scene.split(split), self.validation_views, metrics=wanted)
+            scores = {k: val[k] for k in wanted if k in val}
+            record.append_log({"step": step, "time": round(train_time, 3), **{f"val_{k}": v for k, v in scores.items()}})
+            if self.tracker is not None:
+                self.tracker.log_scalars(step, {f"val/{k}": v for k, v in scores.items()})
             self._save_best(method, record, step, float(val["psnr"]))
+        if self.tracker is not None and self.tracker.images_due(step):
+            self._track_view(method, scene, evaluation, step)
         if step % self.checkpoint_every == 0 or step == self.iterations:
             self._checkpoint(method, record, step, train_time)
+            if self.tracker is not None:
+                self.tracker.flush()
         return step, train_time
 
+    def _track_view(self, method, scene, evaluation: Evaluation, step: int) -> None:
+        """The tracker's view panel (render, ground truth, error map, depth) of a validation view."""
+        split_name = validation_split(scene)
+        if split_name is None or self.tracker is None:
+            return
+        split = scene.split(split_name)
+        views = self.validation_views
+        index = views[min(self.tracker.image_view, len(views) - 1)] if views else 0
+        if index >= len(split):
+            return
+        panel = view_image(method, split, index, evaluation.chunk, scene.background, evaluation)
+        self.tracker.log_images(step, {f"view/{split_name}_{split.names[index]}": panel})
+
     def run(self, record: TrialRecord) -> dict:
-        """Train (resuming if possible), evaluate on the test split, write metrics.json."""
+        """Train (resuming if possible), evaluate on the test split, write metrics.json; the tracker
+        (harness/run/tracking.py) sees the whole run and is closed however it ends."""
+        self.tracker = Tracker()
+        state, metrics = "failed", None
+        try:
+            metrics = self._run(record)
+            state = "done"
+            return metrics
+        except TrialCollapsed:
+            state = "collapsed"
+            raise
+        except TrialDiverged:
+            state = "diverged"
+            raise
+        finally:
+            self.tracker.close(metrics if metrics is not None else _read_metrics(record), self.step, state)
+
+    def _run(self, record: TrialRecord) -> dict:
         evaluation = Evaluation()
         evaluation.preflight()
         torch.manual_seed(self.seed)
@@ -451,6 +504,17 @@ class Trainer:
 
 # The loss check needs the first logged loss and at least two later ones to say it never decreased.
 MIN_LOGGED_LOSSES = 3
+# What validation scores (Trainer.validate_every; those of Evaluation.metrics, PSNR always): logged as
+# val_<metric> in train.jsonl and val/<metric> to the tracker
+VALIDATION_METRICS = ("psnr", "ssim", "lpips")
+
+
+def _read_metrics(record: TrialRecord) -> dict | None:
+    """metrics.json if the trial wrote it (a collapsed trial does), for the tracker's end."""
+    try:
+        return record.metrics()
+    except (OSError, ValueError, RecordError):
+        return None
 
 
 def mean_colour_psnr(images, background=(1.0, 1.0, 1.0)) -> float:

@@ -2,7 +2,7 @@
 sets `TVLoss.weight_density` but never references `@TVLoss()` trains without TV and says nothing.
 Here a binding that no trial of a sweep reads is a ConfigError when the sweep expands.
 
-What a trial calls: the harness's roots (`Trainer`, `load_scene`, `Evaluation`), the procedural
+What a trial calls: the harness's roots (`Trainer`, `load_scene`, `Evaluation`, `Tracker`), the procedural
 scene generator `load_scene.path` names (`street_scene`), and every configurable referenced
 (`@Name` / `@Name()`) from a parameter of something it calls. A method's parts are registered with
 `gin.register`, so Python code building one never reads Gin: a reference is the only way in.
@@ -14,7 +14,7 @@ import gin
 
 from harness.core.errors import ConfigError
 from harness.run.config import NON_TRIAL_CONFIGURABLES
-from harness.run.identity import ROOTS, configurables, parameters, references, resolve_macros
+from harness.run.identity import ROOTS, WATCHERS, configurables, parameters, references, resolve_macros
 
 
 def _query(selector: str, default):
@@ -27,7 +27,7 @@ def _query(selector: str, default):
 def reached() -> set[str]:
     """Names of the configurables the parsed config's trial calls."""
     registry = configurables()
-    queue = [n for n in ROOTS if n in registry]
+    queue = [n for n in (*ROOTS, *WATCHERS) if n in registry]
     if _query("load_scene.format", "blender") == "procedural":
         queue.append(f"{_query('load_scene.path', '')}_scene")
     seen: set[str] = set()
