@@ -65,7 +65,8 @@ class Trial:
         self.exp = Path(exp)
         self.trial = sweep.expand(str(exp))[index]
         self.dir = Path(runs) / self.trial.experiment / self.trial.id
-        create_trial_record(self.dir, {"trial_id": self.trial.id, "bindings": self.trial.bindings}, self.trial.config)
+        create_trial_record(self.dir, {"trial_id": self.trial.id, "experiment": self.trial.experiment,
+                                       "bindings": self.trial.bindings, "label": self.trial.label}, self.trial.config)
 
     def run(self, fault: str | None = None, kill_after: float | None = None, threads: int | None = None,
             log_file: Path | None = None) -> str:

@@ -177,8 +177,8 @@ def test_a_backend_whose_package_is_missing_is_one_line_at_expansion(tiny_scene,
 
 def test_tracker_settings_never_change_a_trial_id(tiny_scene, tmp_path):
     plain = sweep.expand(str(write_experiment(tmp_path, tiny_scene, "", name="a")))
-    tracked = sweep.expand(str(write_experiment(tmp_path, tiny_scene, TRACKED.replace("Trainer.validate_every = 20\n", "")
-                                                + "Tracker.backends = []\n", name="b")))
+    settings = TRACKED.replace("Trainer.validate_every = 20\n", "") + "Tracker.backends = []\n"
+    tracked = sweep.expand(str(write_experiment(tmp_path, tiny_scene, settings, name="b")))
     assert [t.id for t in plain] == [t.id for t in tracked]
 
 
@@ -193,3 +193,109 @@ def test_view_panel_is_render_truth_error_and_depth():
     assert panel.shape == (4, 20, 3) and panel.dtype == np.uint8
     assert (panel[:, 5:10] == 255).all()  # the ground truth composited on white
     assert panel[0, 15, 0] == 0 and panel[3, 19, 0] == 255  # inf shown as the nearest; depth normalised
+
+
+# ---- Weights & Biases (offline) and MLflow (a real SQLite store), read back with their own APIs ----
+
+def _wandb_records(trial_dir) -> list:
+    """The protobuf Records of the trial's offline W&B run (wandb.proto's Record), read from its
+    .wandb file: W&B's 7-byte header, then a LevelDB-style log (32 KiB blocks of chunks, each with a
+    4-byte checksum, a 2-byte length and a type: 1 full, 2 first, 3 middle, 4 last)."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    [path] = sorted((trial_dir / "wandb").glob("offline-run-*/run-*.wandb"))[-1:]
+    data, pos, chunks, part = path.read_bytes(), 7, [], b""
+    while pos + 7 <= len(data):
+        left = 32768 - pos % 32768
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7]) if left >= 7 else (0, 0, 0)
+        if left < 7 or (kind == 0 and length == 0):  # block padding
+            pos += left
+            continue
+        body, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        part = body if kind in (1, 2) else part + body
+        if kind in (1, 4):
+            chunks.append(part)
+    return [wandb_internal_pb2.Record.FromString(c) for c in chunks]
+
+
+def _wandb_history(records) -> dict[str, dict[int, float]]:
+    import json
+
+    out: dict[str, dict[int, float]] = {}
+    for rec in records:
+        if rec.WhichOneof("record_type") != "history":
+            continue
+        items = {(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in rec.history.item}
+        for key, value in items.items():
+            if isinstance(value, (int, float)) and not key.startswith("_"):
+                out.setdefault(key, {})[int(items["_step"])] = float(value)
+    return out
+
+
+def test_wandb_offline_and_mlflow_runs_hold_the_scalars_and_the_config(tiny_scene, tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    mlflow = pytest.importorskip("mlflow")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    store = tmp_path / "mlflow.db"
+    exp = write_experiment(tmp_path, tiny_scene, "Tracker.backends = ['tensorboard', 'wandb', 'mlflow']\n"
+                           f"Tracker.scalar_every = 5\nTracker.mlflow_uri = 'sqlite:///{store}'\n"
+                           "Sweep.axes = {'ToyColour.lr': [0.05]}\n")
+    trial = Trial(exp, tmp_path / "runs")
+    trial.run_here()
+    assert trial.status()["state"] == "done" and "tracking_errors" not in trial.status()
+    tb = {tag: dict(points) for tag, points in _scalars(_events(trial.dir)).items()}
+
+    records = _wandb_records(trial.dir)
+    [run] = [r.run for r in records if r.WhichOneof("record_type") == "run"]
+    assert run.run_id == trial.dir.name and run.run_group == "rel" and run.display_name == "ToyColour.lr=0.05, seed=0"
+    config = {u.key: u.value_json for u in run.config.update}
+    assert config["ToyColour.lr"] == "0.05" and "Trainer.iterations = 40" in config["gin_config"]
+    history = _wandb_history(records)
+    assert history["train/loss"] == pytest.approx(tb["train/loss"]) and sorted(history["train/loss"]) == \
+        list(range(5, 41, 5))
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{store}")
+    [found] = client.search_runs([client.get_experiment_by_name("rel").experiment_id])
+    assert found.data.tags["harness.trial_id"] == trial.dir.name and found.info.status == "FINISHED"
+    assert found.data.params["ToyColour.lr"] == "0.05"
+    loss = {m.step: m.value for m in client.get_metric_history(found.info.run_id, "train/loss")}
+    assert loss == pytest.approx(tb["train/loss"])
+    assert found.data.metrics["test/psnr"] == pytest.approx(trial.metrics()["psnr"])
+    import wandb
+
+    wandb.teardown()  # its service is this process's: forked runs of later tests must not share it
+
+
+def test_wandb_and_mlflow_runs_resume_after_kill_9_without_repeating_steps(tiny_scene, tmp_path, monkeypatch):
+    wandb = pytest.importorskip("wandb")
+    mlflow = pytest.importorskip("mlflow")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    wandb.teardown()  # W&B's service is per process: each forked run below must start its own, as a job does
+    settings = "Tracker.scalar_every = 1\nToyColour.step_delay = 0.004\n"
+    reference = write_experiment(tmp_path, tiny_scene, settings + "Tracker.backends = ['mlflow']\n"
+                                 f"Tracker.mlflow_uri = 'sqlite:///{tmp_path}/reference.db'\n", name="ref")
+    Trial(reference, tmp_path / "reference").run_here()  # also imports what the forked runs need
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/reference.db")
+    [first] = client.search_runs([client.get_experiment_by_name("ref").experiment_id])
+    expected = {m.step: m.value for m in client.get_metric_history(first.info.run_id, "train/loss")}
+    exp = write_experiment(tmp_path, tiny_scene, settings + "Tracker.backends = ['wandb', 'mlflow']\n"
+                           f"Tracker.mlflow_uri = 'sqlite:///{tmp_path}/resumed.db'\n")
+    trial = Trial(exp, tmp_path / "runs")
+    assert trial.run(fault="action=kill point=step nth=27") == "killed"
+    assert trial.run() == "ok"
+    assert trial.status()["attempts"] == 2 and "tracking_errors" not in trial.status()
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/resumed.db")
+    [found] = client.search_runs([client.get_experiment_by_name("rel").experiment_id])  # one run, resumed
+    history = client.get_metric_history(found.info.run_id, "train/loss")
+    steps = [m.step for m in history]
+    assert sorted(steps) == sorted(set(steps)) == list(range(1, 41))
+    assert {m.step: m.value for m in history} == expected
+    # W&B: the resumed attempt continued the trial's run (same id), from the step it held
+    runs = [r.run for r in _wandb_records(trial.dir) if r.WhichOneof("record_type") == "run"]
+    assert {r.run_id for r in runs} == {trial.dir.name} and runs[-1].resume
+    logged = _wandb_history(_wandb_records(trial.dir))["train/loss"]
+    assert min(logged) > 20 and logged == pytest.approx({s: v for s, v in expected.items() if s in logged})

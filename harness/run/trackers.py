@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 TRIAL_TAG = "harness.trial_id"  # MLflow: the run of a trial is found by this tag on resume
+STEP_KEY = "train/loss"  # logged at every scalar step: a resumed run holds the steps up to its last
 
 
 class TensorBoard:
@@ -126,7 +127,7 @@ class MLflow:
             self.run_id = self.client.create_run(experiment, run_name=info["label"][:250],
                                                  tags={TRIAL_TAG: info["trial_id"]}).info.run_id
         # steps already held (a resumed trial repeats them bit for bit): not sent again
-        self.held = max((m.step for m in self.client.get_metric_history(self.run_id, "loss")), default=-1)
+        self.held = max((m.step for m in self.client.get_metric_history(self.run_id, STEP_KEY)), default=-1)
         self.params_logged = bool(runs)
 
     def text(self, tag: str, text: str, step: int) -> None:

@@ -333,14 +333,15 @@ class Trainer:
             fault.fire(record.dir)
         last = step == self.iterations
         logged = step % self.log_every == 0 or last
-        tracked = self.tracker is not None and self.tracker.scalars_due(step, last)
+        tracker = self.tracker
         # the method's telemetry (learning rates, gradient norms, model facts) where logs want it
+        tracked = tracker is not None and tracker.scalars_due(step, last)
         telemetry = method.telemetry() if (logged or tracked) and has_capability(method, "telemetry") else {}
         if logged:
             record.append_log({"step": step, "time": round(train_time, 3), **losses, **telemetry})
-        if tracked:
-            self.tracker.log_scalars(step, {**{f"train/{k}": v for k, v in losses.items()}, **telemetry},
-                                     train_time=train_time, rays=method.batch_size)
+        if tracker is not None and tracked:
+            tracker.log_scalars(step, {**{f"train/{k}": v for k, v in losses.items()}, **telemetry},
+                                train_time=train_time, rays=method.batch_size)
         if step % self.progress_every == 0:
             record.write_progress(step, self.iterations, phase="train", loss=float(losses.get("loss", 0)))
         split = validation_split(scene) if self.validate_every and step % self.validate_every == 0 else None
@@ -348,7 +349,8 @@ class Trainer:
             wanted = tuple(m for m in VALIDATION_METRICS if m == "psnr" or m in evaluation.metrics)
             val = evaluation.score(method, scene.split(split), self.validation_views, metrics=wanted)
             scores = {k: val[k] for k in wanted if k in val}
-            record.append_log({"step": step, "time": round(train_time, 3), **{f"val_{k}": v for k, v in scores.items()}})
+            record.append_log({"step": step, "time": round(train_time, 3),
+                               **{f"val_{k}": v for k, v in scores.items()}})
             if self.tracker is not None:
                 self.tracker.log_scalars(step, {f"val/{k}": v for k, v in scores.items()})
             self._save_best(method, record, step, float(val["psnr"]))
