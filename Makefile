@@ -21,13 +21,14 @@ export HARNESS_LPIPS_WEIGHTS ?= $(abspath $(wildcard ../shared/data/lpips_weight
 
 CLUSTER_ARG := $(if $(CLUSTER),--cluster $(CLUSTER),)
 
-.PHONY: help sweep report status cancel test lint bench data clean install
+.PHONY: help sweep report status cancel tensorboard test lint bench data clean install
 
 help:
 	@echo "make sweep EXP=name [CLUSTER=local|debug|slurm] [ARGS=\"--bind 'X.y=1'\"]  run an experiment"
 	@echo "make report EXP=name[,other]   HTML report of the records in $(RUNS)/"
 	@echo "make status EXP=name           trials by state (with SLURM job state, node, failed trials' log tails)"
 	@echo "make cancel EXP=name           cancel the experiment's SLURM jobs, mark unfinished trials cancelled"
+	@echo "make tensorboard EXP=name[,other]  TensorBoard over the trials, live (ARGS='--port N'; prints the URL)"
 	@echo "make test                      the test suite"
 	@echo "make lint                      ruff (all code) and mypy (harness/, reports/); rules in pyproject.toml"
 	@echo "make bench                     pytest-benchmark suite -> bench.json"
@@ -54,6 +55,9 @@ status: $(DEPS)
 
 cancel: $(DEPS)
 	$(PYTHON) -m harness cancel $(EXP) --runs-dir $(RUNS) $(ARGS)
+
+tensorboard: $(DEPS)
+	$(PYTHON) -m harness tensorboard $(EXP) --runs-dir $(RUNS) $(ARGS)
 
 test: $(DEPS)
 	$(PYTHON) -m pytest -q $(ARGS)

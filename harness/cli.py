@@ -188,6 +188,14 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_tensorboard(args) -> int:
+    from harness.run.board import serve
+
+    serve(args.runs_dir, [e.strip() for e in args.experiment.split(",") if e.strip()], port=args.port,
+          host=args.host)
+    return 0
+
+
 def quiet_gin_search_logs() -> None:
     """gin logs every include-path probe on the root logger ('Path not found: ...'), which
     reads like an error to users; keep those out, keep everything else."""
@@ -333,6 +341,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bind", action="append", default=[], metavar="BINDING",
                    help="make: Gin binding for the generator (repeatable)")
     p.set_defaults(func=cmd_scene)
+
+    p = sub.add_parser("tensorboard", help="serve TensorBoard over experiments' trials (runs named by their "
+                                           "swept bindings); prints the URL")
+    p.add_argument("experiment", help="experiment name(s), comma-separated")
+    p.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS_DIR, help="where trial records live (default: runs/)")
+    p.add_argument("--port", type=int, default=6006, help="port (default: 6006)")
+    p.add_argument("--host", default="localhost", help="interface to listen on (default: localhost only)")
+    p.set_defaults(func=cmd_tensorboard)
 
     p = sub.add_parser("data", help="link the team's shared datasets into data/ (default), or list/download the "
                                     "public ones (harness/core/data/datasets.toml)")

@@ -299,3 +299,64 @@ def test_wandb_and_mlflow_runs_resume_after_kill_9_without_repeating_steps(tiny_
     assert {r.run_id for r in runs} == {trial.dir.name} and runs[-1].resume
     logged = _wandb_history(_wandb_records(trial.dir))["train/loss"]
     assert min(logged) > 20 and logged == pytest.approx({s: v for s, v in expected.items() if s in logged})
+
+
+# ---- make tensorboard: a real server over a sweep's trials, queried through its HTTP API ----------
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str):
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def test_tensorboard_serves_the_sweeps_runs_named_by_their_bindings(tiny_scene, tmp_path):
+    import subprocess
+    import time
+    import urllib.parse
+
+    from harness.run.driver import run_sweep
+    from tests.conftest import ROOT
+
+    runs = tmp_path / "runs"
+    exp = write_experiment(tmp_path, tiny_scene, "Tracker.scalar_every = 5\n"
+                           "Sweep.axes = {'ToyColour.lr': [0.01, 0.1]}\n", name="board")
+    assert set(run_sweep(str(exp), [], runs, {"threads": 1}).values()) == {"done"}
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "harness", "tensorboard", "board", "--runs-dir", str(runs),
+                             "--port", str(port)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith(f"TensorBoard: http://localhost:{port}/") and "2 runs of board" in line, \
+            line + proc.stderr.read() if proc.poll() is not None else line
+        base = f"http://localhost:{port}"
+        wanted = {"ToyColour.lr=0.01, seed=0", "ToyColour.lr=0.1, seed=0"}
+        deadline = time.monotonic() + 60
+        while set(_get(f"{base}/data/runs")) != wanted:  # TensorBoard loads the runs in the background
+            assert time.monotonic() < deadline, _get(f"{base}/data/runs")
+            time.sleep(0.5)
+        tags = _get(f"{base}/data/plugin/scalars/tags")
+        assert {"train/loss", "perf/steps_per_s", "test/psnr"} <= set(tags["ToyColour.lr=0.1, seed=0"])
+        query = urllib.parse.urlencode({"run": "ToyColour.lr=0.1, seed=0", "tag": "train/loss"})
+        points = _get(f"{base}/data/plugin/scalars/scalars?{query}")
+        assert [p[1] for p in points] == list(range(5, 41, 5))  # [wall time, step, value]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_tensorboard_without_a_sweep_is_one_line(tmp_path):
+    from harness.core.errors import HarnessError
+    from harness.run.board import link_runs
+
+    with pytest.raises(HarnessError, match=r"sweep\.json: no trials of 'nope' here \(run `make sweep EXP=nope` first"):
+        link_runs(tmp_path, ["nope"])
