@@ -157,8 +157,7 @@ def _figures(col: collect.Collected, summary: pd.DataFrame, assets: Path) -> lis
     for m in metrics:
         if (f := figures.per_view(col.views, m, assets)):
             figs.append(f)
-    if (f := figures.training_curves(col.curves, assets)):
-        figs.append(f)
+    figs += figures.training_curves(col.curves, assets)
     if primary and (f := figures.block_map(col.trials, assets, primary)):
         figs.append(f)
     return figs

@@ -215,41 +215,69 @@ def per_view(views: pd.DataFrame, metric: str, out_dir: Path) -> Figure | None:
     return _save(fig, out_dir, _safe(f"per_view_{metric}"), f"per-view {metric.upper()}", caption)
 
 
-def training_curves(curves: pd.DataFrame, out_dir: Path) -> Figure | None:
-    """Training loss (and validation PSNR when logged) against step, mean over seeds per variant."""
+CURVE_META = ("key", "step", "time", "variant", "scene", "seed")
+LR_PREFIX = "lr/"
+NOT_TERMS = ("lr/", "grad_norm", "model/", "val_")  # train.jsonl columns that are not the training log's terms
+
+
+def curve_columns(curves: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """(the training log's terms: 'loss' first, then every other logged value such as each loss term,
+    then validation scores; the learning rates 'lr/<group>'), among the columns with numbers."""
+    cols = [c for c in curves.columns if c not in CURVE_META and curves[c].notna().any()
+            and pd.api.types.is_numeric_dtype(curves[c])]
+    terms = [c for c in cols if not c.startswith(NOT_TERMS)]
+    terms = sorted(terms, key=lambda c: (c != "loss", c)) + sorted(c for c in cols if c.startswith("val_"))
+    return terms, sorted(c for c in cols if c.startswith(LR_PREFIX))
+
+
+def training_curves(curves: pd.DataFrame, out_dir: Path) -> list[Figure]:
+    """Every term of the training log (the total loss, each loss term, validation scores) and every
+    learning rate against step, mean over seeds per variant: two figures, a panel per value."""
     if curves.empty or "step" not in curves:
-        return None
-    panels = [c for c in ("loss", "val_psnr") if c in curves and curves[c].notna().any()]
-    if not panels:
+        return []
+    terms, rates = curve_columns(curves)
+    figs = [_curve_grid(curves, terms, out_dir, "training_curves", "training curves"),
+            _curve_grid(curves, rates, out_dir, "learning_rates", "learning rates")]
+    return [f for f in figs if f is not None]
+
+
+def _curve_grid(curves: pd.DataFrame, columns: list[str], out_dir: Path, name: str, title: str) -> Figure | None:
+    """A panel per (scene, column): mean over seeds per variant with a t-interval band."""
+    if not columns:
         return None
     scenes = list(dict.fromkeys(curves["scene"]))
+    panels = [(scene, col) for scene in scenes for col in columns]
     _theme()
-    fig, axs = plt.subplots(len(scenes), len(panels), figsize=(5.4 * len(panels), 3.4 * len(scenes)),
-                            squeeze=False, layout="constrained")
+    fig, axs = _panels(len(panels), width=4.8, height=3.2, cols=min(4, len(panels)))
     variants = [v for v in curves["variant"].cat.categories if v in set(curves["variant"])]
     shown = variants[:MAX_HUES]
     palette = sns.color_palette("colorblind", len(shown))
-    for row, scene in zip(axs, scenes):
-        for ax, col in zip(row, panels):
-            d = curves[(curves["scene"] == scene) & curves[col].notna()]
-            lows = []
-            for color, v in zip(palette, shown):
-                g = d[d["variant"] == v]
-                if len(g):
-                    lows.append(_mean_band(ax, g["step"], [(s, g.loc[g["step"] == s, col])
-                                                          for s in g["step"].unique()], color, str(v)[:40]))
-            if col == "loss" and lows and min(lows) > 0:  # log only when no band reaches 0
-                ax.set_yscale("log")
-            ax.set_xlabel("step")
-            ax.set_ylabel("training loss" if col == "loss" else "validation PSNR")
-            ax.set_title(scene if len(scenes) > 1 else ("training loss" if col == "loss" else "validation PSNR"))
+    for ax, (scene, col) in zip(axs, panels):
+        d = curves[(curves["scene"] == scene) & curves[col].notna()]
+        lows = []
+        for color, v in zip(palette, shown):
+            g = d[d["variant"] == v]
+            if len(g):
+                lows.append(_mean_band(ax, g["step"], [(s, g.loc[g["step"] == s, col]) for s in g["step"].unique()],
+                                       color, str(v)[:40]))
+        positive = lows and min(lows) > 0 and float(d[col].max()) / max(float(d[col].min()), 1e-30) > 20
+        if positive and not col.startswith("val_"):  # log when the values span decades and no band reaches 0
+            ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_ylabel(_curve_label(col))
+        ax.set_title(f"{scene}: {_curve_label(col)}" if len(scenes) > 1 else _curve_label(col), fontsize=9)
     if len(shown) > 1:
-        handles, labels = axs[0, 0].get_legend_handles_labels()
+        handles, labels = axs[0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="outside right upper", fontsize=7)
-    caption = "mean over seeds, band: 95% t-interval"
+    caption = "mean over seeds, band: 95% t-interval; from each trial's train.jsonl"
     if len(variants) > len(shown):
         caption += f"; first {len(shown)} of {len(variants)} variants"
-    return _save(fig, out_dir, "training_curves", "training curves", caption)
+    return _save(fig, out_dir, name, title, caption)
+
+
+def _curve_label(col: str) -> str:
+    return {"loss": "training loss (total)", "val_psnr": "validation PSNR", "val_ssim": "validation SSIM",
+            "val_lpips": "validation LPIPS"}.get(col, col)
 
 
 def _separate_partitions(key: tuple, blocks: dict) -> tuple:

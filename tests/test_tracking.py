@@ -360,3 +360,24 @@ def test_tensorboard_without_a_sweep_is_one_line(tmp_path):
 
     with pytest.raises(HarnessError, match=r"sweep\.json: no trials of 'nope' here \(run `make sweep EXP=nope` first"):
         link_runs(tmp_path, ["nope"])
+
+
+def test_report_plots_every_logged_term_and_every_learning_rate(tmp_path):
+    """From train.jsonl rows alone (a runs folder without event files still builds its report)."""
+    import pandas as pd
+
+    from reports import figures
+
+    rows = [{"key": k, "step": s, "time": 0.1 * s, "loss": 1 / s, "mse": 0.9 / s, "tv_density": 0.1 / s,
+             "samples_per_ray": 3.0, "lr/density": 3.0 / s, "lr/sh": 0.05 / s, "grad_norm/density": 1.0,
+             "model/voxels": 1e4, "variant": v, "scene": "lego", "seed": 0}
+            for k, v in (("a", "TVLoss.weight_density=0"), ("b", "TVLoss.weight_density=1e-4")) for s in (10, 20, 30)]
+    rows.append({"key": "a", "step": 30, "time": 3.0, "val_psnr": 25.0, "variant": "TVLoss.weight_density=0",
+                 "scene": "lego", "seed": 0})
+    curves = pd.DataFrame(rows)
+    curves["variant"] = pd.Categorical(curves["variant"])
+    terms, rates = figures.curve_columns(curves)
+    assert terms == ["loss", "mse", "samples_per_ray", "tv_density", "val_psnr"] and rates == ["lr/density", "lr/sh"]
+    made = figures.training_curves(curves, tmp_path)
+    assert [f.name for f in made] == ["training_curves", "learning_rates"]
+    assert all((tmp_path / f.png).stat().st_size > 10_000 for f in made)
