@@ -6,6 +6,7 @@ after Gin has been parsed for this trial (harness.run.launch.run_trial_job).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -226,6 +227,10 @@ class Trainer:
         self.best: dict[str, float] | None = None  # {"step", "psnr"} of the best validation so far (read on resume)
         self.tracker: Tracker | None = None  # live tracking (harness/run/tracking.py), made by run()
         self.step = 0  # the last completed step, for the tracker's end
+        # this attempt's seconds in the training loop (steps, logs, validation, checkpoints) and, of
+        # those, in live tracking (telemetry, tracker calls, view panels): metrics.json's
+        # train_wall_time and tracking_time, the overhead figure (tests/bench/test_bench_tracking.py)
+        self.loop_s = self.tracking_s = 0.0
 
     def _resume(self, method, record: TrialRecord) -> tuple[int, float]:
         checkpoints.tidy(record.checkpoint_dir)
@@ -304,8 +309,10 @@ class Trainer:
         step, train_time = self._resume(method, record)
         self.step = step
         if self.tracker is not None:
-            self.tracker.open(record, self.iterations, step)
+            with self._tracking():
+                self.tracker.open(record, self.iterations, step)
         record.write_progress(step, self.iterations, phase="train")
+        t_loop = time.perf_counter()
         global _boundary_saver
         _boundary_saver = lambda: self._checkpoint(method, record, step, train_time)  # noqa: E731 (late-bound step)
         try:
@@ -317,7 +324,16 @@ class Trainer:
                     deferred.deliver()  # between steps: a preemption saves this step, then exits
         finally:
             _boundary_saver = None
+            self.loop_s += time.perf_counter() - t_loop
         return step, train_time
+
+    @contextlib.contextmanager
+    def _tracking(self):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.tracking_s += time.perf_counter() - t0
 
     def _train_iteration(self, method, scene, record, evaluation, sampler, step: int, train_time: float
                          ) -> tuple[int, float]:
@@ -334,14 +350,15 @@ class Trainer:
         last = step == self.iterations
         logged = step % self.log_every == 0 or last
         tracker = self.tracker
-        # the method's telemetry (learning rates, gradient norms, model facts) where logs want it
         tracked = tracker is not None and tracker.scalars_due(step, last)
-        telemetry = method.telemetry() if (logged or tracked) and has_capability(method, "telemetry") else {}
+        with self._tracking():  # the method's telemetry (learning rates, gradient norms, model facts)
+            telemetry = method.telemetry() if (logged or tracked) and has_capability(method, "telemetry") else {}
         if logged:
             record.append_log({"step": step, "time": round(train_time, 3), **losses, **telemetry})
         if tracker is not None and tracked:
-            tracker.log_scalars(step, {**{f"train/{k}": v for k, v in losses.items()}, **telemetry},
-                                train_time=train_time, rays=method.batch_size)
+            with self._tracking():
+                tracker.log_scalars(step, {**{f"train/{k}": v for k, v in losses.items()}, **telemetry},
+                                    train_time=train_time, rays=method.batch_size)
         if step % self.progress_every == 0:
             record.write_progress(step, self.iterations, phase="train", loss=float(losses.get("loss", 0)))
         split = validation_split(scene) if self.validate_every and step % self.validate_every == 0 else None
@@ -352,14 +369,17 @@ class Trainer:
             record.append_log({"step": step, "time": round(train_time, 3),
                                **{f"val_{k}": v for k, v in scores.items()}})
             if self.tracker is not None:
-                self.tracker.log_scalars(step, {f"val/{k}": v for k, v in scores.items()})
+                with self._tracking():
+                    self.tracker.log_scalars(step, {f"val/{k}": v for k, v in scores.items()})
             self._save_best(method, record, step, float(val["psnr"]))
         if self.tracker is not None and self.tracker.images_due(step):
-            self._track_view(method, scene, evaluation, step)
+            with self._tracking():
+                self._track_view(method, scene, evaluation, step)
         if step % self.checkpoint_every == 0 or step == self.iterations:
             self._checkpoint(method, record, step, train_time)
             if self.tracker is not None:
-                self.tracker.flush()
+                with self._tracking():
+                    self.tracker.flush()
         return step, train_time
 
     def _track_view(self, method, scene, evaluation: Evaluation, step: int) -> None:
@@ -424,7 +444,8 @@ class Trainer:
         metrics.update(iterations=step, train_time=round(train_time, 3),
                        eval_time=round(time.perf_counter() - t0, 3), n_test_views=len(test),
                        model=method.stats(), scene=scene.name, resolution=[test.cameras.width, test.cameras.height],
-                       peak_rss_mb=_peak_rss_mb(), evaluated_checkpoint=evaluated)
+                       peak_rss_mb=_peak_rss_mb(), evaluated_checkpoint=evaluated,
+                       train_wall_time=round(self.loop_s, 3), tracking_time=round(self.tracking_s, 3))
         if self.best is not None:
             metrics["best_validation"] = {**self.best, "split": validation_split(scene)}
         checks = self._collapse_checks(scene, metrics, record)
