@@ -13,6 +13,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import gin
@@ -83,7 +84,7 @@ def _diverged(message: str, step: int) -> TrialDiverged:
 # (loading, evaluation) they end the trial at once: there is no unsaved training state then.
 PREEMPT_SIGNALS = (signal.SIGUSR2,)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-_boundary_saver = None  # while a trial trains: checkpoints its last completed step
+_boundary_saver: Callable[[], None] | None = None  # while a trial trains: checkpoints its last completed step
 
 
 class TrialInterrupted(HarnessError):
