@@ -264,6 +264,7 @@ def test_wandb_offline_and_mlflow_runs_hold_the_scalars_and_the_config(tiny_scen
     loss = {m.step: m.value for m in client.get_metric_history(found.info.run_id, "train/loss")}
     assert loss == pytest.approx(tb["train/loss"])
     assert found.data.metrics["test/psnr"] == pytest.approx(trial.metrics()["psnr"])
+    assert any((tmp_path / "mlflow-artifacts").rglob("config.gin"))  # beside the store, not in ./mlruns
     import wandb
 
     wandb.teardown()  # its service is this process's: forked runs of later tests must not share it

@@ -107,6 +107,14 @@ class WandB:
         self.run.finish(exit_code=0 if state == "done" else 1)
 
 
+def _artifacts(uri: str) -> str | None:
+    """Where a SQLite store's artifacts (config.gin, view panels) go: beside the store, not in the
+    working directory's ./mlruns (MLflow's default); other stores decide for themselves."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///"):]).parent / "mlflow-artifacts").resolve().as_uri()
+    return None
+
+
 class MLflow:
     """One MLflow run per trial in an MLflow experiment named after ours, tagged with the trial id
     (found again on resume) and its label; params = the swept bindings; config.gin as an artifact
@@ -118,7 +126,7 @@ class MLflow:
         self.client = MlflowClient(tracking_uri=uri)
         name = info["experiment"] or "harness"
         found = self.client.get_experiment_by_name(name)
-        experiment = found.experiment_id if found else self.client.create_experiment(name)
+        experiment = found.experiment_id if found else self.client.create_experiment(name, _artifacts(uri))
         runs = self.client.search_runs([experiment], f"tags.`{TRIAL_TAG}` = '{info['trial_id']}'", max_results=1)
         if runs:
             self.run_id = runs[0].info.run_id
