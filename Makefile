@@ -21,12 +21,13 @@ export HARNESS_LPIPS_WEIGHTS ?= $(abspath $(wildcard ../shared/data/lpips_weight
 
 CLUSTER_ARG := $(if $(CLUSTER),--cluster $(CLUSTER),)
 
-.PHONY: help sweep report status cancel tensorboard test lint bench data clean install
+.PHONY: help sweep report status doctor cancel tensorboard test lint bench data clean install
 
 help:
 	@echo "make sweep EXP=name [CLUSTER=local|debug|slurm] [ARGS=\"--bind 'X.y=1'\"]  run an experiment"
 	@echo "make report EXP=name[,other]   HTML report of the records in $(RUNS)/"
 	@echo "make status EXP=name           trials by state (with SLURM job state, node, failed trials' log tails)"
+	@echo "make doctor EXP=name|SCENE     data checks on the scenes an experiment uses (or a scene folder)"
 	@echo "make cancel EXP=name           cancel the experiment's SLURM jobs, mark unfinished trials cancelled"
 	@echo "make tensorboard EXP=name[,other]  TensorBoard over the trials, live (ARGS='--port N'; prints the URL)"
 	@echo "make test                      the test suite"
@@ -52,6 +53,9 @@ report: $(DEPS)
 
 status: $(DEPS)
 	$(PYTHON) -m harness status $(EXP) --runs-dir $(RUNS) $(ARGS)
+
+doctor: $(DEPS)
+	$(PYTHON) -m harness doctor $(EXP) $(ARGS)
 
 cancel: $(DEPS)
 	$(PYTHON) -m harness cancel $(EXP) --runs-dir $(RUNS) $(ARGS)

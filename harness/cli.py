@@ -234,6 +234,59 @@ def cmd_scene(args) -> int:
     return 0
 
 
+def cmd_doctor(args) -> int:
+    """Data checks on a scene folder (or procedural scene) or on every scene an experiment's sweep uses."""
+    from harness.core.data import doctor
+
+    if _is_experiment(args.target):
+        from harness.run.config import experiment_path
+        from harness.run.scene_checks import check_trials
+        from harness.run.sweep import expand
+
+        trials = expand(args.target, args.bind, require_data=True)
+        checks = [(c.target, c.description, c.findings, c.load_s, c.check_s)
+                  for c in check_trials(experiment_path(args.target), args.bind, trials)]
+    else:
+        from harness.core.data.procedural import KINDS
+
+        if not Path(args.target).exists() and args.target not in KINDS:
+            raise HarnessError(f"{args.target}: not a scene folder, a procedural scene ({', '.join(sorted(KINDS))}) "
+                               f"or an experiment (experiments/*.gin)")
+        checks = [_doctor_folder(Path(args.target), args.format)]
+    findings = []
+    for target, description, found, load_s, check_s in checks:
+        timing = f"loaded in {load_s:.2f} s, checked in {check_s:.2f} s"
+        print(f"{target}: {description or 'not loaded'} ({timing})")
+        for f in found:
+            print(f"  {f.line()}")
+        findings += found
+    print(doctor.summary(findings))
+    return 2 if any(f.severity == "error" for f in findings) else 0
+
+
+def _is_experiment(target: str) -> bool:
+    """An experiment name or .gin file (else a scene folder or a procedural scene's name)."""
+    from harness.core.paths import EXPERIMENTS_DIR
+
+    if target.endswith(".gin"):
+        return True
+    return not Path(target).exists() and (EXPERIMENTS_DIR / f"{target}.gin").is_file()
+
+
+def _doctor_folder(path: Path, format: str | None) -> tuple:
+    import time
+
+    from harness.core.data import doctor
+    from harness.core.data.formats import load_folder
+
+    t0 = time.perf_counter()
+    scene, findings = doctor.try_load(lambda: load_folder(path, format), str(path))
+    t1 = time.perf_counter()
+    if scene is not None:
+        findings += doctor.diagnose(scene, Path(scene.path))
+    return str(path), doctor.describe(scene) if scene else "", findings, t1 - t0, time.perf_counter() - t1
+
+
 def cmd_data(args) -> int:
     from harness.core.data.fetch import link_shared
     from harness.core.data.manifest import MANIFEST_PATH, get_entry, install, list_lines, load_manifest
@@ -342,6 +395,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="make: Gin binding for the generator (repeatable)")
     p.set_defaults(func=cmd_scene)
 
+    p = sub.add_parser("doctor", help="check a scene's data before training (poses, intrinsics, rays, image values, "
+                                      "duplicates, train/test leaks, exposure/appearance); exit 2 on errors")
+    p.add_argument("target", help="a scene folder, a procedural scene (tiny|street), or an experiment (every scene "
+                                  "its sweep uses)")
+    p.add_argument("--format", help="scene folder: the format, if not detected")
+    p.add_argument("--bind", action="append", default=[], metavar="BINDING",
+                   help="experiment: extra Gin binding (repeatable)")
+    p.set_defaults(func=cmd_doctor)
+
     p = sub.add_parser("tensorboard", help="serve TensorBoard over experiments' trials (runs named by their "
                                            "swept bindings); prints the URL")
     p.add_argument("experiment", help="experiment name(s), comma-separated")
@@ -364,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # the commands that parse experiments (the others read records, images or the data manifest)
-GIN_COMMANDS = (cmd_sweep, cmd_compose, cmd_reproduce, cmd_scene)
+GIN_COMMANDS = (cmd_sweep, cmd_compose, cmd_reproduce, cmd_scene, cmd_doctor)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -39,22 +39,10 @@ def _appearance_summary(splits) -> str:
 
 def check_scene(path: Path, format: str | None = None) -> str:
     """Load every split of a scene (validating it) and return one line: format, images per split, resolution."""
-    from harness.core.data.formats import all_loaders, available_splits, detect_format
+    from harness.core.data.formats import detect_format, load_folder
 
-    path = Path(path)
-    fmt = format or detect_format(path)
-    loaders = all_loaders()
-    if fmt not in loaders:
-        raise DataError(f"unknown scene format '{fmt}' (supported: {', '.join(sorted(loaders))})")
-    splits = available_splits(path, fmt)
-    if not splits:
-        raise DataError(f"{path}: no splits found")
-    options = {}
-    if fmt == "llff":  # LLFF folders often ship only downscaled images_N/: check the largest stored
-        from harness.core.data.llff import stored_factors
-
-        options["downscale_factor"] = (stored_factors(path) or [1])[0]
-    scene = loaders[fmt](path, splits=splits, **options)
+    fmt = format or detect_format(Path(path))
+    scene = load_folder(Path(path), fmt)
     sizes = sorted({f"{s.cameras.width}x{s.cameras.height}" for s in scene.splits.values()})
     counts = ", ".join(f"{name} {len(split)}" for name, split in scene.splits.items())
     extra = _appearance_summary(scene.splits.values())

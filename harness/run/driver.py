@@ -9,7 +9,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from harness.core.errors import ConfigError
+from harness.core.errors import ConfigError, DataError
 from harness.core.records import FINAL_STATES, TrialRecord, atomic_write_json, now_iso, read_json
 from harness.run import config as cfg
 from harness.run import launch, store
@@ -75,7 +75,7 @@ def run_sweep(experiment: str, user_bindings: list[str], runs_dir: Path, overrid
     if not todo:
         log.info("all %d trials of %s are done or skipped (%.1f s)", len(trials), experiment, time.perf_counter() - t0)
         return {tid: why for tid, why in skipped.items()}
-    _preflight(experiment, user_bindings, trials[0])
+    _preflight(experiment, user_bindings, todo)
     log.info("%s: running %d of %d trials on cluster '%s'", experiment, len(todo), len(trials), settings["cluster"])
     folder = Path(runs_dir) / trials[0].experiment / ".submitit"
     if settings["cluster"] == "slurm":
@@ -119,14 +119,14 @@ def _submit_lock(exp_dir: Path):
         yield
 
 
-def _preflight(experiment: str, user_bindings: list[str], trial: Trial) -> None:
-    """Checks that must stop a sweep before any training (e.g. LPIPS weights missing)."""
+def _preflight(experiment: str, user_bindings: list[str], todo: list[launch.Pending]) -> None:
+    """Checks that must stop a sweep before any training (e.g. LPIPS weights missing, broken scene data)."""
     import gin
 
     from harness.core.data.load_scene import scene_root
     from harness.run.evaluation import Evaluation
 
-    cfg.parse([cfg.experiment_path(experiment)], list(user_bindings) + list(trial.gin_bindings))
+    cfg.parse([cfg.experiment_path(experiment)], list(user_bindings) + list(todo[0].trial.gin_bindings))
     Evaluation().preflight()
     try:
         path = gin.query_parameter("load_scene.path")
@@ -138,3 +138,25 @@ def _preflight(experiment: str, user_bindings: list[str], trial: Trial) -> None:
     except ValueError:
         fmt = "blender"
     scene_root(path, fmt)
+    _check_data(cfg.experiment_path(experiment), user_bindings, todo)
+
+
+def _check_data(exp_file: Path, user_bindings: list[str], todo: list[launch.Pending]) -> None:
+    """The doctor on each distinct scene of the trials to run: errors stop the sweep (one line each),
+    warnings are logged once and go into the records of the trials launched on that scene."""
+    from harness.core.data.doctor import errors_message
+    from harness.run.scene_checks import check_trials
+
+    t0 = time.perf_counter()
+    checks = check_trials(exp_file, user_bindings, [p.trial for p in todo])
+    errors = [f for c in checks for f in c.findings if f.severity == "error"]
+    if errors:
+        raise DataError(errors_message(errors))
+    warnings = {}
+    for c in checks:
+        for line in c.warnings:
+            log.warning("data: %s", line)
+        warnings.update(dict.fromkeys(c.trial_ids, c.warnings))
+    for p in todo:
+        p.data_warnings = warnings.get(p.trial.id, [])
+    log.info("data checks: %d scene(s) in %.1f s", len(checks), time.perf_counter() - t0)

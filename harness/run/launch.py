@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -117,10 +117,13 @@ class Pending:
     trial: Trial
     record: TrialRecord
     runs_dir: Path
+    data_warnings: list[str] = field(default_factory=list)  # the doctor's, from the sweep's pre-flight
 
     def materialise(self) -> None:
-        """Make the trial's folder and pending record just before it is launched (harness/run/store.py)."""
+        """Make the trial's folder and pending record just before it is launched (harness/run/store.py),
+        with the data warnings of its scene."""
         self.record = store.materialise(self.runs_dir, self.trial)
+        store.note_data_warnings(self.record, self.data_warnings)
 
 
 def _job_args(exp_file: Path, user_bindings, p: Pending, threads) -> tuple:

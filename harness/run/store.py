@@ -85,3 +85,15 @@ def _add_experiment(record: TrialRecord, experiment: str) -> None:
             record.update(experiments=sorted({*experiments_of(record.status()), experiment} - {None}))
     except RecordError:
         log.debug("trial %s is running elsewhere: not noting experiment %s", record.dir.name, experiment)
+
+
+def note_data_warnings(record: TrialRecord, warnings: list[str]) -> None:
+    """Keep the doctor's warnings about the trial's scene in its status.json (written only when they
+    changed; under the trial's lock, skipped when a process is running the trial elsewhere)."""
+    if record.status().get("data_warnings", []) == warnings:
+        return
+    try:
+        with record.lock():
+            record.update(data_warnings=list(warnings))
+    except RecordError:
+        log.debug("trial %s is running elsewhere: not noting its data warnings", record.dir.name)

@@ -64,3 +64,22 @@ def available_splits(path: Path, fmt: str) -> tuple[str, ...]:
         found = split_names(Path(path))
         return tuple(sorted(found, key=lambda s: (("train", "val", "test") + (s,)).index(s)))
     return ("train", "test")
+
+
+def load_folder(path: Path, format: str | None = None):
+    """Every split of a scene folder (format detected unless given), for `scene check` and `doctor`;
+    LLFF folders often ship only downscaled images_N/: the largest stored is loaded."""
+    path = Path(path)
+    fmt = format or detect_format(path)
+    loaders = all_loaders()
+    if fmt not in loaders:
+        raise DataError(f"unknown scene format '{fmt}' (supported: {', '.join(sorted(loaders))})")
+    splits = available_splits(path, fmt)
+    if not splits:
+        raise DataError(f"{path}: no splits found")
+    options = {}
+    if fmt == "llff":
+        from harness.core.data.llff import stored_factors
+
+        options["downscale_factor"] = (stored_factors(path) or [1])[0]
+    return loaders[fmt](path, splits=splits, **options)
