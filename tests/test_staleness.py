@@ -31,7 +31,10 @@ def _setup(tmp_path, tiny_scene):
     (tmp_path / "code").mkdir()
     module = tmp_path / "code" / "stale_probe.py"
     module.write_text(METHOD)
-    exp = write_experiment(tmp_path, tiny_scene, "import stale_probe\nTrainer.method = @StaleProbe\n", name="st")
+    exp = write_experiment(tmp_path, tiny_scene, "import stale_probe\nTrainer.method = @StaleProbe\n"
+                           "StaleProbe.batch_size = 64\n", name="st")
+    # the toy's batch size for the subclass (Gin binds by name: ToyColour's would reach no trial, an error)
+    exp.write_text(exp.read_text().replace("ToyColour.batch_size = 64\n", ""))
     return module, exp
 
 
