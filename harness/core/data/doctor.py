@@ -216,6 +216,14 @@ def check_intrinsics(scene: Scene, loc: Locator) -> list[Finding]:
             for s, sp in scene.splits.items() for i, why in enumerate(_intrinsics_problems(sp.cameras)) if why]
 
 
+def _split_rays(scene: Scene):
+    """Per split with usable cameras: (name, split, their indices, sampled origins, directions)."""
+    for s, sp in scene.splits.items():
+        idx = np.flatnonzero(_usable(sp.cameras))
+        if len(idx):
+            yield (s, sp, idx, *_sample_rays(sp.cameras, idx))
+
+
 def _sample_rays(cams: Cameras, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """GRID x GRID rays (corners and centre among them) of each camera in `index`: (len, K, 3) each."""
     from harness.core.data.rays import rays_for_pixels
@@ -233,11 +241,7 @@ def check_rays(scene: Scene, loc: Locator) -> list[Finding]:
     """Origins and directions finite, directions unit; for NDC scenes, rays that look down -z (the
     NDC map is defined for those only) and finite after the map."""
     found = []
-    for s, sp in scene.splits.items():
-        idx = np.flatnonzero(_usable(sp.cameras))
-        if not len(idx):
-            continue
-        o, d = _sample_rays(sp.cameras, idx)
+    for s, _, idx, o, d in _split_rays(scene):
         with np.errstate(all="ignore"):
             finite = np.isfinite(o).all(axis=(1, 2)) & np.isfinite(d).all(axis=(1, 2))
             unit = (np.abs(np.linalg.norm(d, axis=-1) - 1) <= UNIT_TOL).all(axis=1)
@@ -308,11 +312,7 @@ def check_bounds(scene: Scene, loc: Locator) -> list[Finding]:
     if scene.ndc:
         return []
     found = []
-    for s, sp in scene.splits.items():
-        idx = np.flatnonzero(_usable(sp.cameras))
-        if not len(idx):
-            continue
-        o, d = _sample_rays(sp.cameras, idx)
+    for s, sp, idx, o, d in _split_rays(scene):
         t0, t1 = _box_spans(o.astype(np.float64), d.astype(np.float64), box)  # (n, K) each
         hit = t0 <= t1
         corner = _corner_distances(sp.cameras, idx, box)  # (n, 8), NaN where not imaged
