@@ -81,6 +81,14 @@ def parse(files: list[Path], bindings: list[str], search_dir: Path = EXPERIMENTS
         raise ConfigError(f"{where}: {_one_line(exc)}") from None
 
 
+def query(selector: str, default):
+    """A binding's value in the parsed config (macros unevaluated), or `default` when unbound."""
+    try:
+        return gin.query_parameter(selector)
+    except ValueError:
+        return default
+
+
 def trial_config_str() -> str:
     """The current Gin config without the sweep/launch sections: what a trial computes from.
 

@@ -133,11 +133,7 @@ def _preflight(experiment: str, user_bindings: list[str], todo: list[launch.Pend
     except ValueError:
         raise ConfigError(f"{cfg.experiment_path(experiment)}: load_scene.path is not set "
                           f"(include a scene, e.g. base/scenes/lego_100.gin)") from None
-    try:
-        fmt = gin.query_parameter("load_scene.format")
-    except ValueError:
-        fmt = "blender"
-    scene_root(path, fmt)
+    scene_root(path, cfg.query("load_scene.format", "blender"))
     _check_data(cfg.experiment_path(experiment), user_bindings, todo)
 
 

@@ -21,13 +21,23 @@ log = logging.getLogger(__name__)
 
 def render_view(method, split: Split, index: int, chunk: int) -> np.ndarray:
     """One image (H, W, 3) float32 in [0, 1], rendered in chunks of rays."""
+    return render_maps(method, split, index, chunk)["rgb"]
+
+
+def render_maps(method, split: Split, index: int, chunk: int) -> dict[str, np.ndarray]:
+    """A view rendered in chunks of rays: 'rgb' (H, W, 3) float32 in [0, 1], and 'depth' (H, W)
+    when the method returns one."""
     origins, dirs = image_rays(split.cameras, index)
-    out = []
+    outs = []
     with torch.no_grad():
         for start in range(0, origins.shape[0], chunk):
-            out.append(method.render(origins[start:start + chunk], dirs[start:start + chunk])["rgb"])
-    rgb = torch.cat(out).clamp(0, 1).reshape(split.cameras.height, split.cameras.width, 3)
-    return rgb.cpu().numpy().astype(np.float32)
+            outs.append(method.render(origins[start:start + chunk], dirs[start:start + chunk]))
+    h, w = split.cameras.height, split.cameras.width
+    rgb = torch.cat([o["rgb"] for o in outs]).clamp(0, 1).reshape(h, w, 3)
+    maps = {"rgb": rgb.cpu().numpy().astype(np.float32)}
+    if all("depth" in o for o in outs):
+        maps["depth"] = torch.cat([o["depth"] for o in outs]).reshape(h, w).cpu().numpy()
+    return maps
 
 
 GROUND_TRUTH = ".ground_truth"  # beside the trial folders: each scored target once, named by its content

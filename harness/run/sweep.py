@@ -71,7 +71,7 @@ def trial_identity(require_data: bool = True, _memo: dict | None = None) -> tupl
     from harness.core.data.fingerprint import scene_fingerprint
     from harness.run import identity
 
-    path, fmt = _query("load_scene.path", None), _query("load_scene.format", "blender")
+    path, fmt = cfg.query("load_scene.path", None), cfg.query("load_scene.format", "blender")
     if not isinstance(fmt, str):
         raise ConfigError(f"load_scene.format = {fmt!r:.80}: expected a format name such as 'blender'")
     if path is not None and not isinstance(path, str):
@@ -90,13 +90,6 @@ def trial_identity(require_data: bool = True, _memo: dict | None = None) -> tupl
                 memo[key] = {"missing": str(path)}
     doc = identity.identity(memo[key])
     return identity.trial_id(doc), doc
-
-
-def _query(selector: str, default):
-    try:
-        return gin.query_parameter(selector)
-    except ValueError:
-        return default
 
 
 def _procedural_key(path, fmt) -> str:
@@ -285,7 +278,7 @@ def check_positive_settings(reference, _seen: set | None = None) -> None:
             raise ConfigError(f"{name}.{key} = {value!r}: expected a positive number")
     for value in params.values():  # the parts the configurable is given (`@Part()`)
         value = resolve_macros(value)
-        if isinstance(value, gin.config.ConfigurableReference) and value.configurable.name not in ("macro",):
+        if isinstance(value, gin.config.ConfigurableReference):  # macros are resolved: a part
             check_positive_settings(value, seen)
 
 

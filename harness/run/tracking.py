@@ -33,7 +33,6 @@ log = logging.getLogger(__name__)
 
 BACKENDS = ("tensorboard", "wandb", "mlflow")
 SCORES = ("psnr", "ssim", "lpips")  # metrics.json's scores, logged as test/<score> when the trial ends
-_EXTRAS = {"wandb": "wandb", "mlflow": "mlflow"}  # backend -> module (pip extra of the same name)
 
 
 def check_backends(backends) -> tuple[str, ...]:
@@ -44,12 +43,12 @@ def check_backends(backends) -> tuple[str, ...]:
     for name in backends:
         if name not in BACKENDS:
             raise ConfigError(f"Tracker.backends: unknown backend {name!r} (known: {', '.join(BACKENDS)})")
-        module = _EXTRAS.get(name, "tensorboard")
         try:
-            __import__(module)
+            __import__(name)  # each backend is the package of its name
         except ImportError:
-            raise ConfigError(f"Tracker.backends names {name!r} but the {module} package is not installed "
-                              f"(pip install -e '.[{module}]')") from None
+            install = "pip install -e ." if name == "tensorboard" else f"pip install -e '.[{name}]'"  # extras
+            raise ConfigError(f"Tracker.backends names {name!r} but the {name} package is not installed "
+                              f"({install})") from None
     return tuple(backends)
 
 
@@ -226,24 +225,14 @@ def view_panel(render: np.ndarray, target: np.ndarray, depth: np.ndarray | None,
     return np.concatenate(panels, axis=1)
 
 
-def view_image(method, split, index: int, chunk: int, background, evaluation) -> np.ndarray:
+def view_image(method, split, index: int, evaluation, background) -> np.ndarray:
     """The panel of view `index` of `split`: through the method's own view protocol when it has one
-    (no depth then), else a plain render of the view's rays with its depth."""
-    import torch
-
-    from harness.core.data.rays import image_rays
+    (no depth then), else a plain render of the view with its depth."""
     from harness.core.method import has as has_capability
+    from harness.run.evaluation import render_maps
 
     if has_capability(method, "views"):
         [(_, image, target)] = list(evaluation.views(method, split, [index]))
         return view_panel(image, target, None, background)
-    origins, directions = image_rays(split.cameras, index)
-    rgb, depth = [], []
-    with torch.no_grad():
-        for start in range(0, origins.shape[0], chunk):
-            out = method.render(origins[start:start + chunk], directions[start:start + chunk])
-            rgb.append(out["rgb"])
-            depth.append(out.get("depth", torch.full((out["rgb"].shape[0],), float("nan"))))
-    h, w = split.cameras.height, split.cameras.width
-    image = torch.cat(rgb).clamp(0, 1).reshape(h, w, 3).cpu().numpy().astype(np.float32)
-    return view_panel(image, split.images[index], torch.cat(depth).reshape(h, w).cpu().numpy(), background)
+    maps = render_maps(method, split, index, evaluation.chunk)
+    return view_panel(maps["rgb"], split.images[index], maps.get("depth"), background)

@@ -393,7 +393,7 @@ class Trainer:
         index = views[min(self.tracker.image_view, len(views) - 1)] if views else 0
         if index >= len(split):
             return
-        panel = view_image(method, split, index, evaluation.chunk, scene.background, evaluation)
+        panel = view_image(method, split, index, evaluation, scene.background)
         self.tracker.log_images(step, {f"view/{split_name}_{split.names[index]}": panel})
 
     def run(self, record: TrialRecord) -> dict:

@@ -13,23 +13,16 @@ from __future__ import annotations
 import gin
 
 from harness.core.errors import ConfigError
-from harness.run.config import NON_TRIAL_CONFIGURABLES
+from harness.run.config import NON_TRIAL_CONFIGURABLES, query
 from harness.run.identity import ROOTS, WATCHERS, configurables, parameters, references, resolve_macros
-
-
-def _query(selector: str, default):
-    try:
-        return resolve_macros(gin.query_parameter(selector))
-    except ValueError:
-        return default
 
 
 def reached() -> set[str]:
     """Names of the configurables the parsed config's trial calls."""
     registry = configurables()
     queue = [n for n in (*ROOTS, *WATCHERS) if n in registry]
-    if _query("load_scene.format", "blender") == "procedural":
-        queue.append(f"{_query('load_scene.path', '')}_scene")
+    if resolve_macros(query("load_scene.format", "blender")) == "procedural":
+        queue.append(f"{resolve_macros(query('load_scene.path', ''))}_scene")
     seen: set[str] = set()
     while queue:
         name = queue.pop()
