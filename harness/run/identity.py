@@ -29,6 +29,7 @@ from typing import Any
 import gin
 
 from harness.core.errors import ConfigError
+from harness.run import config as cfg
 from harness.run.config import NON_TRIAL_CONFIGURABLES
 
 ID_VERSION = 2
@@ -127,28 +128,32 @@ def references(value, registry: dict) -> list[str]:
     return []
 
 
+def reachable(start, registry: dict, skip=()) -> dict[str, dict]:
+    """{configurable: its parameters (parameters())} of `start` and of every configurable their
+    values reference (`@X`, `@X()`), transitively; names not registered and those in `skip` left out.
+    The identity (operative), the unused-binding check (harness/run/usage.py) and the positive
+    settings check (harness/run/sweep.py) all walk the config this way."""
+    queue, out = list(start), {}
+    while queue:
+        name = queue.pop(0)
+        if name in out or name in skip or name not in registry:
+            continue
+        out[name] = parameters(registry[name])
+        for value in out[name].values():
+            queue += references(value, registry)
+    return out
+
+
 def operative() -> dict[str, dict]:
     """{configurable: {parameter: canonical value}} of the parsed config (see the module docstring)."""
     registry = configurables()
-    queue = [n for n in (*ROOTS, *_bound_names(registry)) if n in registry]
-    try:
-        method = gin.query_parameter("Trainer.method")
-    except ValueError:
-        method = None
+    queue = [*ROOTS, *_bound_names(registry)]
+    method = cfg.query("Trainer.method", None)
     if isinstance(method, gin.config.ConfigurableReference):  # the method's package: all its configurables
         package = method.configurable.module.rsplit(".", 1)[0]
         queue += [n for n, c in registry.items() if c.module == package or c.module.startswith(package + ".")]
-    out, seen = {}, set()
-    while queue:
-        name = queue.pop(0)
-        if name in seen or name in WATCHERS:
-            continue
-        seen.add(name)
-        params = parameters(registry[name])
-        for value in params.values():
-            queue += references(value, registry)
-        out[name] = {k: canonical(v) for k, v in sorted(params.items())}
-    return dict(sorted(out.items()))
+    walked = reachable(queue, registry, skip=WATCHERS)
+    return {name: {k: canonical(v) for k, v in sorted(walked[name].items())} for name in sorted(walked)}
 
 
 def operative_modules() -> list[str]:

@@ -251,7 +251,7 @@ def check_method(reference) -> None:
         raise ConfigError(f"Trainer.method = {reference!r}: {problems[0]}")
 
 
-def check_positive_settings(reference, _seen: set | None = None) -> None:
+def check_positive_settings(reference) -> None:
     """A configurable may list settings that must be positive finite numbers (learning rates, batch
     sizes) in an optional class attribute `positive_settings`; check their operative values (Gin
     binding, else the signature's default) when the sweep expands, for the method and every part it
@@ -261,25 +261,17 @@ def check_positive_settings(reference, _seen: set | None = None) -> None:
     import inspect
     import math
 
-    from harness.run.identity import parameters, resolve_macros
+    from harness.run.identity import configurables, reachable, resolve_macros
 
-    seen = set() if _seen is None else _seen
-    name = reference.configurable.name
-    if name in seen:
-        return
-    seen.add(name)
-    params = parameters(reference.configurable)
-    for key in getattr(reference.configurable.wrapped, "positive_settings", ()):
-        value = resolve_macros(params.get(key))  # absent: a **kwargs setting left unbound
-        if value is None or value is inspect.Parameter.empty or isinstance(value, gin.config.ConfigurableReference):
-            continue  # optional (e.g. a translation lr defaulting to another), or computed by a call
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
-        if not ok:
-            raise ConfigError(f"{name}.{key} = {value!r}: expected a positive number")
-    for value in params.values():  # the parts the configurable is given (`@Part()`)
-        value = resolve_macros(value)
-        if isinstance(value, gin.config.ConfigurableReference):  # macros are resolved: a part
-            check_positive_settings(value, seen)
+    registry = configurables()
+    for name, params in reachable([reference.configurable.name], registry).items():
+        for key in getattr(registry[name].wrapped, "positive_settings", ()):
+            value = resolve_macros(params.get(key))  # absent: a **kwargs setting left unbound
+            if value is None or value is inspect.Parameter.empty or isinstance(value, gin.config.ConfigurableReference):
+                continue  # optional (e.g. a translation lr defaulting to another), or computed by a call
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+            if not ok:
+                raise ConfigError(f"{name}.{key} = {value!r}: expected a positive number")
 
 
 def trial_config(exp_file: Path, user_bindings: list[str], trial_lines: list[str]) -> str:

@@ -14,24 +14,15 @@ import gin
 
 from harness.core.errors import ConfigError
 from harness.run.config import NON_TRIAL_CONFIGURABLES, query
-from harness.run.identity import ROOTS, WATCHERS, configurables, parameters, references, resolve_macros
+from harness.run.identity import ROOTS, WATCHERS, configurables, reachable, resolve_macros
 
 
 def reached() -> set[str]:
     """Names of the configurables the parsed config's trial calls."""
-    registry = configurables()
-    queue = [n for n in (*ROOTS, *WATCHERS) if n in registry]
+    start = [*ROOTS, *WATCHERS]
     if resolve_macros(query("load_scene.format", "blender")) == "procedural":
-        queue.append(f"{resolve_macros(query('load_scene.path', ''))}_scene")
-    seen: set[str] = set()
-    while queue:
-        name = queue.pop()
-        if name in seen or name not in registry:
-            continue
-        seen.add(name)
-        for value in parameters(registry[name]).values():
-            queue += references(value, registry)
-    return seen
+        start.append(f"{resolve_macros(query('load_scene.path', ''))}_scene")
+    return set(reachable(start, configurables()))
 
 
 def unused() -> dict[str, str]:
