@@ -21,14 +21,16 @@ export HARNESS_LPIPS_WEIGHTS ?= $(abspath $(wildcard ../shared/data/lpips_weight
 
 CLUSTER_ARG := $(if $(CLUSTER),--cluster $(CLUSTER),)
 
-.PHONY: help sweep report status doctor cancel tensorboard test lint bench data clean install
+.PHONY: help sweep report status doctor cancel inspect profile tensorboard test lint bench data clean install
 
 help:
 	@echo "make sweep EXP=name [CLUSTER=local|debug|slurm] [ARGS=\"--bind 'X.y=1'\"]  run an experiment"
 	@echo "make report EXP=name[,other]   HTML report of the records in $(RUNS)/"
 	@echo "make status EXP=name           trials by state (with SLURM job state, node, failed trials' log tails)"
 	@echo "make doctor EXP=name|SCENE     data checks on the scenes an experiment uses (or a scene folder)"
+	@echo "make profile EXP=name [BATCH_SIZES=1024,4096,16384]  peak memory and step time per batch size (first trial)"
 	@echo "make cancel EXP=name           cancel the experiment's SLURM jobs, mark unfinished trials cancelled"
+	@echo "make inspect TRIAL=EXP/ID RAY=\"VIEW:X,Y ...\" [ARGS=\"--worst 5\"]  a trial's samples along pixels' rays (CSV, plot)"
 	@echo "make tensorboard EXP=name[,other]  TensorBoard over the trials, live (ARGS='--port N'; prints the URL)"
 	@echo "make test                      the test suite"
 	@echo "make lint                      ruff (all code) and mypy (harness/, reports/); rules in pyproject.toml"
@@ -56,6 +58,12 @@ status: $(DEPS)
 
 doctor: $(DEPS)
 	$(PYTHON) -m harness doctor $(EXP) $(ARGS)
+
+profile: $(DEPS)
+	$(PYTHON) -m harness profile $(EXP) --runs-dir $(RUNS) $(if $(BATCH_SIZES),--batch-sizes $(BATCH_SIZES),) $(ARGS)
+
+inspect: $(DEPS)
+	$(PYTHON) -m harness inspect $(TRIAL) --runs-dir $(RUNS) $(foreach r,$(RAY),--ray $(r)) $(ARGS)
 
 cancel: $(DEPS)
 	$(PYTHON) -m harness cancel $(EXP) --runs-dir $(RUNS) $(ARGS)

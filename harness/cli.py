@@ -25,6 +25,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 def cmd_sweep(args) -> int:
     from harness.run import sweep as sw
 
+    if args.dry_run and _search_dry_run(args):
+        return 0
     if args.dry_run:
         trials = sw.expand(args.experiment, args.bind, require_data=False)
         missing = sorted({str(t.identity["data"]["missing"]) for t in trials
@@ -47,7 +49,8 @@ def cmd_sweep(args) -> int:
 
     submitted = {k for k, v in outcome.items() if v.startswith(SUBMITTED)}
     queued = {k for k, v in outcome.items() if v.startswith(QUEUED_EARLIER)}
-    bad = {k: v for k, v in outcome.items() if v != "done" and k not in submitted | queued}
+    bad = {k: v for k, v in outcome.items()  # a search's pruned trials are results, not failures
+           if v != "done" and not v.startswith("pruned") and k not in submitted | queued}
     done = len(outcome) - len(bad) - len(submitted) - len(queued)
     print(f"{args.experiment}: {done} of {len(outcome)} trials done"
           + (f", {len(submitted)} submitted to SLURM" if submitted else "")
@@ -65,6 +68,28 @@ def cmd_sweep(args) -> int:
             print(f"compose {where}: {what}")
     print(f"records: {Path(args.runs_dir) / name}   report: make report EXP={name}")
     return 0 if not bad else 1
+
+
+def _search_dry_run(args) -> bool:
+    """`--dry-run` of an experiment with Sweep.search: its cells, studies, trials told and left."""
+    from harness.run.config import experiment_path
+    from harness.run.sweep import read_spec
+
+    spec = read_spec(experiment_path(args.experiment), list(args.bind))
+    if spec.get("search") is None:
+        return False
+    from harness.run.search import describe
+
+    info = describe(args.experiment, args.bind, spec, args.runs_dir)
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+        return True
+    print(info["search"])
+    for c in info["cells"]:
+        states = ", ".join(f"{n} {s}" for s, n in sorted(c["states"].items())) or "none asked yet"
+        best = f"; best {c['best']['value']:.4f} at {c['best']['params']}" if c["best"] else ""
+        print(f"cell {c['cell']}: study {c['study']}: {states}; {c['left']} left to ask{best}")
+    return True
 
 
 def cmd_compose(args) -> int:
@@ -168,6 +193,15 @@ def cmd_reproduce(args) -> int:
     for line in env:
         print(f"  {line}")
     return 0 if not result["metrics"] and not result["parameters"] else 1
+
+
+def cmd_inspect(args) -> int:
+    from harness.run.inspect import run_inspect
+
+    for line in run_inspect(args.trial, args.ray, worst=args.worst, view=args.view, checkpoint=args.checkpoint,
+                            out=args.out, runs_dir=args.runs_dir):
+        print(line)
+    return 0
 
 
 def cmd_report(args) -> int:
@@ -287,6 +321,17 @@ def _doctor_folder(path: Path, format: str | None) -> tuple:
     return str(path), doctor.describe(scene) if scene else "", findings, t1 - t0, time.perf_counter() - t1
 
 
+def cmd_profile(args) -> int:
+    """Memory and time of a training step and of a view render per batch size (harness/run/profile.py)."""
+    from harness.run import profile
+
+    result = profile.profile(args.experiment, profile.parse_batch_sizes(args.batch_sizes), steps=args.steps,
+                             warmup=args.warmup, bindings=args.bind, runs_dir=args.runs_dir, trained=args.trained,
+                             timeout=args.timeout)
+    print(json.dumps(result, indent=2) if args.json else profile.table(result))
+    return 1 if profile.failed(result) else 0
+
+
 def cmd_data(args) -> int:
     from harness.core.data.fetch import link_shared
     from harness.core.data.manifest import MANIFEST_PATH, get_entry, install, list_lines, load_manifest
@@ -362,6 +407,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="scratch folder (default: <runs-dir>/<exp>/.reproduce/<id>-<time>)")
     p.set_defaults(func=cmd_reproduce)
 
+    p = sub.add_parser("inspect", help="a trained trial's samples along single rays (density, colour, "
+                                       "weights per sample): CSV, plot and a summary line per ray")
+    p.add_argument("trial", help="a trial folder, or EXP/ID (an id prefix will do) under --runs-dir")
+    p.add_argument("--ray", action="append", default=[], metavar="VIEW:X,Y",
+                   help="test view (index or name) and pixel (column,row), e.g. 0:50,40 (repeatable)")
+    p.add_argument("--worst", type=int, default=0, metavar="N",
+                   help="also the N pixels of --view with the largest squared RGB error")
+    p.add_argument("--view", help="with --worst: the test view (index or name; default 0)")
+    p.add_argument("--checkpoint", choices=("best", "latest"),
+                   help="which state (default: the best if the trial saved one, else the latest)")
+    p.add_argument("--out", type=Path, help="output folder (default: <runs-dir>/<exp>/.inspect/<id>)")
+    p.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS_DIR, help="where trial records live (default: runs/)")
+    p.set_defaults(func=cmd_inspect)
+
     p = sub.add_parser("report", help="build the HTML report of one or more experiments")
     p.add_argument("experiment", help="experiment name(s), comma-separated")
     _add_common(p)
@@ -404,6 +463,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="experiment: extra Gin binding (repeatable)")
     p.set_defaults(func=cmd_doctor)
 
+    p = sub.add_parser("profile", help="peak memory and time of a training step and of rendering a view, per batch "
+                                       "size, for the experiment's first trial (each in a fresh process; writes "
+                                       "nothing)")
+    p.add_argument("experiment", help="name of experiments/<name>.gin (or a path to a .gin file)")
+    _add_common(p)
+    p.add_argument("--batch-sizes", default="1024,4096,16384", help="rays per step, comma-separated "
+                                                                    "(default: 1024,4096,16384)")
+    p.add_argument("--steps", type=int, default=5, help="timed training steps per batch size (default: 5)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps before them (default: 2)")
+    p.add_argument("--trained", action="store_true",
+                   help="start from the trial's latest checkpoint under --runs-dir (its trained size), "
+                        "not from the model as built")
+    p.add_argument("--timeout", type=float, help="seconds per batch size before its row says so (default: none)")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON instead of the table")
+    p.set_defaults(func=cmd_profile)
+
     p = sub.add_parser("tensorboard", help="serve TensorBoard over experiments' trials (runs named by their "
                                            "swept bindings); prints the URL")
     p.add_argument("experiment", help="experiment name(s), comma-separated")
@@ -426,7 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # the commands that parse experiments (the others read records, images or the data manifest)
-GIN_COMMANDS = (cmd_sweep, cmd_compose, cmd_reproduce, cmd_scene, cmd_doctor)
+GIN_COMMANDS = (cmd_sweep, cmd_compose, cmd_reproduce, cmd_scene, cmd_doctor, cmd_inspect, cmd_profile)
 
 
 def main(argv: list[str] | None = None) -> int:

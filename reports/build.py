@@ -22,6 +22,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 from harness.core.paths import PROJECT_ROOT
 from harness.core.records import atomic_write_bytes, now_iso
 from reports import aggregate, bench, collect, figures, images, provenance, tables
+from reports import search as search_report
 
 log = logging.getLogger(__name__)
 TEMPLATES = Path(__file__).parent / "templates"
@@ -208,6 +209,7 @@ def build_report(experiments: list[str], runs_dir: Path, out_dir: Path | None = 
                                         metrics[0] if metrics else None)
         paths = default_bench_paths() if bench_paths is None else list(bench_paths)
         bench_section = bench.section(paths, assets) if paths else None
+        searches = search_report.section(runs_dir, experiments, assets)  # Sweep.search studies, if any
         all_axes = col.all_axes
         env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html", "j2"]),
                           undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
@@ -218,7 +220,7 @@ def build_report(experiments: list[str], runs_dir: Path, out_dir: Path | None = 
             overview=provenance.overview(trials, col.sweeps), code=provenance.code_versions(trials),
             results=_results_rows(summary, metrics), baseline=base,
             diffs=_diff_rows(diffs, metrics), ranking=aggregate.ranking(summary, metrics),
-            composed=_composed_section(composed),
+            composed=_composed_section(composed), search=searches,
             seams=[x for e in experiments for x in collect.collect_seam(runs_dir, e)],
             n_scenes=trials["scene"].nunique(), figures=figs, grids=grids, bench=bench_section,
             variants=provenance.per_variant(trials, col.configs), unfinished=provenance.unfinished(trials),
@@ -237,6 +239,8 @@ def build_report(experiments: list[str], runs_dir: Path, out_dir: Path | None = 
     tables.write_csv(out_dir / "summary.csv", summary.drop(columns=["states"]))
     if len(composed):
         tables.write_csv(out_dir / "composed.csv", composed)
+    if searches:
+        tables.write_csv(out_dir / "search.csv", pd.concat([s["frame"] for s in searches["studies"]]))
     if len(diffs):
         tables.write_csv(out_dir / "differences.csv", diffs.assign(baseline=base))
     atomic_write_bytes(out_dir / "results.tex", tables.latex_results(summary, metrics).encode())

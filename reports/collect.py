@@ -200,7 +200,7 @@ def _trial_row(d: Path, experiment: str, current: dict, status: dict, metrics: d
            "state": status.get("state", "unknown"),
            "label": binding_label(bindings) if d.name in current else status.get("label", ""),
            "attempts": status.get("attempts", 0), "current": (d.name in current) if current else True,
-           "error": status.get("error"), "host": status.get("host"),
+           "error": status.get("error"), "divergence": status.get("divergence"), "host": status.get("host"),
            "gpu": status.get("gpu") or status.get("device") or metrics.get("gpu") or metrics.get("device"),
            "git_commit": status.get("git_commit"), "created": status.get("created"),
            "code": _code_version(status), "code_stale": _code_stale(status),

@@ -217,7 +217,9 @@ def per_view(views: pd.DataFrame, metric: str, out_dir: Path) -> Figure | None:
 
 CURVE_META = ("key", "step", "time", "variant", "scene", "seed")
 LR_PREFIX = "lr/"
-NOT_TERMS = ("lr/", "grad_norm", "model/", "val_")  # train.jsonl columns that are not the training log's terms
+GRAD_PREFIX = "grad/"  # gradient health, grad/<group>/<statistic> (harness/run/gradients.py)
+# train.jsonl columns that are not the training log's terms
+NOT_TERMS = ("lr/", "grad_norm", GRAD_PREFIX, "model/", "val_")
 
 
 def curve_columns(curves: pd.DataFrame) -> tuple[list[str], list[str]]:
@@ -231,13 +233,17 @@ def curve_columns(curves: pd.DataFrame) -> tuple[list[str], list[str]]:
 
 
 def training_curves(curves: pd.DataFrame, out_dir: Path) -> list[Figure]:
-    """Every term of the training log (the total loss, each loss term, validation scores) and every
-    learning rate against step, mean over seeds per variant: two figures, a panel per value."""
+    """Every term of the training log (the total loss, each loss term, validation scores), every
+    learning rate and every parameter group's gradient norm against step, mean over seeds per variant:
+    up to three figures, a panel per value."""
     if curves.empty or "step" not in curves:
         return []
     terms, rates = curve_columns(curves)
+    norms = sorted(c for c in curves.columns if c.startswith(GRAD_PREFIX) and c.endswith("/norm")
+                   and curves[c].notna().any())
     figs = [_curve_grid(curves, terms, out_dir, "training_curves", "training curves"),
-            _curve_grid(curves, rates, out_dir, "learning_rates", "learning rates")]
+            _curve_grid(curves, rates, out_dir, "learning_rates", "learning rates"),
+            _curve_grid(curves, norms, out_dir, "gradient_norms", "gradient norms")]
     return [f for f in figs if f is not None]
 
 

@@ -73,8 +73,22 @@ def unfinished(trials: pd.DataFrame) -> list[dict]:
                      "when": next((t for t in (r["finished"], r["updated"], r["started"], r["created"])
                                    if isinstance(t, str) and t), "–"),
                      "host": r["host"] if isinstance(r["host"], str) and r["host"] else "–",
-                     "what": (what or "–").splitlines()[0][:300]})
+                     "what": (what or "–").splitlines()[0][:300], "detail": divergence_detail(r.get("divergence"))})
     return rows
+
+
+def divergence_detail(diagnosis) -> str:
+    """A diverged trial's last healthy gradient statistics (harness/run/gradients.py), one phrase per
+    parameter group: what a reader compares with the group the error names."""
+    healthy = diagnosis.get("last_healthy") if isinstance(diagnosis, dict) else None
+    if not healthy or not healthy.get("stats"):
+        return ""
+    parts = []
+    for group, s in healthy["stats"].items():
+        facts = [f"grad norm {s['norm']:.3g}, max |g| {s['max']:.3g}" if "norm" in s else "",
+                 f"max |value| {s['value_max']:.3g}" if "value_max" in s else ""]
+        parts.append(f"{group}: " + ", ".join(f for f in facts if f))
+    return f"last healthy statistics (step {healthy.get('step')}): " + "; ".join(parts)
 
 
 def protocols(trials: pd.DataFrame) -> list[str]:

@@ -192,6 +192,17 @@ def test_resume_from_state_dict_is_bit_identical(optimizer):
     assert torch.equal(resumed.render(o, d)["rgb"], full.render(o, d)["rgb"])
 
 
+def test_prune_and_upsample_on_the_same_step():
+    """Pruned by the weights the current grid tracked, then upsampled (it crashed: the tracked weights
+    were of the grid before the upsampling)."""
+    m = Plenoxels(synthetic_scene(), 0, resolution=32, upsample_steps=(3,), prune_steps=(3,), batch_size=512)
+    for s in range(3):
+        m.train_step(s, random_batch(s))
+    losses = m.train_step(3, random_batch(3))
+    assert m.grid.resolution == (32, 32, 32) and (m.n_pruned, m.n_upsampled) == (1, 1)
+    assert m.max_weight.shape == (m.grid.n_rows,) and math.isfinite(losses["loss"])
+
+
 def test_seed_changes_tv_draws_only():
     a, b = _small(seed=0), _small(seed=1)
     for s in range(3):

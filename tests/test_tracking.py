@@ -105,14 +105,14 @@ def test_tracking_never_changes_what_a_plenoxels_trial_computes(tmp_path):
                        "Evaluation.metrics = ('psnr',)\n"
                        f"Tracker.backends = {backends}\nTracker.scalar_every = 1\nTracker.image_every = {images}\n"
                        "Trainer.validate_every = 10\nTrainer.checkpoint_every = 10\nTrainer.collapse_psnr = None\n"
-                       "Trainer.min_loss_drop = None\n")
+                       "Trainer.min_loss_drop = None\nGradientHealth.every = 5\n")
         trial = Trial(exp, tmp_path / f"runs{len(results)}")
         trial.run_here()
         _, payload = checkpoints.load_latest(trial.dir / "checkpoints")
         results.append((trial.metrics()["psnr"], trial.log_rows(), payload["method"]["grid"]))
         if images:
             acc = _events(trial.dir)
-            assert {"lr/density", "lr/sh", "grad_norm/density", "grad_norm/sh", "model/voxels",
+            assert {"lr/density", "lr/sh", "grad/density/norm", "grad/sh/zeros", "model/voxels",
                     "model/occupied_fraction"} <= set(acc.Tags()["scalars"])
             assert len(acc.Images(acc.Tags()["images"][0])) == 4
             assert acc.Images(acc.Tags()["images"][0])[0].width == 4 * 100  # with depth
@@ -370,7 +370,7 @@ def test_report_plots_every_logged_term_and_every_learning_rate(tmp_path):
     from reports import figures
 
     rows = [{"key": k, "step": s, "time": 0.1 * s, "loss": 1 / s, "mse": 0.9 / s, "tv_density": 0.1 / s,
-             "samples_per_ray": 3.0, "lr/density": 3.0 / s, "lr/sh": 0.05 / s, "grad_norm/density": 1.0,
+             "samples_per_ray": 3.0, "lr/density": 3.0 / s, "lr/sh": 0.05 / s, "grad/density/norm": 1.0 / s,
              "model/voxels": 1e4, "variant": v, "scene": "lego", "seed": 0}
             for k, v in (("a", "TVLoss.weight_density=0"), ("b", "TVLoss.weight_density=1e-4")) for s in (10, 20, 30)]
     rows.append({"key": "a", "step": 30, "time": 3.0, "val_psnr": 25.0, "variant": "TVLoss.weight_density=0",
@@ -380,5 +380,5 @@ def test_report_plots_every_logged_term_and_every_learning_rate(tmp_path):
     terms, rates = figures.curve_columns(curves)
     assert terms == ["loss", "mse", "samples_per_ray", "tv_density", "val_psnr"] and rates == ["lr/density", "lr/sh"]
     made = figures.training_curves(curves, tmp_path)
-    assert [f.name for f in made] == ["training_curves", "learning_rates"]
+    assert [f.name for f in made] == ["training_curves", "learning_rates", "gradient_norms"]
     assert all((tmp_path / f.png).stat().st_size > 10_000 for f in made)

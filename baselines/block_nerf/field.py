@@ -36,7 +36,7 @@ class BlockField(nn.Module):
         rgb = self.mlp.colour_of(feat, directions, appearance, exposure)
         weights, trans = composite(density, edges)
         out = {"rgb": (weights[..., None] * rgb).sum(1), "weights": weights, "trans": trans, "edges": edges,
-               "density": density}
+               "density": density, "sample_rgb": rgb}  # per-sample colours: harness inspect shows them
         if want_visibility and self.visibility is not None:
             out["visibility"] = self.visibility(mean.detach(), var.detach(), directions)
         return out

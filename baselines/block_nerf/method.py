@@ -26,7 +26,7 @@ from baselines.block_nerf.training import ComponentOptimisers, autocast
 from harness.core.data.rays import image_rays, rays_for_pixels
 from harness.core.data.scene import Scene, Split
 from harness.core.errors import ConfigError
-from harness.core.method import pick_device
+from harness.core.method import pick_device, tensor_bytes
 
 log = logging.getLogger(__name__)
 POSE_GROUPS = ("image", "sequence")  # one pose offset per training image, or per capture sequence (drive)
@@ -66,7 +66,8 @@ class BlockNeRF:
 
     # checked when the sweep expands (harness.run.sweep.check_positive_settings), with those of the parts
     positive_settings = ("batch_size",)
-    capabilities = ("own_scene", "views", "device", "telemetry")  # harness.core.method.CAPABILITIES
+    # harness.core.method.CAPABILITIES
+    capabilities = ("own_scene", "views", "device", "telemetry", "gradients", "samples", "memory")
 
     def __init__(self, scene: Scene, seed: int, *, block: int = 0, partition: BlockPartition | None = None,
                  batch_size: int = 1024, render_chunk: int = 4096, device: str = "auto",
@@ -130,6 +131,7 @@ class BlockNeRF:
         self.visibility_weight = visibility.weight if visibility is not None else 0.0
         self.coarse_loss_weight = field.coarse_loss_weight
         self.opt = self._optimizers(optimization, mlp, vis, n_codes)
+        self.gradient_hook = None  # set by the harness (harness/run/gradients.py): sees each step's gradients
         self.mixed = optimization.mixed_precision and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda") if self.mixed else None
         self.train_exposure = torch.as_tensor(tr.exposure if tr.exposure is not None else np.ones(len(tr)),
@@ -244,7 +246,9 @@ class BlockNeRF:
                 losses["pose_reg"] = float(reg.detach())
         self.opt.zero_grad()
         (self.scaler.scale(loss) if self.scaler else loss).backward()
-        grad = self.opt.step(step, self.scaler)
+        hook = self.gradient_hook
+        seen = None if hook is None else (lambda grads: hook(step, loss, grads, scaled=self.scaler is not None))
+        grad = self.opt.step(step, self.scaler, before_update=seen)
         losses["loss"] = float(loss.detach())
         if grad:
             losses["grad_norm"] = grad
@@ -263,6 +267,13 @@ class BlockNeRF:
                 outs.append((fine["rgb"].float().cpu(), depth.cpu(), acc.cpu()))
         rgb, depth, acc = (torch.cat(x) for x in zip(*outs))
         return {"rgb": rgb.clamp(0, 1), "depth": depth, "acc": acc}
+
+    def ray_samples(self, origins: torch.Tensor, directions: torch.Tensor, view=None) -> dict:
+        """The coarse and fine samples render() composites (harness.core.method.SamplesProtocol), under
+        `self.view`, or with view=(split, i) under that view's scored conditioning (view_condition)."""
+        from baselines.block_nerf.inspect import ray_samples
+
+        return ray_samples(self, origins, directions, view)
 
     # ---- view protocol (harness.core.method.ViewProtocol: the harness renders test views through it) --
     def view_condition(self, split: Split, i: int) -> tuple[torch.Tensor | None, float]:
@@ -427,9 +438,13 @@ class BlockNeRF:
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
 
+    def parameter_groups(self) -> dict[str, list[torch.Tensor]]:
+        """The trained tensors by optimiser component (mlp, appearance, visibility, pose...)."""
+        return {k: list(ps) for k, ps in self.opt.params.items()}
+
     def telemetry(self) -> dict[str, float]:
-        """Learning rate and gradient norm per component (mlp, appearance, visibility, pose) of the last
-        step, and the block's facts: its index, training images and radius."""
+        """Learning rate per component (mlp, appearance, visibility, pose) of the last step, and the
+        block's facts: its index, training images and radius."""
         return {**self.opt.telemetry(), "model/block": float(self.block_index),
                 "model/train_images": float(len(self.train_index)), "model/block_radius": float(self.block.radius)}
 
@@ -440,3 +455,14 @@ class BlockNeRF:
                 "params_pose": 0 if self.pose is None else param_count(self.pose),
                 "block": self.block_index, "train_images": int(len(self.train_index)),
                 "device": str(self.device), "mixed_precision": self.mixed}
+
+    def memory_components(self) -> dict[str, int]:
+        """Bytes of the persistent state by part ('memory' capability): the MLP, the visibility MLP, the
+        appearance codes and pose offsets (when used), the optimisers' moments, and the gradients the last
+        step left (cleared only by the next step)."""
+        parts = {"mlp": self.field.mlp, "visibility": self.field.visibility, "appearance_codes": self.codes,
+                 "pose": self.pose}
+        out = {k: tensor_bytes(v) for k, v in parts.items() if v is not None}
+        out["optimizer"] = tensor_bytes([o.state for o in self.opt.opts.values()])
+        out["gradients"] = tensor_bytes([p.grad for ps in self.opt.params.values() for p in ps])
+        return out

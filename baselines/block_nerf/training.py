@@ -67,8 +67,9 @@ class ComponentOptimisers:
         for o in self.opts.values():
             o.zero_grad(set_to_none=True)
 
-    def step(self, step: int, scaler=None) -> float:
-        """Set learning rates for `step`, clip (per component), step; returns the largest grad norm."""
+    def step(self, step: int, scaler=None, before_update=None) -> float:
+        """Set learning rates for `step`, clip (per component), step; returns the largest grad norm.
+        `before_update({component: [gradients]})` sees the gradients unscaled and not yet clipped."""
         factor = self.schedule.factor(step)
         worst = 0.0
         for k, o in self.opts.items():
@@ -76,6 +77,9 @@ class ComponentOptimisers:
                 g["lr"] = self.base[k] * factor
             if scaler is not None:
                 scaler.unscale_(o)
+        if before_update is not None:
+            before_update({k: [p.grad for p in ps if p.grad is not None] for k, ps in self.params.items()})
+        for k, o in self.opts.items():
             if self.clip_norm > 0:
                 worst = max(worst, float(torch.nn.utils.clip_grad_norm_(self.params[k], self.clip_norm)))
             if scaler is not None:
@@ -87,15 +91,8 @@ class ComponentOptimisers:
         return worst
 
     def telemetry(self) -> dict[str, float]:
-        """Per component: the learning rate last set, and the norm of the gradients left by the
-        last step (after unscaling and clipping)."""
-        out = {}
-        for k, o in self.opts.items():
-            out[f"lr/{k}"] = float(o.param_groups[0]["lr"])
-            grads = [p.grad for p in self.params[k] if p.grad is not None]
-            if grads:
-                out[f"grad_norm/{k}"] = float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))
-        return out
+        """Per component: the learning rate last set."""
+        return {f"lr/{k}": float(o.param_groups[0]["lr"]) for k, o in self.opts.items()}
 
     def state_dict(self) -> dict:
         return {k: o.state_dict() for k, o in self.opts.items()}

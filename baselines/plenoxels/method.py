@@ -25,7 +25,7 @@ from baselines.plenoxels.grid import SparseGrid
 from baselines.plenoxels.losses import Reconstruction, Smoothness, Sparsity, TVLoss, mse
 from baselines.plenoxels.optim import GridOptimizer, lr_factor
 from baselines.plenoxels.sampling import Occupancy, sample_rays
-from harness.core.method import pick_device
+from harness.core.method import pick_device, tensor_bytes
 from kernels.grid import as_resolution, interpolate
 from kernels.render import composite, early_termination
 from kernels.sh import check_degree, num_coeffs, sh_basis
@@ -60,7 +60,9 @@ class Plenoxels:
 
     # checked when the sweep expands (harness.run.sweep.check_positive_settings)
     positive_settings = ("lr_density", "lr_sh", "lr_background", "batch_size", "lr_decay_steps")
-    capabilities = ("patches", "device", "telemetry")  # harness.core.method.CAPABILITIES
+    capabilities = ("patches", "device", "telemetry", "gradients", "samples",
+                    "memory")  # harness.core.method.CAPABILITIES
+    GROUPS = ("density", "sh", "background")  # optimiser groups, in the order train_step differentiates them
 
     def __init__(self, scene, seed: int, *, resolution=128, upsample_steps=(400, 1500),
                  sh_degree: int = 2, batch_size: int = 4096, optimizer: str = "rmsprop",
@@ -136,7 +138,8 @@ class Plenoxels:
         self.optim = GridOptimizer(optimizer, {"density": lr_density, "sh": lr_sh,
                                                "background": lr_background}, beta2=rms_beta)
         self.timing = {"train_rays": 0, "train_s": 0.0, "render_rays": 0, "render_s": 0.0}
-        self.last: dict | None = None  # the last step and its gradients, for telemetry()
+        self.last_step: int | None = None  # the last step trained, for telemetry()
+        self.gradient_hook = None  # set by the harness (harness/run/gradients.py): sees each step's gradients
         self.max_weight = torch.zeros(self.grid.n_rows, device=self.device)  # per row, since last resample
         self.n_upsampled = self.n_pruned = 0
         self.refresh_occupancy(step=0)
@@ -175,18 +178,22 @@ class Plenoxels:
         """Upsample / prune when their steps are reached, refresh occupancy every
         occupancy_every steps; all depend only on (state, step), so resumed runs repeat them."""
         changed = False
-        while self.n_upsampled < len(self.upsample_steps) and step >= self.upsample_steps[self.n_upsampled]:
-            self.grid = self.grid.upsampled(tuple(2 * r for r in self.grid.resolution), self._keep())
-            self.optim.reset()
-            self.n_upsampled, changed = self.n_upsampled + 1, True
-            log.info("step %d: upsampled to %s, %d voxels allocated", step, "x".join(map(str, self.grid.resolution)),
-                     self.grid.n_rows)
+        # pruning first: when both fall on one step, the weights tracked so far are of the current grid's
+        # rows (an upsampled grid has seen none), and they follow the rows the prune keeps
         while self.n_pruned < len(self.prune_steps) and step >= self.prune_steps[self.n_pruned]:
             before = self.grid.n_rows
             self.grid, kept = self.grid.pruned(self._keep())
             self.optim.select_rows(kept)
+            self.max_weight = self.max_weight[kept]
             self.n_pruned, changed = self.n_pruned + 1, True
             log.info("step %d: pruned %d -> %d voxels", step, before, self.grid.n_rows)
+        while self.n_upsampled < len(self.upsample_steps) and step >= self.upsample_steps[self.n_upsampled]:
+            self.grid = self.grid.upsampled(tuple(2 * r for r in self.grid.resolution), self._keep())
+            self.optim.reset()
+            self.max_weight = torch.zeros(self.grid.n_rows, device=self.device)  # of the new rows: none seen
+            self.n_upsampled, changed = self.n_upsampled + 1, True
+            log.info("step %d: upsampled to %s, %d voxels allocated", step, "x".join(map(str, self.grid.resolution)),
+                     self.grid.n_rows)
         if changed:
             self.max_weight = torch.zeros(self.grid.n_rows, device=self.device)
         if changed or step >= self.occupancy_step + self.occupancy_every:
@@ -271,6 +278,12 @@ class Plenoxels:
             return {"rgb": torch.zeros(0, 3), "depth": torch.zeros(0), "acc": torch.zeros(0)}
         return {k: torch.cat([o[k] for o in outs]) for k in ("rgb", "depth", "acc")}
 
+    def ray_samples(self, origins: torch.Tensor, directions: torch.Tensor, view=None) -> dict:
+        """The samples render() composites (harness.core.method.SamplesProtocol); every view alike."""
+        from baselines.plenoxels.inspect import ray_samples
+
+        return ray_samples(self, origins, directions)
+
     # ---- training --------------------------------------------------------------------------
     def _draws(self, step: int) -> dict[str, tuple]:
         """Random voxel draws of the grid regularisers for this step (a pure function of seed and
@@ -322,6 +335,8 @@ class Plenoxels:
         total = sum(losses.values())
         params = [density, sh] + ([bg_logit] if self.background_mode == "learned" else [])
         grads = torch.autograd.grad(total, params, allow_unused=True)
+        if self.gradient_hook is not None:  # before the update: a divergence leaves the grid as it was
+            self.gradient_hook(step, total, {g: [x] for g, x in zip(self.GROUPS, grads)})
         self._update(step, grads, d_rows, s_rows)
         self._track_weights(out["weights"].detach(), rows, weight)
         result = {k: float(v.detach()) for k, v in losses.items()}
@@ -340,8 +355,7 @@ class Plenoxels:
 
     def _update(self, step: int, grads, d_rows, s_rows) -> None:
         scales = self._lr_scales(step)
-        # kept for telemetry(): the step's gradients, of the touched rows only (no copy)
-        self.last = {"step": step, "grads": dict(zip(("density", "sh", "background"), grads))}
+        self.last_step = step
         if grads[0] is not None:
             self.optim.step("density", self.grid.density, d_rows, grads[0], scales["density"])
         if grads[1] is not None:
@@ -350,17 +364,21 @@ class Plenoxels:
             zero = torch.zeros(1, dtype=torch.long, device=self.device)
             self.optim.step("background", self.background_logit, zero, grads[2], scales["background"])
 
+    def parameter_groups(self) -> dict[str, list[torch.Tensor]]:
+        """The trained tensors by optimiser group (the gradients the hook sees are of the rows a step
+        touched: density and SH rows, the background logit when it is learned)."""
+        groups = {"density": [self.grid.density], "sh": [self.grid.sh]}
+        if self.background_mode == "learned":
+            groups["background"] = [self.background_logit]
+        return groups
+
     def telemetry(self) -> dict[str, float]:
-        """The last training step's learning rate and gradient norm per group (over the rows it
-        touched), and the grid: allocated voxels, resolution, occupied fraction of the cells."""
-        last = self.last
-        if last is None:
+        """The last training step's learning rate per group, and the grid: allocated voxels,
+        resolution, occupied fraction of the cells."""
+        if self.last_step is None:
             return {}
-        scales = self._lr_scales(last["step"])
-        groups = ("density", "sh") + (("background",) if self.background_mode == "learned" else ())
-        out = {f"lr/{g}": self.optim.lrs[g] * scales[g] for g in groups}
-        out.update({f"grad_norm/{g}": float(last["grads"][g].norm()) for g in groups
-                    if last["grads"].get(g) is not None})
+        scales = self._lr_scales(self.last_step)
+        out = {f"lr/{g}": self.optim.lrs[g] * scales[g] for g in self.parameter_groups()}
         out.update({"model/voxels": float(self.grid.n_rows), "model/resolution": float(max(self.grid.resolution)),
                     "model/occupied_fraction": float(self.occupancy.fine.float().mean())})
         return out
@@ -420,3 +438,12 @@ class Plenoxels:
         if tm["render_s"] > 0:
             out["render_rays_per_s"] = tm["render_rays"] / tm["render_s"]
         return out
+
+    def memory_components(self) -> dict[str, int]:
+        """Bytes of the persistent state by part ('memory' capability): the grid (density and SH rows,
+        links, row voxels, background logit), the occupancy structure, the optimiser's moments, and the
+        per-row maximum rendering weight kept for pruning."""
+        g, occ = self.grid, self.occupancy
+        return {"grid": tensor_bytes(g.density, g.sh, g.links, g.voxels, self.background_logit),
+                "occupancy": tensor_bytes(occ.fine, occ.coarse, occ.box_min, occ.box_max),
+                "optimizer": tensor_bytes(self.optim.state), "prune_weights": tensor_bytes(self.max_weight)}

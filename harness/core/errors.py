@@ -30,3 +30,4 @@ class TrialDiverged(HarnessError):
     """Training produced NaN/Inf; the trial stops as `diverged`."""
 
     step: int | None = None  # the iteration (as in train.jsonl and step_N.pt) at which it was detected
+    diagnosis: dict | None = None  # which parameter group went first (harness/run/gradients.py), when watched

@@ -56,6 +56,19 @@ class ViewProtocol(Protocol):
         view scored, also facts about the trained model such as its block and poses)."""
 
 
+@runtime_checkable
+class SamplesProtocol(Protocol):
+    """Optional ('samples'): what a method's render does along each ray, for `harness inspect`."""
+
+    def ray_samples(self, origins: torch.Tensor, directions: torch.Tensor, view=None) -> dict:
+        """The samples render() composites for these rays, from its own sampling and compositing code:
+        'passes' {name: {'ray' (S,) long, 't', 'delta', 'sigma', 'alpha', 'transmittance' (before the
+        sample), 'weight' (S,), 'rgb' (S, 3)}} (by ray, then by t), 'final' (the pass whose composite is
+        the pixel), 'rgb' (M, 3) and 'acc' (M,) as render() returns them, 'background' (3,) or None (what
+        1 - acc is blended with). With view=(split, i): under the conditioning of the method's scored
+        render of that view ('views' methods), described in 'conditioning' (a str)."""
+
+
 # Optional capabilities: a method names the ones it has in a class attribute `capabilities`; the harness
 # uses a capability only when it is declared, and checks the declaration (`method_problems`) when the
 # sweep expands (members defined on the class) and when the method is built (instance attributes).
@@ -65,8 +78,18 @@ CAPABILITIES: dict[str, tuple[str, ...]] = {
     "device": ("device",),  # computes on this torch.device: recorded as the trial's device
     "views": ("render_view", "scored_part", "evaluation_record"),  # its own test-view protocol (ViewProtocol)
     # telemetry() -> {name: float} about the last training step, for logs and live tracking: learning
-    # rates 'lr/<group>', gradient norms 'grad_norm/<group>', model facts 'model/<fact>' (voxels, ...)
+    # rates 'lr/<group>', model facts 'model/<fact>' (voxels, ...); gradients are the 'gradients' capability's
     "telemetry": ("telemetry",),
+    # gradient health (harness/run/gradients.py): parameter_groups() -> {group: [parameter tensors]};
+    # gradient_hook, an attribute the harness sets (None otherwise), which train_step calls between
+    # backward and the update as gradient_hook(step, loss, {group: [gradients]}, scaled=...), with the
+    # gradients the optimiser will apply (unscaled, before clipping; `scaled`: a loss scaler skips
+    # non-finite steps); it may raise TrialDiverged, before anything is updated
+    "gradients": ("parameter_groups", "gradient_hook"),
+    "samples": ("ray_samples",),  # the samples its render composites, per ray (SamplesProtocol): harness inspect
+    # memory_components() -> {part: bytes} of its persistent state (grid, optimiser state, ...; count them
+    # with tensor_bytes), for the memory profile and the trial record (harness/run/memory.py)
+    "memory": ("memory_components",),
 }
 REQUIRED = ("train_step", "render", "state_dict", "load_state_dict", "stats")
 
@@ -103,7 +126,30 @@ def method_problems(method) -> list[str]:
 
 
 # defined on the class; the other members are set in __init__
-_CLASS_MEMBERS = {*CAPABILITIES["views"], *CAPABILITIES["telemetry"]}
+_CLASS_MEMBERS = {*CAPABILITIES["views"], *CAPABILITIES["telemetry"], "parameter_groups", "ray_samples",
+                  "memory_components"}
+
+
+def tensor_bytes(*objs) -> int:
+    """Bytes (numel * element_size) of the tensors in `objs`: tensors, modules (parameters and buffers),
+    dicts (values), lists, tuples and sets, nested; each tensor counted once, anything else ignored.
+    For a method's memory_components ('memory' capability)."""
+    seen: set[int] = set()
+    total, stack = 0, list(objs)
+    while stack:
+        obj = stack.pop()
+        if isinstance(obj, torch.Tensor):
+            if id(obj) not in seen:
+                seen.add(id(obj))
+                total += obj.numel() * obj.element_size()
+        elif isinstance(obj, torch.nn.Module):
+            stack.extend(obj.parameters())
+            stack.extend(obj.buffers())
+        elif isinstance(obj, dict):
+            stack.extend(obj.values())
+        elif isinstance(obj, (list, tuple, set)):
+            stack.extend(obj)
+    return total
 
 
 DEVICES = ("auto", "cpu", "cuda")

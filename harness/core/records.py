@@ -28,18 +28,20 @@ log = logging.getLogger(__name__)
 
 TEMP_SUFFIX = ".tmp"  # atomic writes go through .<name>.<random>.tmp in the same folder
 # `collapsed`: training ended with finite numbers but learned nothing (harness.run.trial.Trainer's end
-# checks); final like `diverged`, with metrics.json kept.
-STATES = ("pending", "running", "done", "failed", "diverged", "collapsed", "preempted", "cancelled")
+# checks); final like `diverged`, with metrics.json kept. `pruned`: a search's early stopping ended it at a
+# rung (harness/run/pruning.py), its checkpoint at that step kept (`pruned_at`, `pruned_value` in status.json).
+STATES = ("pending", "running", "done", "failed", "diverged", "collapsed", "pruned", "preempted", "cancelled")
 # States no job moves on from by itself; all but `done` are re-run only on request (--retry-failed).
-FINAL_STATES = ("done", "failed", "diverged", "collapsed", "cancelled")
+FINAL_STATES = ("done", "failed", "diverged", "collapsed", "pruned", "cancelled")
 # Allowed status transitions; anything else is a bug in the caller.
 TRANSITIONS = {
     "pending": {"running", "failed", "cancelled"},
-    "running": {"running", "done", "failed", "diverged", "collapsed", "preempted", "cancelled"},
+    "running": {"running", "done", "failed", "diverged", "collapsed", "pruned", "preempted", "cancelled"},
     "preempted": {"running", "failed", "cancelled"},
     "failed": {"running", "cancelled"},
     "diverged": {"running", "cancelled"},
     "collapsed": {"running", "cancelled"},
+    "pruned": {"running", "cancelled"},  # running: a search without that pruner resumes it from its rung
     "cancelled": {"running"},
     "done": {"running"},  # only when a re-run is explicitly asked for
 }
@@ -230,7 +232,9 @@ class TrialRecord:
                                 pid=os.getpid(), **fields)
         status["attempts"] = int(status.get("attempts", 0)) + 1
         status.setdefault("started", status["updated"])
-        for key in ("error", "traceback", "finished", "collapse"):
+        if status.get("pruned_at") is not None:  # a pruned trial resumed (promoted) from its rung's checkpoint
+            status["resumed_from_rung"] = status["pruned_at"]
+        for key in ("error", "traceback", "finished", "collapse", "pruned_at", "pruned_value"):
             status.pop(key, None)
         atomic_write_json(self.status_path, status)
         return status

@@ -63,6 +63,14 @@ def run_sweep(experiment: str, user_bindings: list[str], runs_dir: Path, overrid
     t0 = time.perf_counter()
     exp_file = cfg.experiment_path(experiment)
     spec, settings = read_experiment(experiment, user_bindings, overrides)
+    if spec.get("search") is not None:  # Optuna's ask/tell over ordinary trials (harness/run/search.py)
+        from harness.run.search import run_search
+
+        def preflight(cells: list[Trial]) -> None:
+            _preflight(experiment, user_bindings, [launch.Pending(t, store.find(runs_dir, t), Path(runs_dir))
+                                                   for t in cells])
+
+        return run_search(experiment, user_bindings, runs_dir, spec, settings, preflight)
     trials = expand(experiment, user_bindings, spec=spec)
     if not trials:
         raise ConfigError(f"{exp_file}: the sweep has no trials")

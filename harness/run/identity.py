@@ -38,9 +38,10 @@ ROOTS = ("Trainer", "load_scene", "Evaluation")  # what the trial runner calls b
 # they are declared; tests/test_identity.py checks that changing them leaves metrics and weights
 # bit-identical). Launch settings are not here: they are not trial configurables at all.
 BOOKKEEPING = {"Trainer": ("keep_checkpoints", "log_every", "checkpoint_every", "progress_every")}
-# Configurables that only watch a trial (live tracking, harness/run/tracking.py): none of their
-# parameters enters the id (tests/test_tracking.py checks metrics are the same with tracking off).
-WATCHERS = ("Tracker",)
+# Configurables that only watch a trial (live tracking, harness/run/tracking.py; gradient health,
+# harness/run/gradients.py): none of their parameters enters the id (tests/test_tracking.py and
+# tests/test_gradients.py check that metrics are the same with them off).
+WATCHERS = ("Tracker", "GradientHealth")
 _GIN_INTERNAL = ("macro", "constant", "singleton")
 REQUIRED = "<required>"
 

@@ -26,11 +26,14 @@ class Sweep(dict):
     exclude: [{'Selector.param': [values...], ...}, ...]: a variant matching every key of one of
             these (its value in the list) is left out (e.g. blocks 1-3 of a one-block variant).
     compose: how trials that only make sense together are evaluated together (harness/run/composition.py).
+    search: a search (random, Sobol or TPE through Optuna, with early stopping) in each grid cell
+            (harness/run/search_space.py, harness/run/search.py); None: the grid alone.
     A string value starting with '@' is bound as a Gin reference (e.g. '@Adam').
     """
 
     def __init__(self, axes: dict | None = None, zipped: dict | None = None, seeds=(0,), scenes=(),
-                 seed_binding: str = "Trainer.seed", exclude=(), compose: dict | None = None):
+                 seed_binding: str = "Trainer.seed", exclude=(), compose: dict | None = None,
+                 search: dict | None = None):
         for name, value in (("axes", axes), ("zipped", zipped)):
             if value is not None and not isinstance(value, dict):
                 raise ConfigError(f"Sweep.{name} = {value!r:.80}: expected a dict {{'Configurable.param': [values]}}")
@@ -47,8 +50,11 @@ class Sweep(dict):
                                   "experiments/base/scenes/<name>.gin")
         if not isinstance(seed_binding, str) or not _SELECTOR.fullmatch(seed_binding):
             raise ConfigError(f"Sweep.seed_binding = {seed_binding!r:.80}: expected a binding name like 'Trainer.seed'")
+        from harness.run.search_space import parse as parse_search
+
         super().__init__(axes=dict(axes or {}), zipped=dict(zipped or {}), seeds=list(seeds), scenes=list(scenes),
-                         seed_binding=seed_binding, exclude=list(exclude or ()), compose=compose)
+                         seed_binding=seed_binding, exclude=list(exclude or ()), compose=compose,
+                         search=parse_search(search, {**(axes or {}), **(zipped or {})}, seed_binding))
 
 
 @gin.configurable

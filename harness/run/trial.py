@@ -27,8 +27,9 @@ from harness.core.errors import ConfigError, HarnessError, RecordError, TrialDiv
 from harness.core.method import has as has_capability
 from harness.core.method import method_problems, pick_device
 from harness.core.records import FINAL_STATES, TrialRecord, remove_temp_files
-from harness.run import checkpoints
+from harness.run import checkpoints, memory, pruning
 from harness.run.evaluation import Evaluation
+from harness.run.gradients import GradientHealth
 from harness.run.tracking import Tracker, view_image
 
 log = logging.getLogger(__name__)
@@ -227,6 +228,7 @@ class Trainer:
         self.min_loss_drop = None if min_loss_drop is None else float(min_loss_drop)
         self.best: dict[str, float] | None = None  # {"step", "psnr"} of the best validation so far (read on resume)
         self.tracker: Tracker | None = None  # live tracking (harness/run/tracking.py), made by run()
+        self.health = GradientHealth()  # gradient statistics and the divergence diagnosis (harness/run/gradients.py)
         self.step = 0  # the last completed step, for the tracker's end
         # this attempt's seconds in the training loop (steps, logs, validation, checkpoints) and, of
         # those, in live tracking (telemetry, tracker calls, view panels): metrics.json's
@@ -250,10 +252,16 @@ class Trainer:
         log.info("resumed %s from step %d", record.dir.name, step)
         return step, float(payload.get("train_time", 0.0))
 
+    def _diverged(self, message: str, step: int, cause: str) -> TrialDiverged:
+        """The trial's end at `step`, with the gradient-health diagnosis when the method is watched."""
+        if self.health.method is not None:
+            return self.health.diverged(step, cause, message)
+        return _diverged(message, step)
+
     def _check_params(self, state: dict, step: int) -> None:
         bad = _nonfinite(state)
         if bad:
-            raise _diverged(f"non-finite parameters at step {step}: {', '.join(bad[:5])}", step)
+            raise self._diverged(f"non-finite parameters at step {step}: {', '.join(bad[:5])}", step, "parameters")
 
     def _checkpoint(self, method, record: TrialRecord, step: int, train_time: float) -> None:
         state = method.state_dict()
@@ -275,11 +283,10 @@ class Trainer:
                               {"step": step, "psnr": psnr, "batch_size": method.batch_size, "method": state})
         self.best = {"step": step, "psnr": psnr}
 
-    @staticmethod
-    def _check_finite(losses: dict, step: int) -> None:
+    def _check_finite(self, losses: dict, step: int) -> None:
         bad = {k: v for k, v in losses.items() if not math.isfinite(float(v))}
         if bad:
-            raise _diverged(f"non-finite loss at step {step}: {bad}", step)
+            raise self._diverged(f"non-finite loss at step {step}: {bad}", step, "loss")
 
     def _train_step(self, method, sampler: RaySampler, step: int, record: TrialRecord) -> dict:
         """One training step; on out-of-memory, the same step again with a smaller batch."""
@@ -313,6 +320,8 @@ class Trainer:
             with self._tracking():
                 self.tracker.open(record, self.iterations, step)
         record.write_progress(step, self.iterations, phase="train")
+        if has_capability(method, "gradients"):
+            self.health.attach(method, self.log_every, step)
         t_loop = time.perf_counter()
         global _boundary_saver
         _boundary_saver = lambda: self._checkpoint(method, record, step, train_time)  # noqa: E731 (late-bound step)
@@ -326,6 +335,9 @@ class Trainer:
         finally:
             _boundary_saver = None
             self.loop_s += time.perf_counter() - t_loop
+            if self.health.warnings:
+                record.update(gradient_warnings=self.health.warnings)
+        self.health.detach()
         return step, train_time
 
     @contextlib.contextmanager
@@ -354,12 +366,20 @@ class Trainer:
         tracked = tracker is not None and tracker.scalars_due(step, last)
         with self._tracking():  # the method's telemetry (learning rates, gradient norms, model facts)
             telemetry = method.telemetry() if (logged or tracked) and has_capability(method, "telemetry") else {}
-        if logged:
-            record.append_log({"step": step, "time": round(train_time, 3), **losses, **telemetry})
+        health = self.health.take()  # gradient statistics, when due at this step
+        if logged or health:
+            record.append_log({"step": step, "time": round(train_time, 3),
+                               **(({**losses, **telemetry}) if logged else {}), **health})
+        if self.health.new_warning:  # a group's first exploding/vanishing warning: in status.json at once
+            self.health.new_warning = False
+            record.update(gradient_warnings=self.health.warnings)
         if tracker is not None and tracked:
             with self._tracking():
-                tracker.log_scalars(step, {**{f"train/{k}": v for k, v in losses.items()}, **telemetry},
+                tracker.log_scalars(step, {**{f"train/{k}": v for k, v in losses.items()}, **telemetry, **health},
                                     train_time=train_time, rays=method.batch_size)
+        elif tracker is not None and health:
+            with self._tracking():
+                tracker.log_scalars(step, health)
         if step % self.progress_every == 0:
             record.write_progress(step, self.iterations, phase="train", loss=float(losses.get("loss", 0)))
         split = validation_split(scene) if self.validate_every and step % self.validate_every == 0 else None
@@ -381,6 +401,9 @@ class Trainer:
             if self.tracker is not None:
                 with self._tracking():
                     self.tracker.flush()
+        if split is not None:  # a search's trial reports to its study, which may stop it here (harness/run/pruning.py)
+            pruning.at_validation(record.dir, step, float(val["psnr"]), self.iterations,
+                                  save=lambda: self._checkpoint(method, record, step, train_time))
         return step, train_time
 
     def _track_view(self, method, scene, evaluation: Evaluation, step: int) -> None:
@@ -428,6 +451,7 @@ class Trainer:
             record.update(device=device_name(method.device))
         if has_capability(method, "own_scene"):  # the part of the scene it trains on
             scene = method.trial_scene
+        probe = memory.TrialProbe(method, evaluation, last_step=self.iterations - 1)  # metrics.json `memory`
         step, train_time = self.train(method, scene, record, evaluation)
         evaluated = self._load_evaluated(method, record)
         test = scene.split("test")
@@ -445,8 +469,10 @@ class Trainer:
         metrics.update(iterations=step, train_time=round(train_time, 3),
                        eval_time=round(time.perf_counter() - t0, 3), n_test_views=len(test),
                        model=method.stats(), scene=scene.name, resolution=[test.cameras.width, test.cameras.height],
-                       peak_rss_mb=_peak_rss_mb(), evaluated_checkpoint=evaluated,
-                       train_wall_time=round(self.loop_s, 3), tracking_time=round(self.tracking_s, 3))
+                       peak_rss_mb=memory.process_peak_rss_mb(), evaluated_checkpoint=evaluated,
+                       train_wall_time=round(self.loop_s, 3), tracking_time=round(self.tracking_s, 3),
+                       gradient_health_time=round(self.health.seconds, 3),
+                       memory=probe.record())
         if self.best is not None:
             metrics["best_validation"] = {**self.best, "split": validation_split(scene)}
         checks = self._collapse_checks(scene, metrics, record)
@@ -587,12 +613,6 @@ def device_name(device: torch.device | str | None = None) -> str:
     return f"CPU ({os.cpu_count()} cores, torch {torch.__version__})"
 
 
-def _peak_rss_mb() -> float:
-    import resource
-
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-
-
 def run_trial(trial_dir: Path, job_info: dict | None = None, wait: bool = True) -> dict:
     """Run the trial whose Gin config is already parsed; manages status and the lock.
 
@@ -620,7 +640,10 @@ def run_trial(trial_dir: Path, job_info: dict | None = None, wait: bool = True) 
         except TrialDiverged as exc:
             last = checkpoints.newest_valid(record.checkpoint_dir)
             _record_end(record, "diverged", error=str(exc), diverged_at=exc.step,
-                        last_checkpoint=last.name if last else None)
+                        last_checkpoint=last.name if last else None, divergence=getattr(exc, "diagnosis", None))
+            raise
+        except pruning.TrialPruned as exc:  # a search stopped it at a rung; that step is checkpointed
+            _record_end(record, "pruned", error=str(exc), pruned_at=exc.step, pruned_value=exc.value)
             raise
         except TrialCollapsed as exc:  # final like `diverged`; metrics.json is written
             _record_end(record, "collapsed", error=str(exc), collapse=exc.checks,
