@@ -94,13 +94,10 @@ def measure(job: dict) -> dict:
     the timed steps), 'rays_per_s', 'train_step' (memory.step_record of one step), 'render' (the view's
     memory figures, 'view', 'rays', 'seconds'), 'components' ({part: bytes} or None), 'start_step'}; with
     'error' (and 'out_of_memory') instead of figures when the batch did not run."""
-    import numpy as np
     import torch
 
-    from harness.core.data.load_scene import load_scene
     from harness.core.data.rays import RaySampler
     from harness.core.method import has as has_capability
-    from harness.core.method import method_problems
     from harness.run import checkpoints, memory
     from harness.run.evaluation import Evaluation
     from harness.run.sweep import trial_config
@@ -108,15 +105,7 @@ def measure(job: dict) -> dict:
 
     trial_config(Path(job["experiment"]), job["bindings"], job["lines"])
     trainer = Trainer()
-    torch.manual_seed(trainer.seed)
-    np.random.seed(trainer.seed % 2**32)
-    scene = load_scene()
-    method = trainer.method_cls(scene=scene, seed=trainer.seed)
-    problems = method_problems(method)
-    if problems:
-        raise ConfigError(problems[0])
-    if has_capability(method, "own_scene"):
-        scene = method.trial_scene
+    scene, method = trainer.build()
     start = 0
     if job.get("checkpoint"):
         found = checkpoints.load_latest(Path(job["checkpoint"]))

@@ -437,9 +437,9 @@ class Trainer:
         finally:
             self.tracker.close(metrics if metrics is not None else _read_metrics(record), self.step, state)
 
-    def _run(self, record: TrialRecord) -> dict:
-        evaluation = Evaluation()
-        evaluation.preflight()
+    def build(self) -> tuple:
+        """(scene it trains on, method) as the trial builds them: seeded, the method checked against the
+        protocol; the scene is the method's own part of it for 'own_scene' methods."""
         torch.manual_seed(self.seed)
         np.random.seed(self.seed % 2**32)
         scene = load_scene()
@@ -447,10 +447,14 @@ class Trainer:
         problems = method_problems(method)
         if problems:
             raise ConfigError(problems[0])
+        return (method.trial_scene if has_capability(method, "own_scene") else scene), method
+
+    def _run(self, record: TrialRecord) -> dict:
+        evaluation = Evaluation()
+        evaluation.preflight()
+        scene, method = self.build()
         if has_capability(method, "device"):  # what it computes on, not only what is there
             record.update(device=device_name(method.device))
-        if has_capability(method, "own_scene"):  # the part of the scene it trains on
-            scene = method.trial_scene
         probe = memory.TrialProbe(method, evaluation, last_step=self.iterations - 1)  # metrics.json `memory`
         step, train_time = self.train(method, scene, record, evaluation)
         evaluated = self._load_evaluated(method, record)
