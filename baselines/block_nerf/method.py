@@ -22,6 +22,7 @@ from baselines.block_nerf.model import MipMLP, VisibilityMLP, exposure_input, in
 from baselines.block_nerf.partition import BlockPartition
 from baselines.block_nerf.parts import Appearance, MipField, Optimization, PoseNoise, PoseRefinement, Visibility
 from baselines.block_nerf.pose import PoseOffsets, perturb_poses, pose_errors, pose_errors_aligned
+from baselines.block_nerf.sampling import ShardedDraws
 from baselines.block_nerf.training import ComponentOptimisers, autocast
 from harness.core.data.rays import image_rays, rays_for_pixels
 from harness.core.data.scene import Scene, Split
@@ -67,7 +68,7 @@ class BlockNeRF:
     # checked when the sweep expands (harness.run.sweep.check_positive_settings), with those of the parts
     positive_settings = ("batch_size",)
     # harness.core.method.CAPABILITIES
-    capabilities = ("own_scene", "views", "device", "telemetry", "gradients", "samples", "memory")
+    capabilities = ("own_scene", "views", "device", "telemetry", "gradients", "samples", "memory", "data_parallel")
 
     def __init__(self, scene: Scene, seed: int, *, block: int = 0, partition: BlockPartition | None = None,
                  batch_size: int = 1024, render_chunk: int = 4096, device: str = "auto",
@@ -132,6 +133,7 @@ class BlockNeRF:
         self.coarse_loss_weight = field.coarse_loss_weight
         self.opt = self._optimizers(optimization, mlp, vis, n_codes)
         self.gradient_hook = None  # set by the harness (harness/run/gradients.py): sees each step's gradients
+        self.data_parallel = None  # set by the harness when the trial runs on several processes (distributed.py)
         self.mixed = optimization.mixed_precision and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda") if self.mixed else None
         self.train_exposure = torch.as_tensor(tr.exposure if tr.exposure is not None else np.ones(len(tr)),
@@ -228,6 +230,9 @@ class BlockNeRF:
         if self.pose is not None:
             o, d = self.pose.apply(o, d, self.train_pose_group[idx].to(self.device))
         gen = torch.Generator().manual_seed(self.seed * 7_919 + step)
+        dp = self.data_parallel
+        if dp is not None:  # this rank's rays of the global batch: draw as one process would, keep our rows
+            gen = ShardedDraws(gen, dp.start, dp.stop, dp.total)
         with autocast(self.device, self.mixed):
             out = self.field(o, d, self.code_for(idx), self.exposure_in(self.train_exposure[idx]), generator=gen,
                              want_visibility=self.field.visibility is not None)
@@ -245,9 +250,18 @@ class BlockNeRF:
                 loss = loss + self.pose.reg_weight(step) * reg
                 losses["pose_reg"] = float(reg.detach())
         self.opt.zero_grad()
-        (self.scaler.scale(loss) if self.scaler else loss).backward()
         hook = self.gradient_hook
-        seen = None if hook is None else (lambda grads: hook(step, loss, grads, scaled=self.scaler is not None))
+        if dp is None:
+            (self.scaler.scale(loss) if self.scaler else loss).backward()
+            seen = None if hook is None else (lambda grads: hook(step, loss, grads, scaled=self.scaler is not None))
+        else:  # every term is a mean over the rays: weighted by this rank's share, summed over the ranks
+            objective = loss * dp.weight
+            (self.scaler.scale(objective) if self.scaler else objective).backward()
+
+            def seen(grads):  # before clipping: the ranks' sum is the one-process gradient of the global batch
+                total = dp.all_reduce_(grads, objective)
+                if hook is not None:
+                    hook(step, total, grads, scaled=self.scaler is not None)
         grad = self.opt.step(step, self.scaler, before_update=seen)
         losses["loss"] = float(loss.detach())
         if grad:
@@ -445,7 +459,8 @@ class BlockNeRF:
     def telemetry(self) -> dict[str, float]:
         """Learning rate per component (mlp, appearance, visibility, pose) of the last step, and the
         block's facts: its index, training images and radius."""
-        return {**self.opt.telemetry(), "model/block": float(self.block_index),
+        comm = {"comm/bytes": float(self.data_parallel.bytes_step)} if self.data_parallel is not None else {}
+        return {**self.opt.telemetry(), **comm, "model/block": float(self.block_index),
                 "model/train_images": float(len(self.train_index)), "model/block_radius": float(self.block.radius)}
 
     def stats(self) -> dict:

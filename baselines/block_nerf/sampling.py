@@ -8,6 +8,30 @@ import torch
 SPACINGS = ("linear", "disparity", "log")
 
 
+class ShardedDraws:
+    """A step's per-ray uniform draws when the step's global batch of `total` rays is split over
+    processes (data-parallel training): each draw is made for the whole global batch, as one process
+    would make it, and the rows [start, stop) of this process's rays are kept, so every ray gets the
+    numbers it gets in a one-process run."""
+
+    def __init__(self, generator: torch.Generator, start: int, stop: int, total: int):
+        self.generator, self.start, self.stop, self.total = generator, int(start), int(stop), int(total)
+        self.device = generator.device
+
+    def rand(self, shape) -> torch.Tensor:
+        if shape[0] != self.stop - self.start:
+            raise ValueError(f"BlockNeRF: {shape[0]} rays drawn for a slice of {self.stop - self.start}")
+        full = torch.rand((self.total, *shape[1:]), generator=self.generator, device=self.generator.device)
+        return full[self.start:self.stop]
+
+
+def uniform(shape, generator) -> torch.Tensor:
+    """U[0, 1) draws of `shape` (rays first) from a torch.Generator or a ShardedDraws."""
+    if isinstance(generator, ShardedDraws):
+        return generator.rand(tuple(shape))
+    return torch.rand(shape, generator=generator, device=generator.device)
+
+
 def coarse_edges(n_rays: int, n_samples: int, near: float, far: float, spacing: str,
                  generator: torch.Generator | None, device=None) -> torch.Tensor:
     """(n_rays, n_samples + 1) interval edges between near and far; jittered when `generator` is given."""
@@ -18,7 +42,7 @@ def coarse_edges(n_rays: int, n_samples: int, near: float, far: float, spacing: 
         mids = (u[:, 1:] + u[:, :-1]) / 2
         lower = torch.cat([u[:, :1], mids], -1)
         upper = torch.cat([mids, u[:, -1:]], -1)
-        u = lower + (upper - lower) * torch.rand(u.shape, generator=generator, device=generator.device).to(u.device)
+        u = lower + (upper - lower) * uniform(u.shape, generator).to(u.device)
     if spacing == "linear":
         return near + (far - near) * u
     if spacing == "disparity":
@@ -40,7 +64,7 @@ def fine_edges(t_edges: torch.Tensor, weights: torch.Tensor, n_samples: int, gen
     if generator is None:
         u = torch.linspace(0.0, 1.0, m, device=w.device).expand(w.shape[0], m).contiguous()
     else:
-        jitter = torch.rand(w.shape[0], m, generator=generator, device=generator.device).to(w.device)
+        jitter = uniform((w.shape[0], m), generator).to(w.device)
         u = (torch.arange(m, device=w.device) + jitter) / m
         u = u.clamp(max=1.0 - 1e-6)
     idx = torch.searchsorted(cdf, u, right=True).clamp(1, cdf.shape[-1] - 1)

@@ -61,7 +61,7 @@ class Plenoxels:
     # checked when the sweep expands (harness.run.sweep.check_positive_settings)
     positive_settings = ("lr_density", "lr_sh", "lr_background", "batch_size", "lr_decay_steps")
     capabilities = ("patches", "device", "telemetry", "gradients", "samples",
-                    "memory")  # harness.core.method.CAPABILITIES
+                    "memory", "data_parallel")  # harness.core.method.CAPABILITIES
     GROUPS = ("density", "sh", "background")  # optimiser groups, in the order train_step differentiates them
 
     def __init__(self, scene, seed: int, *, resolution=128, upsample_steps=(400, 1500),
@@ -140,6 +140,8 @@ class Plenoxels:
         self.timing = {"train_rays": 0, "train_s": 0.0, "render_rays": 0, "render_s": 0.0}
         self.last_step: int | None = None  # the last step trained, for telemetry()
         self.gradient_hook = None  # set by the harness (harness/run/gradients.py): sees each step's gradients
+        self.data_parallel = None  # set by the harness when the trial runs on several processes (distributed.py)
+        self.comm: dict[str, float] = {}  # data parallel: bytes all-reduced in the last step (telemetry)
         self.max_weight = torch.zeros(self.grid.n_rows, device=self.device)  # per row, since last resample
         self.n_upsampled = self.n_pruned = 0
         self.refresh_occupancy(step=0)
@@ -326,6 +328,7 @@ class Plenoxels:
         out = self._composite(sigma[sel], rgb, t, ray_index, n_rays, self.background(bg_logit))
 
         losses = self.reconstruction(out["rgb"], target)
+        per_ray = tuple(losses)  # means over the batch's rays (or its patches)
         if self.sparsity is not None:
             losses.update(self.sparsity(sigma))
         for name, rows_drawn in draws.items():
@@ -334,18 +337,78 @@ class Plenoxels:
             losses.update(terms[name](density, sh, d_idx, s_idx))
         total = sum(losses.values())
         params = [density, sh] + ([bg_logit] if self.background_mode == "learned" else [])
-        grads = torch.autograd.grad(total, params, allow_unused=True)
+        dp = self.data_parallel
+        objective = local = total if dp is None else self._shard_objective(dp, losses, per_ray, sigma)
+        grads = torch.autograd.grad(objective, params, allow_unused=True)
+        if dp is not None:  # the global batch's gradient on the union of the ranks' touched rows
+            grads, d_rows, s_rows, objective = self._all_reduce(dp, grads, d_rows, s_rows, objective)
         if self.gradient_hook is not None:  # before the update: a divergence leaves the grid as it was
-            self.gradient_hook(step, total, {g: [x] for g, x in zip(self.GROUPS, grads)})
+            self.gradient_hook(step, objective, {g: [x] for g, x in zip(self.GROUPS, grads)})
         self._update(step, grads, d_rows, s_rows)
         self._track_weights(out["weights"].detach(), rows, weight)
+        if dp is not None:  # pruning reads the maximum weight over every rank's rays
+            dp.max_(self.max_weight)
+            self.comm = {"comm/bytes": float(dp.bytes_step), "comm/touched_rows_bytes": self._touched_bytes}
         result = {k: float(v.detach()) for k, v in losses.items()}
         result["loss"] = float(total.detach())
+        if dp is not None:  # this rank's part of the global loss, as the runner's ray-weighted sum needs it
+            result["loss"] = float(local.detach()) / dp.weight if dp.weight else 0.0
         result.setdefault("mse", float(mse(out["rgb"].detach(), target)))
         result["samples_per_ray"] = sel.numel() / n_rays
         self.timing["train_rays"] += n_rays
         self.timing["train_s"] += time.perf_counter() - t_start
         return result
+
+    @staticmethod
+    def _shard_objective(dp, losses: dict, per_ray: tuple, sigma: torch.Tensor) -> torch.Tensor:
+        """This rank's part of the global batch's loss (data parallel): means over rays weighted by the
+        rank's share of the rays, the sparsity mean over samples by its share of the samples, and the
+        regularisers on drawn voxels (the same on every rank) by 1 / ranks; their sum over the ranks is
+        the one-process loss of the global batch, and so are the gradients."""
+        objective = torch.zeros((), device=sigma.device)
+        for name, value in losses.items():
+            if name in per_ray:
+                objective = objective + value * dp.weight
+            elif name == "sparsity":
+                count = dp.sum_(torch.tensor([float(sigma.numel())], dtype=torch.float64, device=sigma.device))
+                share = sigma.numel() / float(count) if float(count) else 0.0
+                objective = objective + value * share
+                # reported so that the runner's ray-weighted sum over ranks is the global mean over samples
+                losses[name] = value * (share / dp.weight if dp.weight else 0.0)
+            else:
+                objective = objective + value / dp.size
+        return objective
+
+    def _all_reduce(self, dp, grads, d_rows, s_rows, objective):
+        """Sum the ranks' gradients (data parallel). Each rank touched other rows, so the gradients
+        are scattered into dense (rows, channels) tensors with a touched mask per group and summed in
+        one all-reduce (with the background's gradient and the loss); the rows to update are those
+        any rank touched, which are the rows one process touches for the global batch (a ray's samples
+        do not depend on the other rays). Costs 4 bytes x rows x (channels + 2) per step."""
+        n, dev = self.grid.n_rows, self.device
+        self._touched_bytes = float(4 * (d_rows.numel() * (1 + self.grid.density.shape[1])
+                                          + s_rows.numel() * (1 + self.grid.sh.shape[1])))
+        dense_d = torch.zeros(n, *self.grid.density.shape[1:], device=dev)
+        dense_s = torch.zeros(n, *self.grid.sh.shape[1:], device=dev)
+        mask = torch.zeros(2, n, device=dev)
+        if grads[0] is not None:
+            dense_d.index_copy_(0, d_rows, grads[0])
+        if grads[1] is not None:
+            dense_s.index_copy_(0, s_rows, grads[1])
+        mask[0, d_rows] = 1.0
+        mask[1, s_rows] = 1.0
+        bg = (grads[2] if len(grads) > 2 and grads[2] is not None else torch.zeros_like(self.background_logit)) \
+            if self.background_mode == "learned" else torch.zeros(0, device=dev)
+        parts = [dense_d.reshape(-1), dense_s.reshape(-1), mask.reshape(-1), bg.reshape(-1).float(),
+                 objective.detach().reshape(1).float()]
+        flat = dp.sum_(torch.cat(parts))
+        sizes = [p.numel() for p in parts]
+        dense_d, dense_s, mask, bg, loss = torch.split(flat, sizes)
+        d_rows, s_rows = torch.nonzero(mask[:n] > 0)[:, 0], torch.nonzero(mask[n:] > 0)[:, 0]
+        out = [dense_d.view(n, -1)[d_rows], dense_s.view(n, -1)[s_rows]]
+        if self.background_mode == "learned":
+            out.append(bg.view_as(self.background_logit))
+        return tuple(out), d_rows, s_rows, loss[0]
 
     def _lr_scales(self, step: int) -> dict[str, float]:
         """Each group's learning-rate factor at `step` (svox2's schedule; density's with its delay)."""
@@ -381,6 +444,7 @@ class Plenoxels:
         out = {f"lr/{g}": self.optim.lrs[g] * scales[g] for g in self.parameter_groups()}
         out.update({"model/voxels": float(self.grid.n_rows), "model/resolution": float(max(self.grid.resolution)),
                     "model/occupied_fraction": float(self.occupancy.fine.float().mean())})
+        out.update(self.comm)
         return out
 
     def _track_weights(self, sample_weight, rows, weight, into: torch.Tensor | None = None) -> None:

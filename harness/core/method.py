@@ -90,6 +90,12 @@ CAPABILITIES: dict[str, tuple[str, ...]] = {
     # memory_components() -> {part: bytes} of its persistent state (grid, optimiser state, ...; count them
     # with tensor_bytes), for the memory profile and the trial record (harness/run/memory.py)
     "memory": ("memory_components",),
+    # data-parallel training of one trial on several processes (harness/run/distributed.py): data_parallel,
+    # an attribute the harness sets (None otherwise) to the rank's DataParallel before training; train_step
+    # then gets the rank's slice of the global batch, weights its loss (DataParallel.weight for means over
+    # rays, 1 / size for terms equal on every rank) and sums its gradients over the ranks
+    # (data_parallel.all_reduce_) before its update; per-ray randomness must depend on the global batch
+    "data_parallel": ("data_parallel",),
 }
 REQUIRED = ("train_step", "render", "state_dict", "load_state_dict", "stats")
 

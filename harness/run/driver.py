@@ -9,6 +9,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import gin
+
 from harness.core.errors import ConfigError, DataError
 from harness.core.records import FINAL_STATES, TrialRecord, atomic_write_json, now_iso, read_json
 from harness.run import config as cfg
@@ -63,6 +65,7 @@ def run_sweep(experiment: str, user_bindings: list[str], runs_dir: Path, overrid
     t0 = time.perf_counter()
     exp_file = cfg.experiment_path(experiment)
     spec, settings = read_experiment(experiment, user_bindings, overrides)
+    _check_data_parallel(settings)
     if spec.get("search") is not None:  # Optuna's ask/tell over ordinary trials (harness/run/search.py)
         from harness.run.search import run_search
 
@@ -100,6 +103,19 @@ def run_sweep(experiment: str, user_bindings: list[str], runs_dir: Path, overrid
         return outcome
     outcome = launch.run_local(settings, exp_file, user_bindings, todo, folder)
     return {**skipped, **outcome}
+
+
+def _check_data_parallel(settings: dict) -> None:
+    """Several processes per trial need a method with the `data_parallel` capability: one line here."""
+    if settings.get("tasks_per_node", 1) * settings.get("nodes", 1) == 1:
+        return
+    from harness.run.settings import check_parallel
+
+    try:
+        reference = gin.query_parameter("Trainer.method")
+    except ValueError:  # no method bound: the trial's own checks say so
+        return
+    check_parallel(settings, getattr(getattr(reference, "configurable", None), "wrapped", None))
 
 
 def _handle_stale(experiment: str, records: list[TrialRecord], policy: str) -> None:

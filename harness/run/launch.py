@@ -29,16 +29,43 @@ log = logging.getLogger(__name__)
 
 
 def run_trial_job(exp_file: str, user_bindings: list[str], trial_lines: list[str],
-                  trial_id: str, trial_dir: str, threads: int | None) -> dict:
-    """The job body: parse this trial's Gin, check its id, run it. Runs in the job process."""
+                  trial_id: str, trial_dir: str, threads: int | None, collective_timeout_s: float | None = None
+                  ) -> dict:
+    """The job body: parse this trial's Gin, check its id, run it. Runs in the job process (in each of
+    them when the job has several tasks: data-parallel training, harness/run/distributed.py)."""
     import torch
 
     import harness.run.registry  # noqa: F401  (the job's entry point: register the configurables)
-    from harness.run.sweep import trial_config, trial_identity
-    from harness.run.trial import run_trial
+    from harness.run import distributed
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(int(threads or os.cpu_count() or 1))
+    _export_distributed_env()
+    world = distributed.setup(collective_timeout_s)
+    try:
+        return _run_trial_job(exp_file, user_bindings, trial_lines, trial_id, trial_dir, world.writer)
+    finally:
+        distributed.teardown()
+
+
+def _export_distributed_env() -> None:
+    """In a submitit job of several tasks: torch.distributed's env:// variables (MASTER_ADDR, MASTER_PORT,
+    RANK, WORLD_SIZE, LOCAL_RANK) from submitit's job environment."""
+    import submitit
+
+    try:
+        tasks = submitit.JobEnvironment().num_tasks
+    except (RuntimeError, KeyError):  # outside a submitit job, or the in-process debug executor
+        return
+    if tasks > 1:
+        submitit.helpers.TorchDistributedEnvironment().export(overwrite=True)
+
+
+def _run_trial_job(exp_file: str, user_bindings: list[str], trial_lines: list[str], trial_id: str,
+                   trial_dir: str, writer: bool) -> dict:
+    from harness.run.sweep import trial_config, trial_identity
+    from harness.run.trial import run_trial
+
     try:  # trial_config leaves Gin parsed with exactly this trial's config, ready to run
         trial_config(Path(exp_file), user_bindings, trial_lines)
         now, _ = trial_identity()
@@ -47,7 +74,7 @@ def run_trial_job(exp_file: str, user_bindings: list[str], trial_lines: list[str
                               f"the code or its scene's data changed since the sweep was submitted; re-run the sweep")
     except Exception as exc:  # recorded so the failure is visible in status/report, not only in a log
         record = TrialRecord(Path(trial_dir))
-        if record.state in ("pending", "preempted", "running"):
+        if writer and record.state in ("pending", "preempted", "running"):
             record.begin_attempt(**_job_info())
             record.set_state("failed", error=f"{exc.__class__.__name__}: {exc}".splitlines()[0])
         raise
@@ -99,6 +126,10 @@ def make_executor(settings: dict, folder: Path):
         logging.getLogger("submitit").setLevel(logging.ERROR)
     executor = submitit.AutoExecutor(folder=str(folder), cluster=settings["cluster"])
     params = {"timeout_min": settings["timeout_min"]}
+    if settings.get("tasks_per_node", 1) > 1:  # one trial on several processes (harness/run/distributed.py)
+        params["tasks_per_node"] = settings["tasks_per_node"]
+    if settings["cluster"] == "slurm" and settings.get("nodes", 1) > 1:
+        params["nodes"] = settings["nodes"]
     if settings["cluster"] == "slurm":
         params.update(slurm_partition=settings["slurm_partition"], slurm_account=settings["slurm_account"],
                       slurm_qos=settings["slurm_qos"], cpus_per_task=settings["cpus_per_task"],
@@ -126,12 +157,17 @@ class Pending:
         store.note_data_warnings(self.record, self.data_warnings)
 
 
-def _job_args(exp_file: Path, user_bindings, p: Pending, threads) -> tuple:
-    return (str(exp_file), list(user_bindings), list(p.trial.gin_bindings), p.trial.id, str(p.record.dir), threads)
+def _job_args(exp_file: Path, user_bindings, p: Pending, threads, settings: dict | None = None) -> tuple:
+    args: tuple = (str(exp_file), list(user_bindings), list(p.trial.gin_bindings), p.trial.id, str(p.record.dir),
+                   threads)
+    if settings is not None and settings.get("tasks_per_node", 1) * settings.get("nodes", 1) > 1:
+        args += (settings["collective_timeout_s"],)
+    return args
 
 
 def _threads(settings: dict) -> int:
-    return int(settings["threads"] or max(1, (os.cpu_count() or 1) // settings["parallel"]))
+    tasks = settings.get("tasks_per_node", 1) if settings["cluster"] == "local" else 1  # processes per trial here
+    return int(settings["threads"] or max(1, (os.cpu_count() or 1) // (settings["parallel"] * tasks)))
 
 
 BAR_FORMAT = "{desc} {percentage:3.0f}%|{bar}| {n}/{total} [{elapsed}<{remaining}]{postfix}"
@@ -187,7 +223,7 @@ def run_local(settings: dict, exp_file: Path, user_bindings, todo: list[Pending]
             while queue and len(active) < settings["parallel"] and not stop.signum:
                 p = queue.pop(0)
                 p.materialise()
-                job = _submit_local(executor, settings, _job_args(exp_file, user_bindings, p, threads))
+                job = _submit_local(executor, settings, _job_args(exp_file, user_bindings, p, threads, settings))
                 log.info("trial %s submitted (job %s): %s", p.trial.id, job.job_id, p.trial.label)
                 active.append((p, job))
                 if settings["cluster"] == "debug":
@@ -283,7 +319,7 @@ def _finish(p: Pending, job, exc: BaseException | None) -> str:
         log.error("trial %s %s: %s (log: %s)", p.trial.id, status.get("state", "failed"), line,
                   getattr(job.paths, "stderr", "?"))
         return f"collapsed: {line}" if status.get("state") == "collapsed" else line
-    metrics = job.result()
+    metrics = job.results()[0] if job.num_tasks > 1 else job.result()  # rank 0's, with several tasks
     log.info("trial %s done: psnr %.2f", p.trial.id, metrics.get("psnr", float("nan")))
     return "done"
 
@@ -316,7 +352,7 @@ def submit_slurm(settings: dict, exp_file: Path, user_bindings, todo: list[Pendi
         list(pool.map(Pending.materialise, todo))
     t0 = time.perf_counter()
     with executor.batch():
-        jobs = [executor.submit(TrialJob(), *_job_args(exp_file, user_bindings, p, threads)) for p in todo]
+        jobs = [executor.submit(TrialJob(), *_job_args(exp_file, user_bindings, p, threads, settings)) for p in todo]
     t1 = time.perf_counter()
 
     def record_job(p: Pending, job) -> None:

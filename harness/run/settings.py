@@ -64,7 +64,8 @@ def launch(cluster: str = "local", parallel: int = 1, threads: int | None = None
            cpus_per_task: int = 2, mem_gb: float | None = None, gpus_per_node: int = 0,
            slurm_constraint: str | None = None, slurm_array_parallelism: int = 32,
            slurm_additional_parameters: dict | None = None, retry_failed: bool = False,
-           wait: bool = False, stop_grace_s: float = 60.0, stale: str = "report"):
+           wait: bool = False, stop_grace_s: float = 60.0, stale: str = "report", tasks_per_node: int = 1,
+           nodes: int = 1, collective_timeout_s: float = 600.0):
     """How to run a sweep; none of this changes a trial's result, so none of it is in trial ids.
 
     `wait` (slurm): stay until every submitted trial has finished, noticing through sacct the
@@ -75,12 +76,51 @@ def launch(cluster: str = "local", parallel: int = 1, threads: int | None = None
     trials to save their last step and end before it kills them.
 
     `stale`: what to do with done trials computed by other code than the checkout's (see
-    harness/core/staleness.py): 'report' (keep, mark stale), 'rerun' or 'ignore'."""
+    harness/core/staleness.py): 'report' (keep, mark stale), 'rerun' or 'ignore'.
+
+    `tasks_per_node` x `nodes` > 1: each trial trains data-parallel on that many processes
+    (harness/run/distributed.py; the local cluster: one node, at most one task per CPU);
+    `collective_timeout_s`: how long a rank waits in a collective for the others before failing."""
     if cluster not in ("local", "debug", "slurm"):
         raise ConfigError(f"launch.cluster = '{cluster}': expected 'local', 'debug' or 'slurm'")
     if parallel < 1:
         raise ConfigError(f"launch.parallel = {parallel}: expected a positive integer")
     check_policy(stale)
+    check_parallel({"cluster": cluster, "tasks_per_node": tasks_per_node, "nodes": nodes,
+                  "gpus_per_node": gpus_per_node})
+    if isinstance(collective_timeout_s, bool) or not isinstance(collective_timeout_s, (int, float)) \
+            or collective_timeout_s <= 0:
+        raise ConfigError(f"launch.collective_timeout_s = {collective_timeout_s!r}: expected a number of seconds > 0")
     if isinstance(stop_grace_s, bool) or not isinstance(stop_grace_s, (int, float)) or stop_grace_s < 0:
         raise ConfigError(f"launch.stop_grace_s = {stop_grace_s!r}: expected a number of seconds >= 0")
     return dict(locals())
+
+
+def check_parallel(settings: dict, method_cls=None) -> None:
+    """One ConfigError line for a data-parallel launch (harness/run/distributed.py) that cannot run as
+    asked: several tasks on the debug cluster, several nodes on the local one, more local tasks than
+    CPUs, more tasks per node than GPUs (when GPUs are asked for), or a method without the
+    `data_parallel` capability (`method_cls`, when given)."""
+    import os
+
+    tasks, nodes, cluster = settings.get("tasks_per_node", 1), settings.get("nodes", 1), settings["cluster"]
+    for name, value in (("tasks_per_node", tasks), ("nodes", nodes)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"launch.{name} = {value!r}: expected an integer >= 1")
+    if tasks * nodes == 1:
+        return
+    if cluster == "debug":
+        raise ConfigError(f"launch.tasks_per_node = {tasks}: the debug cluster runs a trial in this process; "
+                          "use cluster='local' for several processes")
+    if cluster == "local" and nodes > 1:
+        raise ConfigError(f"launch.nodes = {nodes}: the local cluster has one node; use cluster='slurm'")
+    if cluster == "local" and tasks > (os.cpu_count() or 1):
+        raise ConfigError(f"launch.tasks_per_node = {tasks} is more than the {os.cpu_count()} CPUs here")
+    gpus = settings.get("gpus_per_node") or 0
+    if cluster == "slurm" and gpus and tasks > gpus:
+        raise ConfigError(f"launch.tasks_per_node = {tasks} is more than launch.gpus_per_node = {gpus} "
+                          "(one GPU per task)")
+    if method_cls is not None and "data_parallel" not in tuple(getattr(method_cls, "capabilities", ())):
+        name = getattr(method_cls, "__name__", repr(method_cls))
+        raise ConfigError(f"launch.tasks_per_node x nodes = {tasks * nodes} but {name} does not declare the "
+                          "'data_parallel' capability (it cannot train on several processes)")

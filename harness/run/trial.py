@@ -27,7 +27,7 @@ from harness.core.errors import ConfigError, HarnessError, RecordError, TrialDiv
 from harness.core.method import has as has_capability
 from harness.core.method import method_problems, pick_device
 from harness.core.records import FINAL_STATES, TrialRecord, remove_temp_files
-from harness.run import checkpoints, memory, pruning
+from harness.run import checkpoints, distributed, memory, pruning
 from harness.run.evaluation import Evaluation
 from harness.run.gradients import GradientHealth
 from harness.run.tracking import Tracker, view_image
@@ -234,9 +234,14 @@ class Trainer:
         # those, in live tracking (telemetry, tracker calls, view panels): metrics.json's
         # train_wall_time and tracking_time, the overhead figure (tests/bench/test_bench_tracking.py)
         self.loop_s = self.tracking_s = 0.0
+        # data parallel (harness/run/distributed.py): this process's rank; rank 0 alone writes and evaluates
+        self.world = distributed.world()
+        self.dp: distributed.DataParallel | None = None
 
     def _resume(self, method, record: TrialRecord) -> tuple[int, float]:
-        checkpoints.tidy(record.checkpoint_dir)
+        if self.world.writer:
+            checkpoints.tidy(record.checkpoint_dir)
+        distributed.barrier()  # every rank loads the checkpoint rank 0 kept
         # the best so far survives a resume (even one from scratch), so a repeated or later
         # validation only replaces it when it is better
         best = checkpoints.load_best(record.checkpoint_dir)
@@ -293,7 +298,10 @@ class Trainer:
         patch = method.patch_size if has_capability(method, "patches") else 1
         while True:
             try:
-                return method.train_step(step, sampler.sample(step, method.batch_size, patch))
+                if self.dp is None:
+                    return method.train_step(step, sampler.sample(step, method.batch_size, patch))
+                batch = distributed.take(sampler.sample(step, method.batch_size, patch), self.dp, patch * patch)
+                return distributed.reduce_losses(method.train_step(step, batch), self.dp)
             except torch.cuda.OutOfMemoryError as exc:
                 error = str(exc).strip().splitlines()[0] if str(exc).strip() else "out of memory"
             # retried outside the except block, so the traceback's tensors are already freed
@@ -314,6 +322,8 @@ class Trainer:
     def train(self, method, scene, record: TrialRecord, evaluation: Evaluation) -> tuple[int, float]:
         split = scene.split("train")
         sampler = RaySampler(split.images, split.cameras, self.seed)
+        if self.world.size > 1:
+            self.dp = method.data_parallel = distributed.DataParallel(self.world.rank, self.world.size)
         step, train_time = self._resume(method, record)
         self.step = step
         if self.tracker is not None:
@@ -325,6 +335,8 @@ class Trainer:
         t_loop = time.perf_counter()
         global _boundary_saver
         _boundary_saver = lambda: self._checkpoint(method, record, step, train_time)  # noqa: E731 (late-bound step)
+        if not self.world.writer:
+            _boundary_saver = None
         try:
             with _DeferredSignals(step=lambda: step) as deferred:
                 while step < self.iterations:
@@ -383,6 +395,8 @@ class Trainer:
         if step % self.progress_every == 0:
             record.write_progress(step, self.iterations, phase="train", loss=float(losses.get("loss", 0)))
         split = validation_split(scene) if self.validate_every and step % self.validate_every == 0 else None
+        if not self.world.writer:  # rank 0 validates (and saves the best state) alone
+            split = None
         if split is not None:
             wanted = tuple(m for m in VALIDATION_METRICS if m == "psnr" or m in evaluation.metrics)
             val = evaluation.score(method, scene.split(split), self.validation_views, metrics=wanted)
@@ -393,14 +407,16 @@ class Trainer:
                 with self._tracking():
                     self.tracker.log_scalars(step, {f"val/{k}": v for k, v in scores.items()})
             self._save_best(method, record, step, float(val["psnr"]))
-        if self.tracker is not None and self.tracker.images_due(step):
+        if self.tracker is not None and self.world.writer and self.tracker.images_due(step):
             with self._tracking():
                 self._track_view(method, scene, evaluation, step)
         if step % self.checkpoint_every == 0 or step == self.iterations:
-            self._checkpoint(method, record, step, train_time)
+            if self.world.writer:
+                self._checkpoint(method, record, step, train_time)
             if self.tracker is not None:
                 with self._tracking():
                     self.tracker.flush()
+            distributed.barrier()  # the other ranks wait until the step is saved
         if split is not None:  # a search's trial reports to its study, which may stop it here (harness/run/pruning.py)
             pruning.at_validation(record.dir, step, float(val["psnr"]), self.iterations,
                                   save=lambda: self._checkpoint(method, record, step, train_time))
@@ -422,7 +438,7 @@ class Trainer:
     def run(self, record: TrialRecord) -> dict:
         """Train (resuming if possible), evaluate on the test split, write metrics.json; the tracker
         (harness/run/tracking.py) sees the whole run and is closed however it ends."""
-        self.tracker = Tracker()
+        self.tracker = Tracker() if self.world.writer else Tracker(backends=())
         state, metrics = "failed", None
         try:
             metrics = self._run(record)
@@ -457,6 +473,8 @@ class Trainer:
             record.update(device=device_name(method.device))
         probe = memory.TrialProbe(method, evaluation, last_step=self.iterations - 1)  # metrics.json `memory`
         step, train_time = self.train(method, scene, record, evaluation)
+        if not self.world.writer:  # rank 0 evaluates alone
+            return {}
         evaluated = self._load_evaluated(method, record)
         test = scene.split("test")
         record.write_progress(0, len(test), phase="eval")
@@ -623,16 +641,24 @@ def run_trial(trial_dir: Path, job_info: dict | None = None, wait: bool = True) 
     If another process (a second sweep of the same experiment) holds the trial's lock, wait for
     it (`wait`) and then return its result (or raise its failure) instead of training again; a
     trial it left unfinished (killed) is resumed."""
+    world = distributed.world()
+    if not world.writer:
+        return _follow(trial_dir, world.rank)
     record = TrialRecord(trial_dir)
     with record.lock(wait=wait) as waited:
         status = record.status()
         if status.get("state") == "done":
+            distributed.broadcast_flag(0)  # the other ranks have nothing to train
             return record.metrics() or {}
         if waited and status.get("state") in FINAL_STATES:  # not done (above): as the other run left it
+            distributed.broadcast_flag(0)
             raise RecordError(f"{record.dir}: {status['state']} in another sweep: {status.get('error', '')}")
         for folder in (record.dir, record.renders_dir):  # leftovers of writes cut by a kill
             if folder.is_dir():
                 remove_temp_files(folder)
+        if world.size > 1:
+            distributed.clear_rank_errors(record.dir)
+            distributed.broadcast_flag(1)
         _pin_threads(record)
         code = _code_of_this_run(record, status)
         record.begin_attempt(torch_threads=torch.get_num_threads(), device=device_name(), code=code,
@@ -660,9 +686,30 @@ def run_trial(trial_dir: Path, job_info: dict | None = None, wait: bool = True) 
             # SystemExit: submitit's preemption handler requeues the job, then exits inside training
             stopped = isinstance(exc, (KeyboardInterrupt, SystemExit, TrialInterrupted))
             state = "preempted" if stopped else "failed"
-            _record_end(record, state, error=f"{exc.__class__.__name__}: {exc}".splitlines()[0], traceback=tail)
+            error = f"{exc.__class__.__name__}: {exc}".splitlines()[0]
+            if world.size > 1 and distributed.is_collective_error(exc):  # another rank's failure, if it said so
+                peer = distributed.peer_error(record.dir)
+                if peer is not None:
+                    error, tail = f"rank {peer['rank']}: {peer['error']}", peer.get("traceback", tail)
+            _record_end(record, state, error=error, traceback=tail)
             raise
         return metrics
+
+
+def _follow(trial_dir: Path, rank: int) -> dict:
+    """A rank other than 0 (data parallel): trains in step with rank 0, writes nothing but its error
+    (`ranks/<rank>.error`, which rank 0 records when its collectives fail because of it)."""
+    record = distributed.FollowerRecord(trial_dir)
+    if not distributed.broadcast_flag(0):  # rank 0 found the trial done (or another sweep's)
+        return {}
+    try:
+        with _StopSignals():
+            return Trainer().run(record)
+    except BaseException as exc:
+        import traceback
+
+        distributed.write_rank_error(record.dir, rank, exc, "".join(traceback.format_exception(exc)))
+        raise
 
 
 def _code_of_this_run(record: TrialRecord, status: dict) -> dict:
