@@ -23,7 +23,9 @@ log = logging.getLogger(__name__)
 TOP = 5  # best trials listed per study
 
 
-def _last_step_and_time(trial_dir: Path) -> tuple[int, float]:
+def _last_step_and_time(trial_dir: Path, upto: int | None = None) -> tuple[int, float]:
+    """The last logged step of a trial (at most `upto`: where a study pruned it, although another
+    experiment may have trained the same trial on since) and its training seconds then."""
     steps, seconds = 0, 0.0
     try:
         for line in (trial_dir / "train.jsonl").read_text().splitlines():
@@ -31,7 +33,9 @@ def _last_step_and_time(trial_dir: Path) -> tuple[int, float]:
                 row = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            steps, seconds = max(steps, int(row.get("step", 0))), max(seconds, float(row.get("time", 0.0)))
+            step = int(row.get("step", 0))
+            if (upto is None or step <= upto) and step >= steps:
+                steps, seconds = step, max(seconds, float(row.get("time", 0.0)))
     except OSError:
         pass
     return steps, seconds
@@ -62,10 +66,10 @@ def collect_studies(runs_dir: Path, experiment: str) -> list[dict]:
         rows = []
         for t in study.get_trials(deepcopy=False):
             tid = t.user_attrs.get("trial_id")
-            steps, seconds = _last_step_and_time(exp_dir / tid) if tid else (0, 0.0)
+            pruned_at = t.last_step if t.state.name == "PRUNED" else None
+            steps, seconds = _last_step_and_time(exp_dir / tid, pruned_at) if tid else (0, 0.0)
             rows.append({"number": t.number, "state": t.state.name.lower(), "value": t.value, "trial_id": tid,
-                         "steps": steps, "train_s": seconds,
-                         "pruned_at": t.last_step if t.state.name == "PRUNED" else None, **t.params})
+                         "steps": steps, "train_s": seconds, "pruned_at": pruned_at, **t.params})
         frame = pd.DataFrame(rows)
         out.append({"experiment": experiment, "name": entry["name"], "cell": entry.get("cell", {}),
                     "objective": index.get("objective"), "direction": index.get("direction"),

@@ -234,9 +234,14 @@ def test_a_pruned_trial_stops_at_its_rung_and_a_promoted_one_resumes_it_bit_for_
     again = run_sweep(str(exp), [], runs, {})
     assert set(again.values()) == {"done"} and set(again) == {t[3] for t in trials}
     assert len(_trainings(trace)) == before + len(pruned)  # each pruned trial once more, nothing else
+    from reports.search import _last_step_and_time
+
     for _, _, _, tid, last in pruned:
         status = json.loads((runs / "prune" / tid / "status.json").read_text())
         assert status["resumed_from_rung"] == last and status["attempts"] == 2
+        # trained to the end now, but the study that pruned it counts the steps up to its rung
+        assert _last_step_and_time(runs / "prune" / tid)[0] == 40
+        assert _last_step_and_time(runs / "prune" / tid, last)[0] == last
     _, _, params, tid, _ = pruned[0]
     assert _final(runs / "prune" / tid) == _final(_plain_run(tmp_path / "b", tiny_scene, params))
 
