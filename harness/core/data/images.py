@@ -36,7 +36,9 @@ def downscale(rgba: np.ndarray, factor: int) -> np.ndarray:
         return blocks.mean(axis=(1, 3))
     alpha = blocks[..., 3:].mean(axis=(1, 3))
     premult = (blocks[..., :3] * blocks[..., 3:]).mean(axis=(1, 3))
-    colour = np.where(alpha > 0, premult / np.maximum(alpha, 1e-12), 0.0)
+    # premult / alpha is at most 1 in exact arithmetic; float rounding can put it 1 ulp above, which the
+    # data checks rightly refuse as a value outside [0, 1]
+    colour = np.clip(np.where(alpha > 0, premult / np.maximum(alpha, 1e-12), 0.0), 0.0, 1.0)
     return np.concatenate([colour, alpha], axis=-1).astype(np.float32)
 
 
