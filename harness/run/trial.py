@@ -349,7 +349,7 @@ class Trainer:
             self.loop_s += time.perf_counter() - t_loop
             if self.health.warnings:
                 record.update(gradient_warnings=self.health.warnings)
-        self.health.detach()
+            self.health.detach()
         return step, train_time
 
     @contextlib.contextmanager
