@@ -5,9 +5,14 @@ the ranks through submitit, and bad launches are one line at expansion."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
+import shutil
+import signal
 import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -25,6 +30,8 @@ TIMEOUT_S = 60  # the collective timeout of these runs
 COMMON = """Trainer.iterations = 50
 Trainer.checkpoint_every = 25
 Trainer.log_every = 1
+Trainer.validate_every = 25
+Trainer.validation_views = (0, 1, 2)
 Trainer.collapse_psnr = None
 Trainer.min_loss_drop = None
 Evaluation.metrics = ('psnr',)
@@ -88,7 +95,9 @@ def _free_port() -> int:
 
 
 def _rank_main(rank: int, world: int, port: int, exp: str, trial_dir: str, fail: tuple | None) -> None:
-    """One rank of a trial (spawned): the job body's steps without submitit."""
+    """One rank of a trial (spawned): the job body's steps without submitit. `fail` = (rank, step, what):
+    that rank, at the start of that training step, raises ('raise') or sends itself a signal ('SIGTERM',
+    'SIGKILL')."""
     if world > 1:
         os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
                           MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -101,13 +110,15 @@ def _rank_main(rank: int, world: int, port: int, exp: str, trial_dir: str, fail:
 
     trial = sweep.expand(exp)[0]
     sweep.trial_config(Path(exp), [], trial.gin_bindings)
-    if fail is not None and fail[0] == rank:  # this rank raises at step fail[1]
+    if fail is not None and fail[0] == rank:
         cls = gin.query_parameter("Trainer.method").configurable.wrapped
         original = cls.train_step
 
         def train_step(self, step, batch):
-            if step == fail[1]:
+            if step == fail[1] and fail[2] == "raise":
                 raise ValueError(f"rank {rank} broke at step {step}")
+            if step == fail[1]:
+                os.kill(os.getpid(), getattr(signal, fail[2]))
             return original(self, step, batch)
 
         cls.train_step = train_step
@@ -164,7 +175,8 @@ def _assert_same(a: Path, b: Path, keys=("loss", "mse"), tensors=None, atol: flo
     la, lb = _losses(a), _losses(b)
     assert [r["step"] for r in la] == [r["step"] for r in lb]
     for ra, rb in zip(la, lb):
-        for k in keys:
+        assert {k for k in ra if not k.startswith("comm/")} == {k for k in rb if not k.startswith("comm/")}
+        for k in (k for k in keys if k in ra):  # validation rows have val_* only
             assert ra[k] == pytest.approx(rb[k], rel=1e-5, abs=1e-6), (ra["step"], k, ra[k], rb[k])
     fa, fb = _final(a), _final(b)
     assert fa.keys() == fb.keys()
@@ -193,10 +205,37 @@ def test_shards_are_contiguous_and_cover_the_batch():
         assert max(p[1] - p[0] for p in parts) - min(p[1] - p[0] for p in parts) <= unit
 
 
-@pytest.mark.skipif(not LEGO.is_dir(), reason="lego_100 not present")
-def test_plenoxels_two_ranks_equal_one(plenoxels_reference, tmp_path):
-    exp, d = _trial(tmp_path, PLENOXELS, "plenoxels")
+@pytest.fixture(scope="module")
+def plenoxels_two(tmp_path_factory) -> Path:
+    exp, d = _trial(tmp_path_factory.mktemp("two"), PLENOXELS, "plenoxels")
     assert _run(2, exp, d)
+    return d
+
+
+def _gather_main(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    from harness.run import distributed
+
+    distributed.setup(TIMEOUT_S)
+    try:
+        got = [(i, image) for i, image in distributed.gathered(lambda i: {"view": i, "rank": rank}, [4, 0, 3, 1, 2])]
+        Path(out, f"{rank}.json").write_text(json.dumps(got))
+    finally:
+        distributed.teardown()
+
+
+def test_views_are_rendered_by_every_rank_and_gathered_in_order_on_rank_0(tmp_path):
+    mp.start_processes(_gather_main, args=(2, _free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
+    zero, one = (json.loads((tmp_path / f"{r}.json").read_text()) for r in (0, 1))
+    assert one == []  # the other ranks render, rank 0 alone receives
+    assert [i for i, _ in zero] == [4, 0, 3, 1, 2]  # in the order asked, each view once
+    assert [image["view"] for _, image in zero] == [4, 0, 3, 1, 2]
+    assert [image["rank"] for _, image in zero] == [0, 1, 0, 1, 0]  # round by round, one view per rank
+
+
+@pytest.mark.skipif(not LEGO.is_dir(), reason="lego_100 not present")
+def test_plenoxels_two_ranks_equal_one(plenoxels_reference, plenoxels_two):
+    d = plenoxels_two
     assert json.loads((d / "status.json").read_text())["state"] == "done"
     # Plenoxels' grid values are not compared: RMSProp divides by sqrt(v) ~ 1e-6 in rows with tiny gradients,
     # so the float noise of summing in another order moves them by up to 0.2 (density, max 39; measured)
@@ -205,7 +244,13 @@ def test_plenoxels_two_ranks_equal_one(plenoxels_reference, tmp_path):
                  tensors=("optimizer", "occupancy", "background"))
     one, two = (json.loads((x / "metrics.json").read_text()) for x in (plenoxels_reference, d))
     assert two["psnr"] == pytest.approx(one["psnr"], abs=1e-3)
-    rows = _losses(d)
+    # the test views rendered by both ranks, scored on rank 0, in the one-process order; validation too
+    assert list(two["per_view"]) == list(one["per_view"]) and two["num_views"] == one["num_views"] == 200
+    for name, scores in one["per_view"].items():
+        assert two["per_view"][name]["psnr"] == pytest.approx(scores["psnr"], abs=1e-2), name
+    val = [[r["val_psnr"] for r in _losses(x) if "val_psnr" in r] for x in (plenoxels_reference, d)]
+    assert len(val[0]) == 2 and val[1] == pytest.approx(val[0], abs=1e-3)
+    rows = [r for r in _losses(d) if "loss" in r]
     assert all(r["comm/bytes"] > 0 for r in rows)  # the telemetry of the all-reduce
     assert not (d / "ranks").exists() or not list((d / "ranks").glob("*.error"))
 
@@ -232,7 +277,7 @@ def test_block_nerf_two_ranks_equal_one(tmp_path):
 def test_failing_rank_fails_the_trial_and_one_rank_resumes_it(plenoxels_reference, tmp_path):
     exp, d = _trial(tmp_path, PLENOXELS, "plenoxels")
     t0 = time.monotonic()
-    assert not _run(2, exp, d, fail=(1, 30))  # after the checkpoint of step 25
+    assert not _run(2, exp, d, fail=(1, 30, "raise"))  # after the checkpoint of step 25
     assert time.monotonic() - t0 < TIMEOUT_S + 60
     status = json.loads((d / "status.json").read_text())
     assert status["state"] == "failed"
@@ -276,10 +321,112 @@ def test_local_cluster_runs_two_ranks_through_submitit(plenoxels_reference, tmp_
     (d,) = [p for p in (tmp_path / "runs" / "dp").iterdir() if p.is_symlink()]
     status = json.loads((d / "status.json").read_text())
     assert status["state"] == "done" and "psnr" in json.loads((d / "metrics.json").read_text())
-    assert len(_losses(d)) == 50 and all(r["comm/bytes"] > 0 for r in _losses(d))
+    rows = [r for r in _losses(d) if "loss" in r]
+    assert len(rows) == 50 and all(r["comm/bytes"] > 0 for r in rows)
     # a method without the capability is refused before anything runs
     toy = tmp_path / "toy.gin"
     toy.write_text((ROOT / "tests" / "fixtures" / "toy.gin").read_text().replace("'debug'", "'local'")
                    + "launch.tasks_per_node = 2\n")
     proc = harness("sweep", toy, "--runs-dir", tmp_path / "runs2", timeout=120)
     assert proc.returncode != 0 and "'data_parallel' capability" in proc.stdout + proc.stderr
+
+
+def _assert_identical(a: Path, b: Path, step: int = 50) -> None:
+    """The same training log (losses of every step) and final state, bit for bit."""
+    def logged(d: Path) -> list[dict]:  # the seconds aside
+        return [{k: v for k, v in r.items() if k != "time"} for r in _losses(d)]
+
+    assert logged(a) == logged(b)
+    fa, fb = _final(a, step), _final(b, step)
+    assert fa.keys() == fb.keys() and all(torch.equal(fa[k], fb[k]) for k in fa)
+    ma, mb = (json.loads((x / "metrics.json").read_text()) for x in (a, b))
+    assert ma["per_view"] == mb["per_view"]
+
+
+@pytest.mark.skipif(not LEGO.is_dir(), reason="lego_100 not present")
+def test_a_stop_signal_on_one_rank_stops_both_at_the_same_step_and_a_rerun_resumes(plenoxels_two, tmp_path):
+    """SIGTERM reaches rank 1 alone during step 21: the ranks agree on it in that step's all-reduce, rank 0
+    saves step 21 while rank 1 waits, both end, and the re-run ends as the uninterrupted 2-rank run."""
+    exp, d = _trial(tmp_path, PLENOXELS, "plenoxels")
+    assert not _run(2, exp, d, fail=(1, 20, "SIGTERM"))
+    status = json.loads((d / "status.json").read_text())
+    assert status["state"] == "preempted" and "SIGTERM at step 21, checkpointed" in status["error"], status
+    assert (d / "checkpoints" / "step_00000021.pt").exists()
+    assert max(r["step"] for r in _losses(d)) == 21
+    assert _run(2, exp, d)
+    status = json.loads((d / "status.json").read_text())
+    assert status["state"] == "done" and status["attempts"] == 2
+    _assert_identical(plenoxels_two, d)
+
+
+@pytest.mark.skipif(not LEGO.is_dir(), reason="lego_100 not present")
+def test_a_rank_killed_fails_the_trial_and_a_rerun_resumes_both_ranks(plenoxels_two, tmp_path):
+    """Rank 1 is SIGKILLed in step 31 (what the OOM killer does): rank 0's collective fails at once, the trial
+    is `failed`, and the re-run resumes both ranks from step 25 to the uninterrupted run's result."""
+    exp, d = _trial(tmp_path, PLENOXELS, "plenoxels")
+    t0 = time.monotonic()
+    assert not _run(2, exp, d, fail=(1, 30, "SIGKILL"))
+    assert time.monotonic() - t0 < TIMEOUT_S + 60
+    status = json.loads((d / "status.json").read_text())
+    assert status["state"] == "failed", status
+    assert sorted(p.name for p in (d / "checkpoints").glob("step_*.pt")) == ["step_00000025.pt"]
+    assert _run(2, exp, d)
+    assert json.loads((d / "status.json").read_text())["state"] == "done"
+    _assert_identical(plenoxels_two, d)
+
+
+def _wait_for(what: str, predicate, timeout: float = 240, poll: float = 0.2):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@pytest.mark.slurm
+@pytest.mark.skipif(shutil.which("sbatch") is None, reason="no SLURM here: run scripts/local-slurm.sh up")
+@pytest.mark.skipif(not LEGO.is_dir(), reason="lego_100 not present")
+def test_slurm_two_task_trial_is_preempted_with_usr2_and_resumes(tmp_path):
+    """A 2-task SLURM job (one trial, two ranks) gets USR2 on both tasks mid-training: the ranks agree on the
+    step, rank 0 saves it and requeues the job (submitit), rank 1 waits for the save; the requeued job
+    resumes both ranks there and ends as an uninterrupted 2-rank run on the local cluster."""
+    text = (PLENOXELS.replace("load_scene.downscale = 4", "load_scene.downscale = 1")
+            + COMMON.replace("Trainer.iterations = 50", "Trainer.iterations = 300")
+            .replace("Trainer.checkpoint_every = 25", "Trainer.checkpoint_every = 1000")
+            .replace("launch.cluster = 'debug'", "launch.tasks_per_node = 2\nlaunch.threads = 1\n")
+            + "Trainer.progress_every = 1\nlaunch.cpus_per_task = 1\nlaunch.timeout_min = 30\n")
+    exp = tmp_path / "dp.gin"
+    exp.write_text(text)
+    runs = tmp_path / "slurm"
+    proc = harness("sweep", exp, "--runs-dir", runs, "--cluster", "slurm", timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (trial,) = [p for p in (runs / "dp").iterdir() if p.is_symlink()]
+
+    def step() -> int:
+        with contextlib.suppress(OSError, ValueError):
+            progress = json.loads((trial / "progress.json").read_text())
+            return progress["step"] if progress.get("phase") == "train" else -1
+        return -1
+
+    _wait_for("training past step 40", lambda: step() >= 40, timeout=300)
+    preempted_at = step()
+    assert preempted_at < 250, "preemption came too late"
+    job = json.loads((trial / "status.json").read_text())["slurm_job_id"]
+    subprocess.run(["scancel", "--signal=USR2", job], check=True)  # both tasks get it, as from a preempting cluster
+    _wait_for("the trial to finish", lambda: json.loads((trial / "status.json").read_text())["state"]
+              in ("done", "failed", "diverged"), timeout=400)
+    status = json.loads((trial / "status.json").read_text())
+    assert status["state"] == "done" and status["attempts"] == 2, status
+    assert status["slurm_job_id"] == job  # requeued, not resubmitted
+    log = open(status["log_stderr"]).read() + open(status["log_stdout"]).read()
+    assert "this job is preempted" in log and f"Requeued job {job}" in log, log[-3000:]
+    resumed = re.search(rf"resumed {trial.name} from step (\d+)\b", log)
+    assert resumed and int(resumed.group(1)) >= preempted_at, log[-3000:]  # the step the signal came at
+
+    local = tmp_path / "local"
+    proc = harness("sweep", exp, "--runs-dir", local, "--cluster", "local", timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    uninterrupted = local / "dp" / trial.name
+    _assert_identical(uninterrupted, trial, step=300)

@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 600.0  # launch.collective_timeout_s: how long a collective waits for a silent rank
 TIMEOUT_ENV = "HARNESS_COLLECTIVE_TIMEOUT_S"
+SIGNAL_BITS = 2  # harness.run.trial's PREEMPTED | STOPPED, agreed on in reduce_losses
 ERRORS_DIR = "ranks"  # inside the trial folder: <rank>.error of a rank that failed
 
 
@@ -209,17 +211,42 @@ def take(batch: dict[str, torch.Tensor], dp: DataParallel, unit: int = 1) -> dic
     return {k: v[start:stop] for k, v in batch.items()}
 
 
-def reduce_losses(losses: dict[str, float], dp: DataParallel) -> dict[str, float]:
+def reduce_losses(losses: dict[str, float], dp: DataParallel, noted: int = 0) -> tuple[dict[str, float], int]:
     """The step's losses over the global batch: each rank's value weighted by its share of the rays,
     summed over ranks. Exact for means over rays and for terms equal on every rank; a method returns
     other terms scaled so that this sum is their global value (Plenoxels' sparsity, a mean over
     samples); a statistic left as it is (Block-NeRF's PSNR of the rank's rays) becomes the ray-weighted
     mean of the ranks'. Every rank gets the same numbers, so every rank takes the same divergence
-    decision."""
+    decision. In the same all-reduce, `noted` (bits of the signals this rank noted, harness.run.trial)
+    becomes the bits any rank noted: what every rank then delivers after this step."""
     keys = sorted(losses)
-    t = torch.tensor([float(losses[k]) * dp.weight for k in keys], dtype=torch.float64, device=_comm_device())
+    bits = [float(noted >> b & 1) for b in range(SIGNAL_BITS)]
+    t = torch.tensor([float(losses[k]) * dp.weight for k in keys] + bits, dtype=torch.float64, device=_comm_device())
     torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
-    return {k: float(v) for k, v in zip(keys, t.tolist())}
+    values = t.tolist()
+    agreed = sum(1 << b for b, v in enumerate(values[len(keys):]) if v > 0)
+    return {k: float(v) for k, v in zip(keys, values)}, agreed
+
+
+# ---- evaluation ------------------------------------------------------------------------------------
+def gathered(render, indices) -> Iterator[tuple[int, object]]:
+    """Views rendered by every rank and gathered on rank 0: in rounds of `size` views, rank r renders the
+    round's r-th view (`render(index)`), and rank 0 yields (index, image) in the order of `indices`; the
+    other ranks yield nothing, so they drive the rounds by exhausting the generator. One process: each
+    view rendered and yielded in turn. Rank 0 scores and writes, as it does alone: the scores (and the
+    per-view order of the record) are those of one process, only the rendering is shared."""
+    indices = [int(i) for i in indices]
+    if _WORLD.size <= 1:
+        for i in indices:
+            yield i, render(i)
+        return
+    for start in range(0, len(indices), _WORLD.size):
+        batch = indices[start:start + _WORLD.size]
+        mine = render(batch[_WORLD.rank]) if _WORLD.rank < len(batch) else None
+        out: list | None = [None] * _WORLD.size if _WORLD.writer else None
+        torch.distributed.gather_object(mine, out, dst=0)
+        if out is not None:
+            yield from zip(batch, out)
 
 
 # ---- records ---------------------------------------------------------------------------------------
@@ -255,7 +282,8 @@ def write_rank_error(trial_dir: Path, rank: int, exc: BaseException, traceback: 
         folder = Path(trial_dir) / ERRORS_DIR
         folder.mkdir(exist_ok=True)
         tmp = folder / f".{rank}.error.tmp"
-        tmp.write_text(json.dumps({"rank": rank, "error": error, "collective": is_collective_error(exc),
+        tmp.write_text(json.dumps({"rank": rank, "error": error, "kind": exc.__class__.__name__,
+                                   "collective": is_collective_error(exc),
                                    "traceback": traceback[-2000:]}))
         tmp.replace(folder / f"{rank}.error")
 

@@ -93,16 +93,27 @@ class Evaluation:
 
             check_lpips_weights(self.lpips_net, self.lpips_weights_dir)
 
-    def views(self, method, split: Split, indices):
+    def views(self, method, split: Split, indices, shared: bool = True):
         """(name, image as scored (float32 in [0, 1]), target) for `indices`: through the method's own
         view protocol when it declares one (the 'views' capability, harness.core.method.ViewProtocol),
         else whole renders."""
+        from harness.run import distributed
+
         own = has_capability(method, "views")
-        for i in map(int, indices):
-            if own:
-                yield split.names[i], method.render_view(split, i), method.scored_part(split.images[i])
-            else:
-                yield split.names[i], render_view(method, split, i, self.chunk), split.images[i]
+        def render(i: int):
+            return method.render_view(split, i) if own else render_view(method, split, i, self.chunk)
+
+        # data parallel (`shared`): every rank renders its share of the views, rank 0 receives them all (and
+        # only it scores); not `shared`: this process renders them all (rank 0's tracker panel)
+        pairs = distributed.gathered(render, indices) if shared else ((i, render(i)) for i in map(int, indices))
+        for i, image in pairs:
+            yield split.names[i], image, (method.scored_part(split.images[i]) if own else split.images[i])
+
+    def follow(self, method, split: Split, indices=None) -> None:
+        """A rank other than 0 (data parallel): render its share of what rank 0's `score` of the same views
+        renders (harness.run.distributed.gathered); it scores and writes nothing."""
+        for _ in self.views(method, split, range(len(split)) if indices is None else indices):
+            pass
 
     def score_views(self, views, renders_dir: Path | None = None, metrics=None, progress=None,
                     background=(1.0, 1.0, 1.0)) -> dict:

@@ -225,8 +225,8 @@ class TrialProbe:
         self.steps.append(entry)
         return losses
 
-    def _measured_views(self, method, split, indices):
-        views = self._views(method, split, indices)
+    def _measured_views(self, method, split, indices, **options):
+        views = self._views(method, split, indices, **options)
         if self.render is not None:
             yield from views
             return

@@ -85,6 +85,7 @@ def _diverged(message: str, step: int) -> TrialDiverged:
 # (loading, evaluation) they end the trial at once: there is no unsaved training state then.
 PREEMPT_SIGNALS = (signal.SIGUSR2,)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+PREEMPTED, STOPPED = 1, 2  # bits of _DeferredSignals.noted(), summed over the data-parallel ranks
 _boundary_saver: Callable[[], None] | None = None  # while a trial trains: checkpoints its last completed step
 
 
@@ -149,7 +150,18 @@ class _DeferredSignals:
                 self.previous[sig] = signal.signal(sig, note)
         return self
 
-    def deliver(self) -> None:
+    def noted(self) -> int:
+        """The kinds of signal noted and not yet delivered: PREEMPTED | STOPPED bits (data-parallel ranks
+        agree on them at each step's loss all-reduce, so that every rank stops after the same step)."""
+        kinds = {PREEMPTED if signum in PREEMPT_SIGNALS else STOPPED for signum, _ in self.pending}
+        return sum(kinds)
+
+    def deliver(self, agreed: int | None = None) -> None:
+        """Hand the noted signals on; with `agreed` (several ranks: the signals any rank noted before this
+        step's all-reduce), what every rank does at this step whatever it noted itself."""
+        if agreed is not None:
+            self._deliver_agreed(agreed)
+            return
         while self.pending:
             signum, frame = self.pending.pop(0)
             if signum in STOP_SIGNALS:
@@ -157,6 +169,22 @@ class _DeferredSignals:
                 save_at_boundary()
                 raise TrialInterrupted(signum, self.step())
             self.previous[signum](signum, frame)
+
+    def _deliver_agreed(self, agreed: int) -> None:
+        """A stop: every rank saves the step (rank 0 writes, the others wait for it) and ends. A preemption:
+        every rank hands it to the handler it replaced (submitit's: on rank 0 it saves the step through
+        save_at_boundary, requeues the job and exits; on the others it returns), then saves the step
+        (once: a save already made is not repeated) and ends as a stop does. A signal noted after the
+        all-reduce waits for the next step's agreement."""
+        if not agreed:
+            return
+        own, self.pending = self.pending, []
+        kinds = (STOP_SIGNALS if agreed & STOPPED else PREEMPT_SIGNALS)
+        signum, frame = next(((s, f) for s, f in own if s in kinds), (kinds[0], None))
+        if not agreed & STOPPED and callable(self.previous.get(signum)):
+            self.previous[signum](signum, frame)
+        save_at_boundary()
+        raise TrialInterrupted(signum, self.step())
 
     def __exit__(self, *exc):
         for sig, handler in self.previous.items():
@@ -237,6 +265,8 @@ class Trainer:
         # data parallel (harness/run/distributed.py): this process's rank; rank 0 alone writes and evaluates
         self.world = distributed.world()
         self.dp: distributed.DataParallel | None = None
+        self.signals: _DeferredSignals | None = None  # while training: the signals noted, for the ranks' agreement
+        self.agreed = 0  # the signals any rank noted before this step's all-reduce (data parallel)
 
     def _resume(self, method, record: TrialRecord) -> tuple[int, float]:
         if self.world.writer:
@@ -301,7 +331,10 @@ class Trainer:
                 if self.dp is None:
                     return method.train_step(step, sampler.sample(step, method.batch_size, patch))
                 batch = distributed.take(sampler.sample(step, method.batch_size, patch), self.dp, patch * patch)
-                return distributed.reduce_losses(method.train_step(step, batch), self.dp)
+                losses = method.train_step(step, batch)
+                noted = self.signals.noted() if self.signals is not None else 0  # as late as possible
+                losses, self.agreed = distributed.reduce_losses(losses, self.dp, noted)
+                return losses
             except torch.cuda.OutOfMemoryError as exc:
                 error = str(exc).strip().splitlines()[0] if str(exc).strip() else "out of memory"
             # retried outside the except block, so the traceback's tensors are already freed
@@ -334,18 +367,27 @@ class Trainer:
             self.health.attach(method, self.log_every, step)
         t_loop = time.perf_counter()
         global _boundary_saver
-        _boundary_saver = lambda: self._checkpoint(method, record, step, train_time)  # noqa: E731 (late-bound step)
-        if not self.world.writer:
-            _boundary_saver = None
+        saved = [-1]
+
+        def save_boundary() -> None:  # the last completed step (late-bound), once; the other ranks wait for it
+            if saved[0] != step:
+                saved[0] = step
+                if self.world.writer:
+                    self._checkpoint(method, record, step, train_time)
+                distributed.barrier()
+
+        _boundary_saver = save_boundary
         try:
             with _DeferredSignals(step=lambda: step) as deferred:
+                self.signals = deferred
                 while step < self.iterations:
                     step, train_time = self._train_iteration(method, scene, record, evaluation, sampler,
                                                              step, train_time)
                     self.step = step
-                    deferred.deliver()  # between steps: a preemption saves this step, then exits
+                    # between steps: a preemption saves this step, then exits (several ranks: what they agreed on)
+                    deferred.deliver(self.agreed if self.dp is not None else None)
         finally:
-            _boundary_saver = None
+            _boundary_saver, self.signals = None, None
             self.loop_s += time.perf_counter() - t_loop
             if self.health.warnings:
                 record.update(gradient_warnings=self.health.warnings)
@@ -395,9 +437,10 @@ class Trainer:
         if step % self.progress_every == 0:
             record.write_progress(step, self.iterations, phase="train", loss=float(losses.get("loss", 0)))
         split = validation_split(scene) if self.validate_every and step % self.validate_every == 0 else None
-        if not self.world.writer:  # rank 0 validates (and saves the best state) alone
-            split = None
-        if split is not None:
+        val: dict = {}
+        if split is not None and not self.world.writer:  # rank 0 scores (and saves the best state); the
+            evaluation.follow(method, scene.split(split), self.validation_views)  # others render their share
+        elif split is not None:
             wanted = tuple(m for m in VALIDATION_METRICS if m == "psnr" or m in evaluation.metrics)
             val = evaluation.score(method, scene.split(split), self.validation_views, metrics=wanted)
             scores = {k: val[k] for k in wanted if k in val}
@@ -418,9 +461,22 @@ class Trainer:
                     self.tracker.flush()
             distributed.barrier()  # the other ranks wait until the step is saved
         if split is not None:  # a search's trial reports to its study, which may stop it here (harness/run/pruning.py)
-            pruning.at_validation(record.dir, step, float(val["psnr"]), self.iterations,
-                                  save=lambda: self._checkpoint(method, record, step, train_time))
+            self._report_validation(record, step, val.get("psnr"),
+                                    save=lambda: self._checkpoint(method, record, step, train_time))
         return step, train_time
+
+    def _report_validation(self, record: TrialRecord, step: int, psnr: float | None, save) -> None:
+        """Rank 0 reports the validation to the trial's study (if any); every rank ends when it is pruned."""
+        pruned = None
+        if self.world.writer:
+            try:
+                pruning.at_validation(record.dir, step, float(psnr), self.iterations, save=save)  # type: ignore[arg-type]
+            except pruning.TrialPruned as exc:
+                pruned = exc
+        if self.world.size > 1 and distributed.broadcast_flag(int(pruned is not None)) and pruned is None:
+            pruned = pruning.TrialPruned(step, math.nan)  # rank 0's decision; it records the value
+        if pruned is not None:
+            raise pruned
 
     def _track_view(self, method, scene, evaluation: Evaluation, step: int) -> None:
         """The tracker's view panel (render, ground truth, error map, depth) of a validation view."""
@@ -473,9 +529,10 @@ class Trainer:
             record.update(device=device_name(method.device))
         probe = memory.TrialProbe(method, evaluation, last_step=self.iterations - 1)  # metrics.json `memory`
         step, train_time = self.train(method, scene, record, evaluation)
-        if not self.world.writer:  # rank 0 evaluates alone
-            return {}
         evaluated = self._load_evaluated(method, record)
+        if not self.world.writer:  # rank 0 scores and writes; the others render their share of the views
+            evaluation.follow(method, scene.split("test"))
+            return {}
         test = scene.split("test")
         record.write_progress(0, len(test), phase="eval")
         done = [0]
@@ -691,6 +748,8 @@ def run_trial(trial_dir: Path, job_info: dict | None = None, wait: bool = True) 
                 peer = distributed.peer_error(record.dir)
                 if peer is not None:
                     error, tail = f"rank {peer['rank']}: {peer['error']}", peer.get("traceback", tail)
+                    if peer.get("kind") == "TrialInterrupted":  # a stop signal that rank alone got outside training
+                        state = "preempted"
             _record_end(record, state, error=error, traceback=tail)
             raise
         return metrics
