@@ -96,8 +96,8 @@ def _free_port() -> int:
 
 def _rank_main(rank: int, world: int, port: int, exp: str, trial_dir: str, fail: tuple | None) -> None:
     """One rank of a trial (spawned): the job body's steps without submitit. `fail` = (rank, step, what):
-    that rank, at the start of that training step, raises ('raise') or sends itself a signal ('SIGTERM',
-    'SIGKILL')."""
+    that rank, at the start of that training step, raises ('raise'), runs out of memory ('oom') or sends
+    itself a signal ('SIGTERM', 'SIGKILL')."""
     if world > 1:
         os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
                           MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -117,6 +117,8 @@ def _rank_main(rank: int, world: int, port: int, exp: str, trial_dir: str, fail:
         def train_step(self, step, batch):
             if step == fail[1] and fail[2] == "raise":
                 raise ValueError(f"rank {rank} broke at step {step}")
+            if step == fail[1] and fail[2] == "oom":
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
             if step == fail[1]:
                 os.kill(os.getpid(), getattr(signal, fail[2]))
             return original(self, step, batch)
@@ -288,6 +290,19 @@ def test_failing_rank_fails_the_trial_and_one_rank_resumes_it(plenoxels_referenc
     status = json.loads((d / "status.json").read_text())
     assert status["state"] == "done" and status["attempts"] == 2
     _assert_same(plenoxels_reference, d, keys=("loss", "mse"), tensors=("optimizer", "occupancy", "background"))
+
+
+@pytest.mark.skipif(not LEGO.is_dir(), reason="lego_100 not present")
+def test_out_of_memory_on_one_rank_fails_the_trial_with_what_to_do(tmp_path):
+    """One process retries an out-of-memory step with a smaller batch; one rank of several cannot (the others
+    wait in the step's all-reduce with the old batch): the trial fails at once naming the rank and the fix."""
+    exp, d = _trial(tmp_path, PLENOXELS, "plenoxels")
+    assert not _run(2, exp, d, fail=(1, 3, "oom"))
+    status = json.loads((d / "status.json").read_text())
+    assert status["state"] == "failed" and "oom_reductions" not in status
+    assert status["error"].startswith("rank 1: TrialOutOfMemory: out of memory at step 3 on rank 1 of 2 with "
+                                      "batch_size 512"), status["error"]
+    assert "lower Plenoxels.batch_size" in status["error"]
 
 
 def test_launch_checks_are_one_line():

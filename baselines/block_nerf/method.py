@@ -251,18 +251,19 @@ class BlockNeRF:
                 losses["pose_reg"] = float(reg.detach())
         self.opt.zero_grad()
         hook = self.gradient_hook
+        reduce = None
         if dp is None:
             (self.scaler.scale(loss) if self.scaler else loss).backward()
             seen = None if hook is None else (lambda grads: hook(step, loss, grads, scaled=self.scaler is not None))
         else:  # every term is a mean over the rays: weighted by this rank's share, summed over the ranks
-            objective = loss * dp.weight
+            objective, total = loss * dp.weight, [loss]
             (self.scaler.scale(objective) if self.scaler else objective).backward()
 
-            def seen(grads):  # before clipping: the ranks' sum is the one-process gradient of the global batch
-                total = dp.all_reduce_(grads, objective)
-                if hook is not None:
-                    hook(step, total, grads, scaled=self.scaler is not None)
-        grad = self.opt.step(step, self.scaler, before_update=seen)
+            def reduce(grads):  # before unscaling and clipping: the ranks' sum is the one-process gradient
+                total[0] = dp.all_reduce_(grads, objective)
+
+            seen = None if hook is None else (lambda grads: hook(step, total[0], grads, scaled=self.scaler is not None))
+        grad = self.opt.step(step, self.scaler, before_update=seen, before_unscale=reduce)
         losses["loss"] = float(loss.detach())
         if grad:
             losses["grad_norm"] = grad

@@ -67,18 +67,22 @@ class ComponentOptimisers:
         for o in self.opts.values():
             o.zero_grad(set_to_none=True)
 
-    def step(self, step: int, scaler=None, before_update=None) -> float:
+    def step(self, step: int, scaler=None, before_update=None, before_unscale=None) -> float:
         """Set learning rates for `step`, clip (per component), step; returns the largest grad norm.
-        `before_update({component: [gradients]})` sees the gradients unscaled and not yet clipped."""
+        `before_unscale(gradients)` gets them as backward left them (data parallel: the all-reduce, so that
+        with mixed precision every rank's scaler finds the same inf/NaN and skips the same steps);
+        `before_update({component: [gradients]})` sees them unscaled and not yet clipped."""
         factor = self.schedule.factor(step)
         worst = 0.0
+        if before_unscale is not None:
+            before_unscale(self.gradients())
         for k, o in self.opts.items():
             for g in o.param_groups:
                 g["lr"] = self.base[k] * factor
             if scaler is not None:
                 scaler.unscale_(o)
         if before_update is not None:
-            before_update({k: [p.grad for p in ps if p.grad is not None] for k, ps in self.params.items()})
+            before_update(self.gradients())
         for k, o in self.opts.items():
             if self.clip_norm > 0:
                 worst = max(worst, float(torch.nn.utils.clip_grad_norm_(self.params[k], self.clip_norm)))
@@ -89,6 +93,10 @@ class ComponentOptimisers:
         if scaler is not None:
             scaler.update()
         return worst
+
+    def gradients(self) -> dict[str, list[torch.Tensor]]:
+        """{component: [gradients]} of the parameters that have one, in a fixed order."""
+        return {k: [p.grad for p in ps if p.grad is not None] for k, ps in self.params.items()}
 
     def telemetry(self) -> dict[str, float]:
         """Per component: the learning rate last set."""

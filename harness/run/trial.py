@@ -337,6 +337,12 @@ class Trainer:
                 return losses
             except torch.cuda.OutOfMemoryError as exc:
                 error = str(exc).strip().splitlines()[0] if str(exc).strip() else "out of memory"
+                if self.dp is not None:  # the others wait in this step's all-reduce: end the job, say what to do
+                    raise TrialOutOfMemory(
+                        f"out of memory at step {step} on rank {self.world.rank} of {self.world.size} with "
+                        f"batch_size {method.batch_size}: a data-parallel trial does not retry with a smaller "
+                        f"batch (every rank would have to); lower {type(method).__name__}.batch_size ({error})"
+                    ) from None
             # retried outside the except block, so the traceback's tensors are already freed
             old = method.batch_size
             reductions = record.status().get("oom_reductions", [])
