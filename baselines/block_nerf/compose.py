@@ -224,7 +224,9 @@ class Composition:
         for i in range(len(self.split)):
             img, info = compose_view(self.methods, self.split, i, self.opts, self.matched)
             self.infos[self.split.names[i]] = info
-            yield self.split.names[i], self.first.scored_part(img), self.first.scored_part(self.split.images[i])
+            view = (self.split.names[i], self.first.scored_part(img), self.first.scored_part(self.split.images[i]))
+            masks = getattr(self.split, "masks", None)  # the dataset's protocol: transient objects not scored
+            yield view if masks is None else (*view, self.first.scored_part(masks[i]))
 
     def record(self, scores: dict) -> dict:
         per_view = scores["per_view"]
@@ -255,9 +257,10 @@ def score_composed(methods: dict, split, options: dict, classify: list[Block] | 
     for i in range(len(split)):
         images, weights, info = render_blocks(methods, split, i, opts, None)
         gt = part(split.images[i])
+        mask = part(split.masks[i]) if getattr(split, "masks", None) is not None else None
 
-        def score(img, gt=gt):
-            return psnr(to_8bit(part(np.clip(img, 0, 1))), gt)
+        def score(img, gt=gt, mask=mask):
+            return psnr(to_8bit(part(np.clip(img, 0, 1))), gt, mask=mask)
 
         row = {"name": split.names[i], "psnr": score(blend(images, weights)), "blocks": info["blocks"],
                "regions": in_regions(split.cameras.c2w[i, :, 3], classify)}

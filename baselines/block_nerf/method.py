@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from baselines.block_nerf import protocol as proto
+from baselines.block_nerf.depth import DepthLoss, depth_loss
 from baselines.block_nerf.field import BlockField
 from baselines.block_nerf.model import MipMLP, VisibilityMLP, exposure_input, init_codes, param_count, pixel_radius
 from baselines.block_nerf.partition import BlockPartition
@@ -30,6 +31,7 @@ from harness.core.errors import ConfigError
 from harness.core.method import pick_device, tensor_bytes
 
 log = logging.getLogger(__name__)
+DEPTH_EVAL_STRIDE = 4  # every 4th pixel of the test views scores the rendered depth (depth_record)
 POSE_GROUPS = ("image", "sequence")  # one pose offset per training image, or per capture sequence (drive)
 STATE_VERSION = 2  # 2: the pose translation has its own optimizer ("pose_translation")
 
@@ -52,10 +54,14 @@ def subset_split(split: Split, index: np.ndarray, c2w: np.ndarray | None = None)
     cams = split.cameras.subset(index)
     if c2w is not None:
         cams.c2w = c2w.astype(np.float32)
-    return Split(split.images[index], cams, [split.names[i] for i in index],
-                 None if split.exposure is None else split.exposure[index],
-                 None if split.appearance_id is None else split.appearance_id[index],
-                 None if split.sequence_id is None else split.sequence_id[index])
+    masks = getattr(split, "masks", None)
+    out = Split(split.images[index], cams, [split.names[i] for i in index],
+                None if split.exposure is None else split.exposure[index],
+                None if split.appearance_id is None else split.appearance_id[index],
+                None if split.sequence_id is None else split.sequence_id[index])
+    if masks is not None:
+        out.masks = masks[index]
+    return out
 
 
 @gin.configurable
@@ -68,14 +74,19 @@ class BlockNeRF:
     # checked when the sweep expands (harness.run.sweep.check_positive_settings), with those of the parts
     positive_settings = ("batch_size",)
     # harness.core.method.CAPABILITIES
-    capabilities = ("own_scene", "views", "device", "telemetry", "gradients", "samples", "memory", "data_parallel")
+    capabilities = ("own_scene", "views", "device", "telemetry", "gradients", "samples", "memory", "data_parallel",
+                    "stages")
+    # what a training stage may set for its steps (harness/run/stages.py)
+    stage_values = ("coarse_loss_weight", "visibility_weight", "depth_weight")
 
     def __init__(self, scene: Scene, seed: int, *, block: int = 0, partition: BlockPartition | None = None,
                  batch_size: int = 1024, render_chunk: int = 4096, device: str = "auto",
                  field: MipField | None = None, appearance: Appearance | None = None,
                  visibility: Visibility | None = None, pose_groups: str = "image", pose_noise: PoseNoise | None = None,
-                 pose_refinement: PoseRefinement | None = None, optimization: Optimization | None = None):
+                 pose_refinement: PoseRefinement | None = None, optimization: Optimization | None = None,
+                 depth: DepthLoss | None = None):
         field = _part("field", field, MipField, MipField)
+        depth = _part("depth", depth, DepthLoss)
         appearance = _part("appearance", appearance, Appearance, Appearance)
         visibility = _part("visibility", visibility, Visibility)
         pose_noise = _part("pose_noise", pose_noise, PoseNoise)
@@ -99,7 +110,7 @@ class BlockNeRF:
             splits={"train": subset_split(train, self.train_index, self.noisy_c2w),
                     "test": subset_split(test, self.test_index)},
             near=scene.near, far=scene.far, bbox=scene.bbox, ndc=scene.ndc,
-            extras={**scene.extras, "block": self.block.as_record()})
+            extras={**scene.extras, "block": self.block.as_record(), **self._block_depth(scene)})
         tr = self.trial_scene.split("train")
 
         # conditioning
@@ -131,6 +142,10 @@ class BlockNeRF:
                                  pose_refinement.reg_steps).to(self.device) if pose_refinement is not None else None)
         self.visibility_weight = visibility.weight if visibility is not None else 0.0
         self.coarse_loss_weight = field.coarse_loss_weight
+        # depth supervision (baselines/block_nerf/depth.py) on the trainer's per-ray depth (the scene's maps)
+        self.depth_settings, self.depth_weight = depth, (depth.weight if depth is not None else 0.0)
+        _check(depth is None or self.trial_scene.extras.get("depth", {}).get("train") is not None,
+               f"BlockNeRF.depth is set but the scene {scene.name!r} has no depth maps for its train split")
         self.opt = self._optimizers(optimization, mlp, vis, n_codes)
         self.gradient_hook = None  # set by the harness (harness/run/gradients.py): sees each step's gradients
         self.data_parallel = None  # set by the harness when the trial runs on several processes (distributed.py)
@@ -245,6 +260,12 @@ class BlockNeRF:
                 vis_loss = ((fine["visibility"].float() - fine["trans"].detach().float()) ** 2).mean()
                 loss = loss + self.visibility_weight * vis_loss
                 losses["visibility"] = float(vis_loss.detach())
+            if self.depth_settings is not None and "depth" in batch:
+                true = batch["depth"].to(self.device)
+                term_f, stats = depth_loss(fine["weights"], fine["edges"], true, self.depth_settings)
+                term_c, _ = depth_loss(coarse["weights"], coarse["edges"], true, self.depth_settings)
+                loss = loss + self.depth_weight * (term_f + self.coarse_loss_weight * term_c)
+                losses.update(depth=float(term_f.detach()), **stats)
             if self.pose is not None:
                 reg = self.pose.regulariser(self.train_pose_group[idx].to(self.device), self.block.radius)
                 loss = loss + self.pose.reg_weight(step) * reg
@@ -340,6 +361,9 @@ class BlockNeRF:
             vis = self.visibility_error(split)
             if vis is not None:
                 out["visibility"] = vis
+            depth = self.depth_record(split)
+            if depth is not None:
+                out["depth"] = depth
         return out
 
     def protocol_record(self, split: Split) -> dict:
@@ -413,6 +437,40 @@ class BlockNeRF:
                 "hit_ray_fraction": sums["hit"][1] / max(1, sums["all"][1]),
                 "pixel_stride": self.visibility_eval_stride}
 
+    def depth_record(self, split: Split) -> dict | None:
+        """Mean absolute error (metres) of the rendered depth (the expected termination over the opacity,
+        as render() gives it) against the scene's depth on every DEPTH_EVAL_STRIDE-th pixel of the
+        test views with a finite true depth that the split's masks keep (transient objects are not the
+        static scene): `mae_m` over all of them, `mae_hit_m` over those whose surface lies in this
+        block's region (the geometry it models)."""
+        depth = self.trial_scene.extras.get("depth", {}).get("test")
+        if depth is None:
+            return None
+        masks = getattr(split, "masks", None)
+        errors: dict[str, list[torch.Tensor]] = {"all": [], "hit": []}
+        centre = torch.as_tensor(self.block.center, dtype=torch.float32)
+        self.field.eval()
+        with torch.no_grad():
+            for k in range(len(split)):
+                o, d = image_rays(split.cameras, k)
+                pick = torch.arange(0, o.shape[0], DEPTH_EVAL_STRIDE)
+                true = torch.from_numpy(depth[k].reshape(-1)[pick.numpy()])
+                keep = torch.isfinite(true) & (true > 0)
+                if masks is not None:
+                    keep &= torch.from_numpy(masks[k].reshape(-1)[pick.numpy()])
+                if not keep.any():
+                    continue
+                fine = self.render_rays(o[pick][keep], d[pick][keep], self.default_code(), 1.0)["fine"]
+                rendered = BlockField.depth_acc(fine)[0].float().cpu()
+                err = (rendered - true[keep]).abs()
+                hit = ((o[pick][keep] + true[keep][:, None] * d[pick][keep]) - centre).norm(dim=-1) <= self.block.radius
+                errors["all"].append(err)
+                errors["hit"].append(err[hit])
+        merged = {k: torch.cat(v) if v else torch.zeros(0) for k, v in errors.items()}
+        return {"mae_m": float(merged["all"].mean()) if len(merged["all"]) else None,
+                "mae_hit_m": float(merged["hit"].mean()) if len(merged["hit"]) else None,
+                "rays": int(len(merged["all"])), "pixel_stride": DEPTH_EVAL_STRIDE}
+
     def mean_visibility(self, origins: torch.Tensor, directions: torch.Tensor, weighted: bool = False,
                         region: bool = False) -> float:
         """Mean predicted visibility V(x, d) over the coarse samples of the given rays: low when the view
@@ -452,6 +510,18 @@ class BlockNeRF:
         self.opt.load_state_dict(state["opt"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
+
+    def freeze(self, groups: frozenset[str]) -> None:
+        """Do not train `groups` (a training stage's frozen components; their optimiser state is kept)."""
+        self.opt.freeze(groups)
+
+    def _block_depth(self, scene: Scene) -> dict:
+        """The depth maps of this block's train and test images (the trial scene's splits), when the scene
+        has depth: what depth supervision and the trainer's rays read."""
+        depth = scene.extras.get("depth") or {}
+        picked = {name: depth[name][index] for name, index in (("train", self.train_index), ("test", self.test_index))
+                  if depth.get(name) is not None}
+        return {"depth": picked} if picked else {}
 
     def parameter_groups(self) -> dict[str, list[torch.Tensor]]:
         """The trained tensors by optimiser component (mlp, appearance, visibility, pose...)."""

@@ -62,6 +62,15 @@ class ComponentOptimisers:
         lists = {k: (list(params), lr) for k, (params, lr) in components.items()}
         self.opts = {k: OPTIMISERS[optimizer](params, lr=lr, **kw) for k, (params, lr) in lists.items() if params}
         self.params = {k: [p for g in o.param_groups for p in g["params"]] for k, o in self.opts.items()}
+        self.frozen: frozenset[str] = frozenset()
+
+    def freeze(self, components: frozenset[str]) -> None:
+        """Stop training `components` (a training stage): no gradient is computed for them and they are not
+        stepped, so their optimiser state (moments, step count) is kept for when they train again."""
+        self.frozen = frozenset(components)
+        for k, ps in self.params.items():
+            for p in ps:
+                p.requires_grad_(k not in self.frozen)
 
     def zero_grad(self) -> None:
         for o in self.opts.values():
@@ -76,14 +85,16 @@ class ComponentOptimisers:
         worst = 0.0
         if before_unscale is not None:
             before_unscale(self.gradients())
+        active = {k: o for k, o in self.opts.items() if k not in self.frozen}
         for k, o in self.opts.items():
             for g in o.param_groups:
                 g["lr"] = self.base[k] * factor
+        for o in active.values():
             if scaler is not None:
                 scaler.unscale_(o)
         if before_update is not None:
             before_update(self.gradients())
-        for k, o in self.opts.items():
+        for k, o in active.items():
             if self.clip_norm > 0:
                 worst = max(worst, float(torch.nn.utils.clip_grad_norm_(self.params[k], self.clip_norm)))
             if scaler is not None:
@@ -96,7 +107,7 @@ class ComponentOptimisers:
 
     def gradients(self) -> dict[str, list[torch.Tensor]]:
         """{component: [gradients]} of the parameters that have one, in a fixed order."""
-        return {k: [p.grad for p in ps if p.grad is not None] for k, ps in self.params.items()}
+        return {k: [p.grad for p in ps if p.grad is not None] for k, ps in self.params.items() if k not in self.frozen}
 
     def telemetry(self) -> dict[str, float]:
         """Per component: the learning rate last set."""

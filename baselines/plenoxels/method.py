@@ -61,7 +61,7 @@ class Plenoxels:
     # checked when the sweep expands (harness.run.sweep.check_positive_settings)
     positive_settings = ("lr_density", "lr_sh", "lr_background", "batch_size", "lr_decay_steps")
     capabilities = ("patches", "device", "telemetry", "gradients", "samples",
-                    "memory", "data_parallel")  # harness.core.method.CAPABILITIES
+                    "memory", "data_parallel", "stages")  # harness.core.method.CAPABILITIES
     GROUPS = ("density", "sh", "background")  # optimiser groups, in the order train_step differentiates them
 
     def __init__(self, scene, seed: int, *, resolution=128, upsample_steps=(400, 1500),
@@ -141,6 +141,7 @@ class Plenoxels:
         self.last_step: int | None = None  # the last step trained, for telemetry()
         self.gradient_hook = None  # set by the harness (harness/run/gradients.py): sees each step's gradients
         self.data_parallel = None  # set by the harness when the trial runs on several processes (distributed.py)
+        self.frozen: frozenset[str] = frozenset()  # groups a training stage does not update (harness/run/stages.py)
         self.comm: dict[str, float] = {}  # data parallel: bytes all-reduced in the last step (telemetry)
         self.max_weight = torch.zeros(self.grid.n_rows, device=self.device)  # per row, since last resample
         self.n_upsampled = self.n_pruned = 0
@@ -419,6 +420,8 @@ class Plenoxels:
     def _update(self, step: int, grads, d_rows, s_rows) -> None:
         scales = self._lr_scales(step)
         self.last_step = step
+        frozen = self.frozen
+        grads = tuple(None if g in frozen else x for g, x in zip(("density", "sh", "background"), grads))
         if grads[0] is not None:
             self.optim.step("density", self.grid.density, d_rows, grads[0], scales["density"])
         if grads[1] is not None:
@@ -426,6 +429,12 @@ class Plenoxels:
         if len(grads) > 2 and grads[2] is not None:
             zero = torch.zeros(1, dtype=torch.long, device=self.device)
             self.optim.step("background", self.background_logit, zero, grads[2], scales["background"])
+
+    stage_values: tuple[str, ...] = ()  # no value a training stage may set (harness/run/stages.py)
+
+    def freeze(self, groups: frozenset[str]) -> None:
+        """Do not update `groups` (a training stage's frozen groups); their optimiser state is kept."""
+        self.frozen = frozenset(groups)
 
     def parameter_groups(self) -> dict[str, list[torch.Tensor]]:
         """The trained tensors by optimiser group (the gradients the hook sees are of the rows a step

@@ -96,6 +96,10 @@ CAPABILITIES: dict[str, tuple[str, ...]] = {
     # rays, 1 / size for terms equal on every rank) and sums its gradients over the ranks
     # (data_parallel.all_reduce_) before its update; per-ray randomness must depend on the global batch
     "data_parallel": ("data_parallel",),
+    # training in stages (harness/run/stages.py): parameter_groups() -> {group: [tensors]}; freeze(groups)
+    # stops updating those groups (a frozenset; their optimiser state kept) until called again;
+    # stage_values: the attribute names a stage may set for its steps (e.g. a loss weight)
+    "stages": ("parameter_groups", "freeze", "stage_values"),
 }
 REQUIRED = ("train_step", "render", "state_dict", "load_state_dict", "stats")
 

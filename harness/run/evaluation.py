@@ -94,9 +94,10 @@ class Evaluation:
             check_lpips_weights(self.lpips_net, self.lpips_weights_dir)
 
     def views(self, method, split: Split, indices, shared: bool = True):
-        """(name, image as scored (float32 in [0, 1]), target) for `indices`: through the method's own
+        """(name, image as scored (float32 in [0, 1]), target[, mask]) for `indices`: through the method's own
         view protocol when it declares one (the 'views' capability, harness.core.method.ViewProtocol),
-        else whole renders."""
+        else whole renders; with the split's mask of the view (the pixels that count, the dataset's
+        protocol: transient objects excluded) when it has masks."""
         from harness.run import distributed
 
         own = has_capability(method, "views")
@@ -106,8 +107,11 @@ class Evaluation:
         # data parallel (`shared`): every rank renders its share of the views, rank 0 receives them all (and
         # only it scores); not `shared`: this process renders them all (rank 0's tracker panel)
         pairs = distributed.gathered(render, indices) if shared else ((i, render(i)) for i in map(int, indices))
+        masks = getattr(split, "masks", None)
         for i, image in pairs:
-            yield split.names[i], image, (method.scored_part(split.images[i]) if own else split.images[i])
+            scored = method.scored_part if own else (lambda x: x)
+            view = (split.names[i], image, scored(split.images[i]))
+            yield view if masks is None else (*view, scored(masks[i]))
 
     def follow(self, method, split: Split, indices=None) -> None:
         """A rank other than 0 (data parallel): render its share of what rank 0's `score` of the same views
@@ -125,7 +129,7 @@ class Evaluation:
         truth: dict[str, str] = {}
 
         def saved():
-            for name, image, target in views:
+            for name, image, target, *mask in views:
                 pred = np.asarray(to_8bit(image))  # numpy in, numpy out
                 if renders_dir is not None and self.save_renders:
                     save_png(renders_dir / f"{name}.png", pred)
@@ -134,7 +138,7 @@ class Evaluation:
                         save_png(renders_dir / "errors" / f"{name}.png", np.asarray(error_map(pred, target)))
                 if progress is not None:
                     progress()
-                yield name, pred, target
+                yield (name, pred, target, *mask)
 
         result = score_images(saved(), metrics=tuple(metrics or self.metrics), lpips_net=self.lpips_net,
                               weights_dir=self.lpips_weights_dir, background=tuple(float(c) for c in background))

@@ -38,6 +38,10 @@ ROOTS = ("Trainer", "load_scene", "Evaluation")  # what the trial runner calls b
 # they are declared; tests/test_identity.py checks that changing them leaves metrics and weights
 # bit-identical). Launch settings are not here: they are not trial configurables at all.
 BOOKKEEPING = {"Trainer": ("keep_checkpoints", "log_every", "checkpoint_every", "progress_every")}
+# Parameters added after trials existed, left out at the value that computes what the code did before they
+# existed, so those trials keep their ids (at any other value they enter the id as usual): training
+# stages, the centre precrop and masked rays (harness/run/stages.py; no dataset had masks before).
+NEUTRAL = {"Trainer": {"stages": None, "precrop_steps": 0, "precrop_frac": 0.5, "use_masks": True}}
 # Configurables that only watch a trial (live tracking, harness/run/tracking.py; gradient health,
 # harness/run/gradients.py): none of their parameters enters the id (tests/test_tracking.py and
 # tests/test_gradients.py check that metrics are the same with them off).
@@ -118,6 +122,11 @@ def parameters(configurable) -> dict:
     return {k: v for k, v in params.items() if k not in skip}
 
 
+def _is_neutral(value, neutral) -> bool:
+    value = resolve_macros(value)
+    return value is None if neutral is None else (type(value) is type(neutral) and value == neutral)
+
+
 def references(value, registry: dict) -> list[str]:
     if isinstance(value, gin.config.ConfigurableReference):
         name = value.configurable.name
@@ -154,7 +163,9 @@ def operative() -> dict[str, dict]:
         package = method.configurable.module.rsplit(".", 1)[0]
         queue += [n for n, c in registry.items() if c.module == package or c.module.startswith(package + ".")]
     walked = reachable(queue, registry, skip=WATCHERS)
-    return {name: {k: canonical(v) for k, v in sorted(walked[name].items())} for name in sorted(walked)}
+    return {name: {k: canonical(v) for k, v in sorted(walked[name].items())
+                   if not (k in NEUTRAL.get(name, {}) and _is_neutral(v, NEUTRAL[name][k]))}
+            for name in sorted(walked)}
 
 
 def operative_modules() -> list[str]:

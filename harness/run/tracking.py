@@ -232,7 +232,7 @@ def view_image(method, split, index: int, evaluation, background) -> np.ndarray:
     from harness.run.evaluation import render_maps
 
     if has_capability(method, "views"):
-        [(_, image, target)] = list(evaluation.views(method, split, [index], shared=False))
+        [(_, image, target, *_)] = list(evaluation.views(method, split, [index], shared=False))
         return view_panel(image, target, None, background)
     maps = render_maps(method, split, index, evaluation.chunk)
     return view_panel(maps["rgb"], split.images[index], maps.get("depth"), background)

@@ -28,6 +28,7 @@ from harness.core.method import has as has_capability
 from harness.core.method import method_problems, pick_device
 from harness.core.records import FINAL_STATES, TrialRecord, remove_temp_files
 from harness.run import checkpoints, distributed, memory, pruning
+from harness.run import stages as stages_mod
 from harness.run.evaluation import Evaluation
 from harness.run.gradients import GradientHealth
 from harness.run.tracking import Tracker, view_image
@@ -212,14 +213,20 @@ class Trainer:
     ('mean_colour': the PSNR of predicting every pixel as the split's mean colour, minus
     `collapse_margin` dB (default 0: a trial worse than that constant image learned nothing); a
     number: that floor in dB; None: no check), or when the lowest logged training loss is not below
-    the first one by `min_loss_drop` of it (None: no check)."""
+    the first one by `min_loss_drop` of it (None: no check).
+
+    `stages` (harness/run/stages.py): a list of training stages, each with its steps, the downscale of
+    its training rays, the parameter groups it trains and values it sets. `precrop_steps` > 0: the
+    first steps draw rays from the centre `precrop_frac` of each image only. `use_masks`: when the
+    train split has masks (transient objects), draw rays from the kept pixels only."""
 
     def __init__(self, method=gin.REQUIRED, iterations: int = 1000, seed: int = 0,
                  checkpoint_every: int = 500, keep_checkpoints: int = 2, log_every: int = 50,
                  validate_every: int = 0, validation_views=(0,), progress_every: int = 10,
                  finite_check_every: int = 0, oom_retries: int = 3, oom_factor: float = 0.5,
                  evaluate_with: str = "latest", collapse_psnr="mean_colour", collapse_margin: float = 0.0,
-                 min_loss_drop: float | None = 0.01):
+                 min_loss_drop: float | None = 0.01, stages=None, precrop_steps: int = 0, precrop_frac: float = 0.5,
+                 use_masks: bool = True):
         if not callable(method):
             raise ConfigError(f"Trainer.method = {method!r}: expected a configurable reference such as @ToyColour")
         self.method_cls = method
@@ -254,6 +261,15 @@ class Trainer:
             raise ConfigError(f"Trainer.min_loss_drop = {min_loss_drop!r}: expected a fraction in [0, 1), "
                               "or None (no check)")
         self.min_loss_drop = None if min_loss_drop is None else float(min_loss_drop)
+        self.stages = stages_mod.parse(stages, self.iterations)
+        self.precrop_steps = _int("precrop_steps", precrop_steps, 0)
+        if not (_finite_number(precrop_frac) and 0 < precrop_frac <= 1):
+            raise ConfigError(f"Trainer.precrop_frac = {precrop_frac!r}: expected a fraction in (0, 1]")
+        self.precrop_frac = float(precrop_frac)
+        if not isinstance(use_masks, bool):
+            raise ConfigError(f"Trainer.use_masks = {use_masks!r}: expected True or False")
+        self.use_masks = use_masks
+        self.switch: stages_mod.StageSwitch | None = None  # while training in stages
         self.best: dict[str, float] | None = None  # {"step", "psnr"} of the best validation so far (read on resume)
         self.tracker: Tracker | None = None  # live tracking (harness/run/tracking.py), made by run()
         self.health = GradientHealth()  # gradient statistics and the divergence diagnosis (harness/run/gradients.py)
@@ -360,7 +376,18 @@ class Trainer:
 
     def train(self, method, scene, record: TrialRecord, evaluation: Evaluation) -> tuple[int, float]:
         split = scene.split("train")
-        sampler = RaySampler(split.images, split.cameras, self.seed)
+        stages_mod.check_method(self.stages, method)
+        self.switch = stages_mod.StageSwitch(method, self.stages) if self.stages else None
+        masks = getattr(split, "masks", None) if self.use_masks else None
+        depth = scene.extras.get("depth", {}).get("train")
+        sampler: RaySampler | stages_mod.TrainingRays
+        if self.stages or self.precrop_steps or masks is not None or depth is not None:
+            sampler = stages_mod.TrainingRays(split.images, split.cameras, self.seed, self.stages, masks, depth,
+                                              self.precrop_steps, self.precrop_frac)
+        else:  # the rays of before stages existed (same draws)
+            sampler = RaySampler(split.images, split.cameras, self.seed)
+        if self.stages and self.world.writer:
+            record.update(stages=[st.record() for st in self.stages])
         if self.world.size > 1:
             self.dp = method.data_parallel = distributed.DataParallel(self.world.rank, self.world.size)
         step, train_time = self._resume(method, record)
@@ -411,17 +438,19 @@ class Trainer:
     def _train_iteration(self, method, scene, record, evaluation, sampler, step: int, train_time: float
                          ) -> tuple[int, float]:
         """One training step and its bookkeeping (logs, validation, checkpoint)."""
+        stage = self._enter_stage(step)
         t0 = time.perf_counter()
         losses = self._train_step(method, sampler, step, record)
         train_time += time.perf_counter() - t0
         step += 1
+        boundary = stage is not None and step == stage.stop  # a stage's last step: logged and checkpointed
         self._check_finite(losses, step)
         if self.finite_check_every and step % self.finite_check_every == 0:
             self._check_params(method.state_dict(), step)
         if (fault := faults.hit("step")) is not None:
             fault.fire(record.dir)
         last = step == self.iterations
-        logged = step % self.log_every == 0 or last
+        logged = step % self.log_every == 0 or last or boundary
         tracker = self.tracker
         tracked = tracker is not None and tracker.scalars_due(step, last)
         with self._tracking():  # the method's telemetry (learning rates, gradient norms, model facts)
@@ -429,6 +458,7 @@ class Trainer:
         health = self.health.take()  # gradient statistics, when due at this step
         if logged or health:
             record.append_log({"step": step, "time": round(train_time, 3),
+                               **({"stage": stage.name} if stage is not None else {}),
                                **(({**losses, **telemetry}) if logged else {}), **health})
         if self.health.new_warning:  # a group's first exploding/vanishing warning: in status.json at once
             self.health.new_warning = False
@@ -459,7 +489,7 @@ class Trainer:
         if self.tracker is not None and self.world.writer and self.tracker.images_due(step):
             with self._tracking():
                 self._track_view(method, scene, evaluation, step)
-        if step % self.checkpoint_every == 0 or step == self.iterations:
+        if step % self.checkpoint_every == 0 or step == self.iterations or boundary:
             if self.world.writer:
                 self._checkpoint(method, record, step, train_time)
             if self.tracker is not None:
@@ -470,6 +500,19 @@ class Trainer:
             self._report_validation(record, step, val.get("psnr"),
                                     save=lambda: self._checkpoint(method, record, step, train_time))
         return step, train_time
+
+    def _enter_stage(self, step: int):
+        """The stage of step `step` (0-based), applied to the method when it changes; None without stages."""
+        if self.switch is None:
+            return None
+        before = self.switch.current
+        stage = self.switch.enter(step)
+        if stage is not before and stage is not None:
+            log.info("stage %d '%s' from step %d: %d steps, rays downscaled x%d, training %s%s", stage.index,
+                     stage.name, stage.start, stage.steps, stage.downscale,
+                     "every group" if stage.train is None else ", ".join(stage.train),
+                     f", set {stage.values}" if stage.values else "")
+        return stage
 
     def _report_validation(self, record: TrialRecord, step: int, psnr: float | None, save) -> None:
         """Rank 0 reports the validation to the trial's study (if any); every rank ends when it is pruned."""

@@ -1,4 +1,7 @@
-"""Blender / NeRF-Synthetic loader: transforms_{split}.json + RGBA PNGs."""
+"""Blender / NeRF-Synthetic loader: transforms_{split}.json + RGBA PNGs.
+
+A frame may name a mask with `mask_path` (relative to the JSON file, as in nerfstudio; docs/data.md "Masks").
+"""
 
 from __future__ import annotations
 
@@ -7,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.core.data.loader_kit import (as_dict, as_float, as_list, as_matrix, as_str, check_pose,
-                                  cameras_from_arrays, load_rgb, read_json, require)
+from harness.core.data.loader_kit import (as_dict, as_float, as_list, as_matrix, as_str, cameras_from_arrays,
+                                          check_pose, frame_mask, load_rgb, read_json, require, stack_masks)
 from harness.core.data.scene import Scene, Split
 from harness.core.errors import DataError
 
@@ -21,6 +24,7 @@ def load_split(root: Path, split: str, factor: int, background: np.ndarray) -> S
     if not frames:
         raise DataError(f"{meta_path}: split '{split}' has no frames")
     images: list[np.ndarray] = []
+    masks: list[np.ndarray | None] = []
     poses, names = [], []
     for i, frame in enumerate(frames):
         where = f"{meta_path} frame {i}"
@@ -31,6 +35,7 @@ def load_split(root: Path, split: str, factor: int, background: np.ndarray) -> S
             path = path.with_suffix(".png")
         expect = (images[0].shape[1] * factor, images[0].shape[0] * factor) if images else None
         images.append(load_rgb(path, factor, background, expect, f"{path.parent.name}/ (other frames)"))
+        masks.append(frame_mask(root, frame, factor, images[-1], path, where))
         poses.append(check_pose(as_matrix(require(frame, "transform_matrix", where), 4, 4,
                                           f"{where} transform_matrix"), where))
         names.append(Path(rel).stem)
@@ -39,7 +44,7 @@ def load_split(root: Path, split: str, factor: int, background: np.ndarray) -> S
     n = len(frames)
     cams = cameras_from_arrays(np.stack(poses), np.full(n, focal), np.full(n, focal),
                                np.full(n, w / 2), np.full(n, h / 2), w, h)
-    return Split(np.stack(images).astype(np.float32), cams, names)
+    return Split(np.stack(images).astype(np.float32), cams, names, masks=stack_masks(masks, (h, w)))
 
 
 def load_blender(path: str | Path, splits=("train", "test"), downscale_factor: int = 1,

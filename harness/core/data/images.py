@@ -1,4 +1,4 @@
-"""Reading images with clear errors, compositing and downscaling."""
+"""Reading images and masks with clear errors, compositing and downscaling."""
 
 from __future__ import annotations
 
@@ -22,6 +22,38 @@ def read_image(path: Path) -> np.ndarray:
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"{path}: unreadable image ({exc.__class__.__name__}: {exc})") from None
     return arr.astype(np.float32) / 255.0
+
+
+MASK_MODES = ("L", "1")  # PIL modes of single-channel 8-bit and 1-bit images
+
+
+def read_mask(path: Path, where: str) -> np.ndarray:
+    """A mask image as (H, W) bool, True where the pixel counts. nerfstudio's convention: a single-channel
+    8-bit PNG, 0 = ignore the pixel, nonzero = keep it (1-bit PNGs also accepted). Multi-channel masks are
+    refused rather than guessed at: which channel is meant differs between tools. `where` names the frame."""
+    if not path.is_file():
+        raise DataError(f"{path}: mask file is missing ({where})")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            mode, arr = im.mode, np.asarray(im)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"{path}: unreadable mask ({exc.__class__.__name__}: {exc}) ({where})") from None
+    if mode not in MASK_MODES:
+        raise DataError(f"{path}: mask has image mode {mode}, expected single-channel 8-bit (mode L: 0 = ignore "
+                        f"the pixel, nonzero = keep it) or 1-bit ({where})")
+    return arr != 0
+
+
+def downscale_mask(mask: np.ndarray, factor: int) -> np.ndarray:
+    """(H, W) bool min-pooled by an integer factor: a pixel counts only if all its source pixels do, so no
+    ignored (e.g. transient) content leaks into a kept pixel's box-filtered colour."""
+    if factor == 1:
+        return mask
+    h, w = mask.shape
+    if h % factor or w % factor:
+        raise DataError(f"mask of {w}x{h} cannot be downscaled by {factor} (not divisible)")
+    return np.asarray(mask.reshape(h // factor, factor, w // factor, factor).all(axis=(1, 3)))
 
 
 def downscale(rgba: np.ndarray, factor: int) -> np.ndarray:

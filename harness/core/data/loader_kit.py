@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.core.data.images import composite, downscale, read_image
+from harness.core.data.images import composite, downscale, downscale_mask, read_image, read_mask
 from harness.core.data.scene import Cameras
 from harness.core.errors import DataError
 
@@ -123,6 +123,33 @@ def load_rgb(path: Path, factor: int, background: np.ndarray, expect_wh: tuple[i
     if factor > 1 and (h % factor or w % factor):
         raise DataError(f"{path}: image of {w}x{h} cannot be downscaled by {factor} (not divisible)")
     return composite(downscale(rgba, factor), background)
+
+
+def frame_mask(folder: Path, frame: dict, factor: int, image: np.ndarray, image_path: Path,
+               where: str) -> np.ndarray | None:
+    """The frame's optional `mask_path` (relative to `folder`) as (H, W) bool at the loaded `image`'s size,
+    min-pooled by `factor`; None when the frame has no mask."""
+    if "mask_path" not in frame:
+        return None
+    path = folder / as_str(frame["mask_path"], f"{where} 'mask_path'")
+    mask = read_mask(path, where)
+    h, w = image.shape[0] * factor, image.shape[1] * factor  # the image's size before downscaling
+    if mask.shape != (h, w):
+        raise DataError(f"{path}: mask is {mask.shape[1]}x{mask.shape[0]}, its image {image_path} is {w}x{h} ({where})")
+    if not mask.any():
+        raise DataError(f"{path}: mask keeps no pixel (all 0) ({where})")
+    small = downscale_mask(mask, factor)
+    if not small.any():
+        raise DataError(f"{path}: mask keeps no pixel after downscale by {factor} (a pixel counts only where all "
+                        f"{factor}x{factor} source pixels do) ({where})")
+    return small
+
+
+def stack_masks(masks: list[np.ndarray | None], hw: tuple[int, int]) -> np.ndarray | None:
+    """(N, H, W) bool of a split's frames, all True for frames without a mask; None when no frame has one."""
+    if all(m is None for m in masks):
+        return None
+    return np.stack([np.ones(hw, dtype=bool) if m is None else m for m in masks])
 
 
 def holdout(n: int, every: int) -> tuple[np.ndarray, np.ndarray]:

@@ -5,6 +5,8 @@ or per frame (a frame's value wins). Each frame has `file_path` (relative to the
 4x4 camera-to-world `transform_matrix` in OpenGL axes; Block-NeRF scenes add `exposure` (positive
 float), `appearance_id` (int), `sequence_id` (int: the drive or capture sequence), a top-level `blocks` list and, for procedural scenes, per-frame
 `depth_file_path` (.npy, float32 distance along the unit ray, times `depth_unit_scale_factor`).
+A frame's optional `mask_path` (relative to the JSON file) is nerfstudio's mask: a single-channel 8-bit
+PNG, 0 = ignore the pixel; frames of a split without one count every pixel (docs/data.md "Masks").
 
 Splits, first rule that applies: a per-frame `split` field (frames without one are 'train');
 nerfstudio's top-level `train_filenames` / `val_filenames` / `test_filenames`; files
@@ -20,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from harness.core.data.loader_kit import (as_dict, as_float, as_int, as_list, as_matrix, as_str, bbox_from_cameras,
-                                  cameras_from_arrays, check_pose, far_from_bbox, holdout, load_rgb, read_json,
-                                  require)
+                                          cameras_from_arrays, check_pose, far_from_bbox, frame_mask, holdout,
+                                          load_rgb, read_json, require, stack_masks)
 from harness.core.data.scene import Scene, Split
 from harness.core.errors import DataError
 
@@ -142,6 +144,7 @@ def load_frames(frames: list[Frame], split: str, factor: int, background: np.nda
                 load_depth: bool = True) -> tuple[Split, np.ndarray, np.ndarray | None]:
     """(Split, distortion (N, 6), depth (N, H, W) or None) of one split's frames."""
     images: list[np.ndarray] = []
+    masks: list[np.ndarray | None] = []
     poses, intr, dist, names = [], [], [], []
     for f in frames:
         rel = as_str(require(f.data, "file_path", f.where), f"{f.where} 'file_path'")
@@ -157,6 +160,7 @@ def load_frames(frames: list[Frame], split: str, factor: int, background: np.nda
                             f"of split '{split}' are {images[0].shape[1]}x{images[0].shape[0]}")
         k, d = _intrinsics(f, stated or (img.shape[1] * factor, img.shape[0] * factor))
         images.append(img)
+        masks.append(frame_mask(f.meta_path.parent, f.data, factor, img, path, f.where))
         poses.append(pose)
         intr.append(np.array(k) / factor)
         dist.append(d)
@@ -175,7 +179,7 @@ def load_frames(frames: list[Frame], split: str, factor: int, background: np.nda
     out = Split(np.stack(images).astype(np.float32), cams, names,
                 None if exposure is None else np.asarray(exposure, dtype=np.float32),
                 None if appearance is None else np.asarray(appearance, dtype=np.int64),
-                None if sequence is None else np.asarray(sequence, dtype=np.int64))
+                None if sequence is None else np.asarray(sequence, dtype=np.int64), stack_masks(masks, (h, w)))
     depth = None
     if load_depth and all("depth_file_path" in f.data for f in frames):
         if factor == 1:

@@ -41,29 +41,63 @@ class RaySampler:
 
     Batches do not depend on how many steps ran in this process, so a resumed
     trial sees exactly the batches an uninterrupted one would.
+
+    `masks` ((N, H, W) bool, True where a pixel counts, e.g. not a transient object): only those pixels
+    are drawn, so masked pixels never enter a loss. `depth` ((N, H, W) float, distance along the unit
+    ray; NaN: not measured, inf: nothing hit): each ray's depth is in the batch as 'depth'. Without
+    either, the draws are those of before they existed (same numbers, same order).
     """
 
-    def __init__(self, images: np.ndarray, cameras: Cameras, seed: int):
+    def __init__(self, images: np.ndarray, cameras: Cameras, seed: int, masks: np.ndarray | None = None,
+                 depth: np.ndarray | None = None):
         self.images = torch.from_numpy(np.ascontiguousarray(images.reshape(-1, 3), dtype=np.float32))
         self.cameras = cameras
         self.seed = int(seed)
         self.n, self.h, self.w = images.shape[0], images.shape[1], images.shape[2]
+        self.masks = None if masks is None else np.asarray(masks, dtype=bool).reshape(self.n, self.h, self.w)
+        self.depth = None if depth is None else torch.from_numpy(
+            np.ascontiguousarray(depth, dtype=np.float32).reshape(-1))
+        self._pools: dict[float, torch.Tensor] = {}  # crop fraction -> flat indices of the pixels drawn from
 
-    def sample(self, step: int, batch_size: int, patch_size: int = 1) -> dict[str, torch.Tensor]:
+    def sample(self, step: int, batch_size: int, patch_size: int = 1, crop: float = 1.0) -> dict[str, torch.Tensor]:
         """`batch_size` rays; with patch_size p > 1, batch_size // p^2 square p x p patches
-        (patch-major, row-major inside a patch), for losses that need image structure (SSIM)."""
+        (patch-major, row-major inside a patch), for losses that need image structure (SSIM).
+        `crop` < 1: only from the central crop x crop of each image (the precrop of early steps)."""
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + int(step))
         if patch_size > 1:
+            if self.masks is not None or crop < 1.0:
+                raise ValueError("patch sampling with masks or a centre crop is not supported")
             flat = self._patch_pixels(gen, batch_size, int(patch_size))
-        else:
+        elif self.masks is None and crop >= 1.0:
             flat = torch.randint(0, self.n * self.h * self.w, (batch_size,), generator=gen)
+        else:
+            pool = self._pool(crop)
+            flat = pool[torch.randint(0, len(pool), (batch_size,), generator=gen)]
         cam = (flat // (self.h * self.w)).numpy()
         pix = (flat % (self.h * self.w)).numpy()
         u = (pix % self.w).astype(np.float32) + 0.5
         v = (pix // self.w).astype(np.float32) + 0.5
         origins, dirs = rays_for_pixels(self.cameras, cam, u, v)
-        return {"origins": origins, "directions": dirs, "rgb": self.images[flat],
-                "image_index": torch.from_numpy(cam)}
+        batch = {"origins": origins, "directions": dirs, "rgb": self.images[flat], "image_index": torch.from_numpy(cam)}
+        if self.depth is not None:
+            batch["depth"] = self.depth[flat]
+        return batch
+
+    def _pool(self, crop: float) -> torch.Tensor:
+        """Flat indices of the pixels that may be drawn: inside the centre crop and kept by the masks."""
+        if crop not in self._pools:
+            keep = np.ones((self.n, self.h, self.w), bool) if self.masks is None else self.masks
+            if crop < 1.0:
+                region = np.zeros((self.h, self.w), bool)
+                dh, dw = int(round(self.h * (1 - crop) / 2)), int(round(self.w * (1 - crop) / 2))
+                region[dh:self.h - dh, dw:self.w - dw] = True
+                keep = keep & region[None]
+            flat = np.flatnonzero(keep.reshape(-1))
+            if not len(flat):
+                where = " inside the centre crop" if crop < 1 else ""
+                raise ValueError(f"no pixel to draw rays from (the masks keep none{where})")
+            self._pools[crop] = torch.from_numpy(flat.astype(np.int64))
+        return self._pools[crop]
 
     def _patch_pixels(self, gen: torch.Generator, batch_size: int, p: int) -> torch.Tensor:
         if p > min(self.h, self.w) or batch_size < p * p:

@@ -5,7 +5,9 @@ Conventions (all loaders convert to these):
   (x right, y up, looking down -z);
 - pinhole intrinsics per image in pixels (`fx`, `fy`, `cx`, `cy`, shape (N,));
 - images float32 in [0, 1], shape (N, H, W, 3), already composited on the
-  scene's background colour (identically for every consumer, DESIGN.md "Evaluation protocol").
+  scene's background colour (identically for every consumer, DESIGN.md "Evaluation protocol");
+- masks, when a split has them, bool (N, H, W): True where a pixel shows static content and counts
+  for training and scoring, False where it is ignored (e.g. a transient car); None: every pixel counts.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ class Cameras:
     def __len__(self) -> int:
         return int(self.c2w.shape[0])
 
-    def subset(self, index) -> "Cameras":
+    def subset(self, index) -> Cameras:
         idx = np.asarray(index)
         return Cameras(self.c2w[idx], self.fx[idx], self.fy[idx], self.cx[idx], self.cy[idx],
                        self.width, self.height)
@@ -44,9 +46,23 @@ class Split:
     exposure: np.ndarray | None = None  # (N,) positive floats, Block-NeRF scenes
     appearance_id: np.ndarray | None = None  # (N,) ints, Block-NeRF scenes
     sequence_id: np.ndarray | None = None  # (N,) ints: the capture sequence (drive), Block-NeRF scenes
+    masks: np.ndarray | None = None  # (N, H, W) bool, True where a pixel counts; None: every pixel counts
+
+    def __post_init__(self) -> None:
+        # a mask that does not line up with its image would silently train on the wrong pixels
+        if self.masks is not None and (self.masks.dtype != np.bool_ or self.masks.shape != self.images.shape[:3]):
+            raise ValueError(f"Split.masks must be bool {self.images.shape[:3]}, got {self.masks.dtype} "
+                             f"{self.masks.shape}")
 
     def __len__(self) -> int:
         return len(self.names)
+
+    def subset(self, index) -> Split:
+        """The images at `index` with their cameras, names and every per-image field (masks included)."""
+        idx = np.asarray(index, dtype=np.int64).reshape(-1)
+        pick = lambda a: None if a is None else a[idx]  # noqa: E731
+        return Split(self.images[idx], self.cameras.subset(idx), [self.names[i] for i in idx], pick(self.exposure),
+                     pick(self.appearance_id), pick(self.sequence_id), pick(self.masks))
 
 
 @dataclass

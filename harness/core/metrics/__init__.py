@@ -14,6 +14,7 @@ from harness.core.metrics.image import (
     SSIM_WINDOW,
     error_map,
     prepare,
+    prepare_mask,
     prepare_pair,
     psnr,
     ssim,
@@ -27,10 +28,10 @@ from harness.core.metrics.lpips_model import (
     get_lpips_model,
     lpips_distance,
 )
-from harness.core.metrics.scoring import METRICS, evaluate_dirs, score_images
+from harness.core.metrics.scoring import MASK_RULES, METRICS, evaluate_dirs, score_images
 
 __all__ = [
-    "METRICS", "LPIPS_NETS", "RANGE_TOLERANCE", "SSIM_K1", "SSIM_K2", "SSIM_SIGMA", "SSIM_VARIANTS",
+    "MASK_RULES", "METRICS", "LPIPS_NETS", "RANGE_TOLERANCE", "SSIM_K1", "SSIM_K2", "SSIM_SIGMA", "SSIM_VARIANTS",
     "SSIM_WINDOW", "WEIGHTS_ENV", "check_lpips_weights", "error_map", "evaluate_dirs", "get_lpips_model",
-    "lpips_distance", "prepare", "prepare_pair", "psnr", "score_images", "ssim", "to_8bit", "to_uint8",
+    "lpips_distance", "prepare", "prepare_mask", "prepare_pair", "psnr", "score_images", "ssim", "to_8bit", "to_uint8",
 ]

@@ -56,27 +56,92 @@ def to_uint8(img: Image) -> np.ndarray:
 
 def _check_same_shape(pred, gt, name: str | None) -> None:
     if tuple(pred.shape) != tuple(gt.shape):
-        where = f"view {name!r}: " if name else ""
-        raise MetricError(f"{where}prediction shape {tuple(pred.shape)} != target shape {tuple(gt.shape)}")
+        raise MetricError(f"{_where(name)}prediction shape {tuple(pred.shape)} != target shape {tuple(gt.shape)}")
+
+
+def _where(name: str | None) -> str:
+    return f"view {name!r}: " if name else ""
+
+
+def _bool_mask(mask, name: str | None):
+    """`mask` as bool (same type: array or tensor); 0/1 numbers are accepted, anything else is an error."""
+    if isinstance(mask, torch.Tensor):
+        if mask.dtype == torch.bool:
+            return mask
+        if not mask.is_complex() and bool(((mask == 0) | (mask == 1)).all()):
+            return mask != 0
+        raise MetricError(f"{_where(name)}mask has dtype {mask.dtype} with values other than 0 and 1; "
+                          "expected bool (True = the pixel counts)")
+    arr = np.asarray(mask)
+    if arr.dtype == np.bool_:
+        return arr
+    numeric = np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)
+    if numeric and bool(np.isin(arr, (0, 1)).all()):
+        return arr != 0
+    values = " with values other than 0 and 1" if numeric else ""
+    raise MetricError(f"{_where(name)}mask has dtype {arr.dtype}{values}; expected bool (True = the pixel counts)")
+
+
+def prepare_mask(mask, name: str | None, shape: tuple[int, ...]) -> np.ndarray:
+    """A validated H x W bool array (True = the pixel is scored) for an image of `shape` (H x W [x C])."""
+    m = _bool_mask(mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else mask, name)
+    _check_mask_shape(m.shape, tuple(shape[:2]), name)
+    _check_kept(m, name)
+    return m
+
+
+def _check_mask_shape(got: tuple[int, ...], want: tuple[int, ...], name: str | None) -> None:
+    if tuple(got) != tuple(want):
+        raise MetricError(f"{_where(name)}mask shape {tuple(got)} does not match the image's height x width "
+                          f"{tuple(want)}")
+
+
+def _mask_like(mask: Image, shape: torch.Size, batched: bool, name: str | None) -> torch.Tensor:
+    """A bool tensor of `shape` ([N,] H, W) from an H x W mask (shared by a batch) or an N x H x W one."""
+    m = torch.as_tensor(_bool_mask(mask, name))
+    if batched and m.ndim == 2:
+        _check_mask_shape(m.shape, shape[1:], name)
+        m = m.expand(shape)
+    _check_mask_shape(m.shape, shape, name)
+    _check_kept(m, name)
+    return m
+
+
+def _check_kept(m: Image, name: str | None, where: str = "") -> None:
+    """Every image of a (batch of) mask(s) must keep a pixel, or its mean would be 0 / 0."""
+    kept = m.reshape(-1, *m.shape[-2:]).any(-1).any(-1) if m.ndim > 2 else m.any()
+    if not bool(kept.all()):
+        raise MetricError(f"{_where(name)}mask keeps no pixel{where or ' (all False)'}")
 
 
 @overload
-def psnr(pred: np.ndarray, gt: np.ndarray, name: str | None = None) -> float: ...
+def psnr(pred: np.ndarray, gt: np.ndarray, name: str | None = None, mask: Image | None = None) -> float: ...
 @overload
-def psnr(pred: torch.Tensor, gt: Image, name: str | None = None) -> torch.Tensor: ...
+def psnr(pred: torch.Tensor, gt: Image, name: str | None = None, mask: Image | None = None) -> torch.Tensor: ...
 @overload
-def psnr(pred: Image, gt: torch.Tensor, name: str | None = None) -> torch.Tensor: ...
-def psnr(pred: Image, gt: Image, name: str | None = None) -> float | torch.Tensor:
+def psnr(pred: Image, gt: torch.Tensor, name: str | None = None, mask: Image | None = None) -> torch.Tensor: ...
+def psnr(pred: Image, gt: Image, name: str | None = None, mask: Image | None = None) -> float | torch.Tensor:
     """-10*log10(MSE) over all pixels and channels (data range 1); identical images give inf.
 
     numpy in -> float (float64 arithmetic); tensors in -> tensor, per image for N x H x W x C input.
+    `mask` (bool H x W, or N x H x W for batched tensors; True = counts): the MSE over the kept
+    pixels and every channel of them.
     """
     _check_same_shape(pred, gt, name)
     if isinstance(pred, torch.Tensor) or isinstance(gt, torch.Tensor):
         pred, gt = torch.as_tensor(pred), torch.as_tensor(gt)
         dims = tuple(range(1, pred.ndim)) if pred.ndim == 4 else tuple(range(pred.ndim))
-        return -10.0 * torch.log10(((pred - gt) ** 2).mean(dim=dims))
-    mse = float(np.mean((np.asarray(pred, np.float64) - np.asarray(gt, np.float64)) ** 2))
+        sq = (pred - gt) ** 2
+        if mask is None:
+            return -10.0 * torch.log10(sq.mean(dim=dims))
+        channels = pred.ndim in (3, 4)  # H x W x C or N x H x W x C; a 2-D tensor is one H x W channel
+        w = _mask_like(mask, sq.shape[:-1] if channels else sq.shape, pred.ndim == 4, name).to(sq.device, sq.dtype)
+        w = (w[..., None] if channels else w).expand_as(sq)
+        return -10.0 * torch.log10((sq * w).sum(dim=dims) / w.sum(dim=dims))
+    sq_np = (np.asarray(pred, np.float64) - np.asarray(gt, np.float64)) ** 2
+    if mask is not None:
+        sq_np = sq_np[prepare_mask(mask, name, sq_np.shape)]  # (kept, C): the mean runs over both
+    mse = float(np.mean(sq_np))
     return math.inf if mse == 0.0 else -10.0 * math.log10(mse)
 
 
@@ -100,8 +165,12 @@ def _filter_rows(z: torch.Tensor, taps: list[float]) -> torch.Tensor:
     return out
 
 
-def _ssim_nchw(x: torch.Tensor, y: torch.Tensor, variant: str, max_val: float) -> torch.Tensor:
-    """SSIM per image of (N, C, H, W) tensors: mean of the SSIM map over C, H, W."""
+def _ssim_nchw(x: torch.Tensor, y: torch.Tensor, variant: str, max_val: float,
+               keep: torch.Tensor | None = None) -> torch.Tensor:
+    """SSIM per image of (N, C, H, W) tensors: mean of the SSIM map over C, H, W.
+
+    `keep` (bool, N or 1 x H' x W', the map's own size): the mean over those map pixels instead.
+    """
     n, c = x.shape[:2]
     taps = _gaussian_taps()
     # All five moment images are filtered together.
@@ -125,25 +194,34 @@ def _ssim_nchw(x: torch.Tensor, y: torch.Tensor, variant: str, max_val: float) -
     c1, c2 = (SSIM_K1 * max_val) ** 2, (SSIM_K2 * max_val) ** 2
     num = (2.0 * mu_x * mu_y + c1) * (2.0 * cov + c2)
     den = (mu_x * mu_x + mu_y * mu_y + c1) * (var_x + var_y + c2)
-    return (num / den).reshape(n, -1).mean(dim=1)
+    smap = num / den
+    if keep is None:
+        return smap.reshape(n, -1).mean(dim=1)
+    # The map is transposed (N, C, W', H'), so the mask is too; every channel of a kept pixel counts.
+    w = keep.transpose(-1, -2)[:, None].to(smap.dtype).expand_as(smap)
+    return (smap * w).sum(dim=(1, 2, 3)) / w.sum(dim=(1, 2, 3))
 
 
 @overload
 def ssim(pred: np.ndarray, gt: np.ndarray, variant: str = "mipnerf", max_val: float = 1.0,
-         name: str | None = None) -> float: ...
+         name: str | None = None, mask: Image | None = None) -> float: ...
 @overload
 def ssim(pred: torch.Tensor, gt: Image, variant: str = "mipnerf", max_val: float = 1.0,
-         name: str | None = None) -> torch.Tensor: ...
+         name: str | None = None, mask: Image | None = None) -> torch.Tensor: ...
 @overload
 def ssim(pred: Image, gt: torch.Tensor, variant: str = "mipnerf", max_val: float = 1.0,
-         name: str | None = None) -> torch.Tensor: ...
+         name: str | None = None, mask: Image | None = None) -> torch.Tensor: ...
 def ssim(pred: Image, gt: Image, variant: str = "mipnerf", max_val: float = 1.0,
-         name: str | None = None) -> float | torch.Tensor:
+         name: str | None = None, mask: Image | None = None) -> float | torch.Tensor:
     """SSIM with mip-NeRF's formula (Gaussian window 11, sigma 1.5, K1 0.01, K2 0.03, per channel, mean).
 
     Inputs H x W, H x W x C or (tensors only) N x H x W x C. numpy in -> float computed in float64;
     tensors in -> tensor in their dtype, differentiable (scalar, or (N,) for batched input).
     variant='mipnerf' filters 'valid' (the reference); 'svox2' zero-pads to 'same' size like svox2's port.
+    `mask` (bool H x W, or N x H x W for batched tensors; True = counts): the SSIM map averaged over
+    the kept pixels only. The 'valid' map is 10 pixels smaller than the image (pixel (i, j) is the
+    window centred on image pixel (i + 5, j + 5)), so the mask is cropped by 5 on each side alike;
+    the 'same' map uses it as is. Windows still reach masked-out pixels within 5 px of a kept one.
     """
     if variant not in SSIM_VARIANTS:
         raise MetricError(f"unknown SSIM variant {variant!r}; expected one of {SSIM_VARIANTS}")
@@ -166,7 +244,14 @@ def ssim(pred: Image, gt: Image, variant: str = "mipnerf", max_val: float = 1.0,
     if variant == "mipnerf" and min(x.shape[1:3]) < SSIM_WINDOW:
         raise MetricError(f"ssim: image of {x.shape[2]}x{x.shape[1]} is smaller than the {SSIM_WINDOW}-pixel window")
     y = y.to(dtype=x.dtype, device=x.device)
-    out = _ssim_nchw(x.permute(0, 3, 1, 2), y.permute(0, 3, 1, 2), variant, max_val)
+    keep = None
+    if mask is not None:
+        keep = _mask_like(mask, x.shape[:3], True, name).to(x.device)
+        if variant == "mipnerf":
+            half = SSIM_WINDOW // 2
+            keep = keep[:, half:keep.shape[1] - half, half:keep.shape[2] - half]
+            _check_kept(keep, name, f" at least {half} px inside the border, where the 'valid' SSIM map is defined")
+    out = _ssim_nchw(x.permute(0, 3, 1, 2), y.permute(0, 3, 1, 2), variant, max_val, keep)
     if not is_torch:
         return float(out[0])
     return out if batched else out[0]

@@ -19,11 +19,13 @@ import re
 import socket
 import threading
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from harness.core.errors import DataError, MetricError
 from harness.core.paths import DATA_DIR, resolve_project_path
@@ -284,10 +286,48 @@ def _device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def lpips_batch(model: torch.nn.Module, preds: list[np.ndarray], gts: list[np.ndarray]) -> list[float]:
-    """LPIPS of equally shaped H x W x 3 [0, 1] arrays, one forward pass, no autograd."""
+def lpips_batch(model: torch.nn.Module, preds: list[np.ndarray], gts: list[np.ndarray],
+                masks: Sequence[np.ndarray | None] | None = None) -> list[float]:
+    """LPIPS of equally shaped H x W x 3 [0, 1] arrays, one forward pass, no autograd.
+
+    A view with a mask (bool H x W, True = counts) gets its spatial LPIPS map averaged over the kept
+    pixels instead (see `lpips_map`); views without one get the model's own value, as if alone.
+    """
     device = _device(model)
     x = torch.from_numpy(np.stack(preds).astype(np.float32)).permute(0, 3, 1, 2).to(device)
     y = torch.from_numpy(np.stack(gts).astype(np.float32)).permute(0, 3, 1, 2).to(device)
     with torch.inference_mode():
-        return model(x * 2.0 - 1.0, y * 2.0 - 1.0).flatten().cpu().tolist()
+        if masks is None or all(m is None for m in masks):
+            return model(x * 2.0 - 1.0, y * 2.0 - 1.0).flatten().cpu().tolist()
+        whole, spatial = lpips_map(model, x * 2.0 - 1.0, y * 2.0 - 1.0)
+        out = whole.cpu().tolist()
+        for i, m in enumerate(masks):
+            if m is not None:
+                out[i] = float(spatial[i, 0][torch.from_numpy(m).to(device)].double().mean())
+        return out
+
+
+def lpips_map(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(LPIPS (N,), its spatial map (N, 1, H, W)) of (N, 3, H, W) inputs in [-1, 1], one forward pass.
+
+    The map is what lpips' `spatial=True` returns (Zhang et al. 2018, eq. 1 before the spatial mean):
+    each layer's weighted distance map, upsampled bilinearly (align_corners=False) to the image size,
+    summed over layers. The per-layer maps are read off the model's linear heads with forward hooks,
+    so the network runs once and the value is the package's own. Its mean equals the LPIPS where each
+    layer's size divides the image's (the upsampling then spreads every cell evenly); otherwise the
+    border cells' weights differ slightly.
+    """
+    layers: list[torch.Tensor] = []
+    heads = list(model.get_submodule("lins").children())  # lpips.LPIPS: a 1x1-conv head per layer, in order
+    hooks = [head.register_forward_hook(lambda _mod, _inp, out: layers.append(out)) for head in heads]
+    try:
+        whole = model(x, y).flatten()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    if len(layers) != len(heads):  # another forward ran through the same model meanwhile
+        raise MetricError(f"lpips: expected {len(heads)} layer maps from one pass, got {len(layers)}")
+    spatial = torch.zeros_like(x[:, :1])
+    for d in layers:
+        spatial += F.interpolate(d, size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False)
+    return whole, spatial

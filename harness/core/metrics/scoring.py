@@ -19,6 +19,7 @@ from harness.core.metrics.image import (
     SSIM_SIGMA,
     SSIM_VARIANTS,
     SSIM_WINDOW,
+    prepare_mask,
     prepare_pair,
     psnr,
     ssim,
@@ -36,10 +37,22 @@ LPIPS_BATCH_PIXELS = 512 * 512
 
 PSNR_MEAN_RULE = ("mean over views with finite PSNR; views equal to their target after quantisation "
                   "(PSNR = inf) are left out and counted in psnr_inf_views; inf if every view is")
+# How a view with a mask (the dataset's static-pixel mask, e.g. transient objects masked out) is scored.
+MASK_RULES = {
+    "pixels": ("a view's mask (H x W, True = static) selects the pixels scored; per_view kept_fraction is "
+               "their share; views without a mask are scored whole"),
+    "replacement": ("the prediction's masked-out pixels are replaced by the target's before SSIM and LPIPS, "
+                    "so windows and receptive fields that reach them see no transient content"),
+    "psnr": "-10 * log10(MSE over the kept pixels and their channels)",
+    "ssim": ("SSIM map averaged over the kept pixels and channels; the 'valid' map uses the mask cropped by "
+             "half the window on each side (the map pixel's window centre), the zero-padded map the whole mask"),
+    "lpips": ("spatial LPIPS map (each layer's distance map upsampled bilinearly to the image size and summed, "
+              "as lpips' spatial=True) averaged over the kept pixels"),
+}
 
 
 def _protocol(metrics: Sequence[str], ssim_variant: str, lpips_info: dict | None, quantize: bool,
-              background: Sequence[float], resolutions: set[tuple[int, int]]) -> dict:
+              background: Sequence[float], resolutions: set[tuple[int, int]], masked_views: int) -> dict:
     proto: dict = {
         "quantization": ("prediction scored as saved 8-bit: round(clip(x, 0, 1) * 255) / 255; target as given"
                          if quantize else "none (float prediction)"),
@@ -58,18 +71,37 @@ def _protocol(metrics: Sequence[str], ssim_variant: str, lpips_info: dict | None
                          "moments_clipped": True, "reduction": "mean over pixels and channels"}
     if lpips_info is not None:
         proto["lpips"] = dict(lpips_info)
+    if masked_views:  # only then, so unmasked score sets keep the protocol they always had
+        proto["mask"] = {"masked_views": masked_views,
+                         **{k: v for k, v in MASK_RULES.items() if k in metrics or k not in METRICS}}
     return proto
 
 
-def score_images(pairs: Iterable[tuple[str, object, object]], metrics: Sequence[str] = METRICS,
+def _unpack(item) -> tuple[str, object, object, object]:
+    """(name, pred, gt, mask or None) from a 3- or 4-tuple."""
+    try:
+        name, pred, gt, *rest = item
+    except (TypeError, ValueError):
+        rest = [None, None]
+    if len(rest) > 1:
+        size = f" of length {len(item)}" if hasattr(item, "__len__") else ""
+        raise MetricError(f"score_images: expected (name, pred, gt) or (name, pred, gt, mask) tuples, "
+                          f"got {type(item).__name__}{size}")
+    return str(name), pred, gt, (rest[0] if rest else None)
+
+
+def score_images(pairs: Iterable[tuple], metrics: Sequence[str] = METRICS,
                  lpips_net: str = "vgg", weights_dir: str | Path | None = None, device: str = "cpu",
                  background: Sequence[float] = (1.0, 1.0, 1.0), quantize: bool = True,
                  ssim_variant: str = "mipnerf") -> dict:
     """Score `(name, pred, gt)` views (float H x W x 3 in [0, 1]; grayscale and RGBA accepted).
 
+    A view may be `(name, pred, gt, mask)`: mask None scores it whole; a bool H x W array (True = the
+    pixel counts, e.g. static content) scores the kept pixels only, by MASK_RULES, and per_view
+    records its `kept_fraction`.
     Views are consumed one at a time (only a pending LPIPS batch is held), so 800x800 test sets fit.
     Returns {'psnr', 'ssim', 'lpips' (means of the requested metrics), 'per_view': {name: {...}},
-    'num_views', 'psnr_inf_views', 'protocol': {...}}.
+    'num_views', 'psnr_inf_views', 'protocol': {...}} ('protocol' has 'mask' when a view had one).
     """
     metrics = tuple(metrics)
     unknown = [m for m in metrics if m not in METRICS]
@@ -84,37 +116,40 @@ def score_images(pairs: Iterable[tuple[str, object, object]], metrics: Sequence[
 
     per_view: dict[str, dict[str, float]] = {}
     resolutions: set[tuple[int, int]] = set()
-    pending: list[tuple[str, np.ndarray, np.ndarray]] = []
+    pending: list[tuple[str, np.ndarray, np.ndarray, np.ndarray | None]] = []
+    masked_views = 0
 
     def flush(lpips_model: torch.nn.Module) -> None:
-        preds, gts = [p for _, p, _ in pending], [g for _, _, g in pending]
-        for (n, _, _), d in zip(pending, lpips_batch(lpips_model, preds, gts)):
-            per_view[n]["lpips"] = d
+        preds, gts, masks = [v[1] for v in pending], [v[2] for v in pending], [v[3] for v in pending]
+        for view, d in zip(pending, lpips_batch(lpips_model, preds, gts, masks)):
+            per_view[view[0]]["lpips"] = d
         pending.clear()
 
     for item in pairs:
-        try:
-            name, pred, gt = item
-        except (TypeError, ValueError):
-            raise MetricError(f"score_images: expected (name, pred, gt) triples, got {type(item).__name__}") from None
-        name = str(name)
+        name, pred, gt, mask = _unpack(item)
         if name in per_view:
             raise MetricError(f"view {name!r} appears twice")
         p, g = prepare_pair(name, pred, gt, background)
+        keep = None if mask is None else prepare_mask(mask, name, p.shape)
         if quantize:
             p = to_8bit(p)
+        if keep is not None:
+            p = np.where(keep[..., None], p, g)  # after quantising: only kept pixels are the render's
+            masked_views += 1
         resolutions.add(p.shape[:2])
         scores: dict[str, float] = {}
         if "psnr" in metrics:
-            scores["psnr"] = psnr(p, g)
+            scores["psnr"] = psnr(p, g, mask=keep)
         if "ssim" in metrics:
-            scores["ssim"] = ssim(p, g, variant=ssim_variant, name=name)
+            scores["ssim"] = ssim(p, g, variant=ssim_variant, name=name, mask=keep)
+        if keep is not None:
+            scores["kept_fraction"] = float(keep.mean())
         per_view[name] = scores
         if model is not None:
             if pending and (pending[0][1].shape != p.shape
                             or (len(pending) + 1) * p.shape[0] * p.shape[1] > LPIPS_BATCH_PIXELS):
                 flush(model)
-            pending.append((name, p, g))
+            pending.append((name, p, g, keep))
         log.debug("scored %s: %s", name, scores)
     if model is not None and pending:
         flush(model)
@@ -132,7 +167,8 @@ def score_images(pairs: Iterable[tuple[str, object, object]], metrics: Sequence[
             result[m] = float(np.mean(values))
     result["num_views"] = len(per_view)
     result["per_view"] = per_view
-    result["protocol"] = _protocol(metrics, ssim_variant, lpips_info, quantize, background, resolutions)
+    result["protocol"] = _protocol(metrics, ssim_variant, lpips_info, quantize, background, resolutions,
+                                   masked_views)
     return result
 
 

@@ -25,7 +25,10 @@ from harness.core.errors import ConfigError, DataError
 from harness.core.paths import DATA_DIR
 
 log = logging.getLogger(__name__)
-GENERATOR_VERSION = 2  # 2: street drives per condition in both directions, sequence_id; bump when rendering changes, so cached scenes are regenerated
+# 2: street drives per condition in both directions, sequence_id; bump when rendering changes, so cached scenes
+# are regenerated. Not bumped for the street's `transients`: with 0 (left out of the parameters) the renders are
+# unchanged, and any other value is a new parameter set, hence a new hash.
+GENERATOR_VERSION = 2
 KINDS = {"tiny": (tiny_scene, build_tiny), "street": (street_scene, build_street)}
 DEFAULT_CACHE = DATA_DIR / "procedural"
 
@@ -55,6 +58,9 @@ def _check(kind: str, p: dict) -> None:
         lo, hi = p["exposure_range"]
         if not 0 < lo <= hi:
             raise ConfigError(f"{name}.exposure_range must satisfy 0 < low <= high, got {p['exposure_range']}")
+        k = p.get("transients", 0)  # street_scene leaves the key out when 0
+        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+            raise ConfigError(f"{name}.transients must be a non-negative integer (moving cars), got {k!r}")
 
 
 def provenance(kind: str, params: dict) -> dict:

@@ -50,6 +50,14 @@ def build_shapes(boxes: list[tuple], spheres: list[tuple], ground_material: int 
                   np.array([s[2] for s in spheres], dtype=np.int64), ground_material)
 
 
+def with_boxes(shapes: Shapes, lo: np.ndarray, hi: np.ndarray, material: np.ndarray) -> Shapes:
+    """`shapes` plus boxes (K, 3) appended after its own: existing box ids stay, sphere and ground ids shift by K."""
+    return Shapes(np.concatenate([shapes.box_lo, np.asarray(lo, np.float64).reshape(-1, 3)]),
+                  np.concatenate([shapes.box_hi, np.asarray(hi, np.float64).reshape(-1, 3)]),
+                  np.concatenate([shapes.box_material, np.asarray(material, np.int64).reshape(-1)]),
+                  shapes.sphere_centre, shapes.sphere_radius, shapes.sphere_material, shapes.ground_material)
+
+
 @dataclass
 class Hits:
     t: np.ndarray  # (R,) distance along the unit ray, inf where nothing is hit

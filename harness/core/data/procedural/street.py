@@ -8,6 +8,12 @@ heading (a real fleet drives both ways at every time of day); cameras sit at sev
 headings. Every image has its own exposure (log-uniform in `exposure_range`), the condition's index as
 `appearance_id` and its drive's index as `sequence_id` (what per-sequence pose offsets are shared by).
 Every `test_every`-th image is held out for testing. All randomness comes from `seed`.
+
+`transients` = K > 0 adds K cars driving along the street (transient content, Block-NeRF's masked
+objects): car k is at x0_k + speed_k * v in view v (file order), wrapped over the scene box's length, in a
+lane of its direction, so every view sees them elsewhere; a car that would come within `CLEARANCE` of
+that view's camera is moved out along the street to that distance. They cast no shadow onto static
+surfaces, so each view's mask (writer: masks/<name>.png) removes every pixel they change.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import numpy as np
 
 from harness.core.data.loader_kit import cameras_from_arrays
 from harness.core.data.procedural.raycast import build_shapes
-from harness.core.data.procedural.views import ProceduralScene, heading_pose
+from harness.core.data.procedural.views import ProceduralScene, Transients, heading_pose
 from harness.core.errors import ConfigError
 
 CONDITIONS = (
@@ -34,17 +40,23 @@ CONDITIONS = (
 WALLS = ([0.55, 0.35, 0.25], [0.7, 0.65, 0.55], [0.45, 0.45, 0.48], [0.6, 0.5, 0.35], [0.35, 0.4, 0.5],
          [0.75, 0.72, 0.68], [0.5, 0.28, 0.22])
 CAR_COLOURS = ([0.6, 0.05, 0.05], [0.05, 0.1, 0.5], [0.7, 0.7, 0.72], [0.08, 0.08, 0.08], [0.1, 0.4, 0.15])
+LANE_Y = 1.5  # |y| of the moving cars' lanes: clear of the centre line and of the parked cars (|y| >= 2.9)
+CLEARANCE = 3.0  # metres kept between a moving car's end and the camera of the view (no camera inside a car)
 
 
 @gin.configurable
 def street_scene(n_blocks: int = 4, block_length: float = 30.0, cross_street_width: float = 10.0,
                  road_half_width: float = 5.0, sidewalk_width: float = 3.0, buildings_per_side: int = 3,
                  building_height=(8.0, 24.0), building_depth=(8.0, 14.0), n_images: int = 200, width: int = 96,
-                 height: int = 64, fov_x_deg: float = 75.0, camera_heights=(1.6, 3.2), yaw_offsets_deg=(-25.0, 0.0, 25.0),
-                 pitch_deg: float = 4.0, test_every: int = 8, exposure_range=(0.5, 2.0), conditions=CONDITIONS,
-                 drives_per_condition: int = 2, shadows: bool = True, seed: int = 0) -> dict:
+                 height: int = 64, fov_x_deg: float = 75.0, camera_heights=(1.6, 3.2),
+                 yaw_offsets_deg=(-25.0, 0.0, 25.0), pitch_deg: float = 4.0, test_every: int = 8,
+                 exposure_range=(0.5, 2.0), conditions=CONDITIONS, drives_per_condition: int = 2, shadows: bool = True,
+                 seed: int = 0, transients: int = 0) -> dict:
     """The parameters of the street scene (bind e.g. `street_scene.n_blocks = 6`); they name its cache folder."""
-    return {k: v for k, v in locals().items()}
+    p = {k: v for k, v in locals().items()}
+    if p["transients"] == 0:  # a street without traffic keeps the parameters, cache folder and trial ids it had
+        del p["transients"]
+    return p
 
 
 def _buildings(p: dict, rng, boxes: list, materials: list) -> None:
@@ -64,7 +76,8 @@ def _buildings(p: dict, rng, boxes: list, materials: list) -> None:
                               len(materials) - 1))
 
 
-def _objects(p: dict, rng, boxes: list, spheres: list, materials: list) -> None:
+def _objects(p: dict, rng, boxes: list, spheres: list, materials: list) -> int:
+    """Parked cars, trees and bollards; returns the index of the first car material."""
     materials += [{"type": "solid", "colour": c} for c in CAR_COLOURS]
     car0 = len(materials) - len(CAR_COLOURS)
     materials += [{"type": "solid", "colour": [0.3, 0.2, 0.1]}, {"type": "solid", "colour": [0.12, 0.35, 0.1]},
@@ -76,11 +89,43 @@ def _objects(p: dict, rng, boxes: list, spheres: list, materials: list) -> None:
         for side in (-1, 1):
             cx = x0 + rng.uniform(4, p["block_length"] - 4)  # a parked car
             y = side * (kerb - 1.2)
-            boxes.append(((cx - 2.1, y - 0.9, 0.0), (cx + 2.1, y + 0.9, 1.4), car0 + int(rng.integers(len(CAR_COLOURS)))))
+            colour = car0 + int(rng.integers(len(CAR_COLOURS)))
+            boxes.append(((cx - 2.1, y - 0.9, 0.0), (cx + 2.1, y + 0.9, 1.4), colour))
             tx, ty = x0 + rng.uniform(2, p["block_length"] - 2), side * (kerb + 1.0)  # a tree on the sidewalk
             boxes.append(((tx - 0.15, ty - 0.15, 0.0), (tx + 0.15, ty + 0.15, 2.6), trunk))
             spheres.append(((tx, ty, 3.3), 1.1, crown))
         spheres.append(((x0 + rng.uniform(2, p["block_length"] - 2), -(kerb + 2.2), 0.4), 0.4, ball))
+    return car0
+
+
+def _traffic(p: dict, c2w: np.ndarray, car0: int, street_end: float) -> Transients:
+    """`p['transients']` cars driving along the street (module doc), one box per car and view. Lanes at
+    negative y head +x, like the drives; a separate random stream leaves the static street's draws as they were."""
+    rng = np.random.default_rng([p["seed"], 1])
+    k, n = p["transients"], len(c2w)
+    side = rng.choice([-1.0, 1.0], k)
+    y = side * LANE_Y + rng.uniform(-0.2, 0.2, k)
+    speed = -side * rng.uniform(2.0, 8.0, k)  # metres per view
+    start, span = -10.0, street_end + 20.0  # cars wrap over the scene box's length
+    x0 = rng.uniform(start, start + span, k)
+    half = np.stack([rng.uniform(1.9, 2.3, k), np.full(k, 0.9)], axis=-1)  # half length, half width
+    height = rng.uniform(1.3, 1.6, k)
+    material = car0 + rng.integers(len(CAR_COLOURS), size=k)
+    x = start + np.mod(x0 + speed * np.arange(n)[:, None] - start, span)  # (N, K)
+    x = _keep_clear(x, y, half, c2w[:, :2, 3])
+    centre = np.stack([x, np.broadcast_to(y, x.shape)], axis=-1)  # (N, K, 2)
+    lo = np.concatenate([centre - half, np.zeros((n, k, 1))], axis=-1)
+    hi = np.concatenate([centre + half, np.broadcast_to(height[:, None], (n, k, 1))], axis=-1)
+    return Transients(lo, hi, material)
+
+
+def _keep_clear(x: np.ndarray, y: np.ndarray, half: np.ndarray, eye: np.ndarray) -> np.ndarray:
+    """Car centres x (N, K) moved along the street to CLEARANCE from the view's camera `eye` (N, 2) where
+    they would come nearer (within 0.6 m sideways), so no camera sits inside or against a car."""
+    dx = x - eye[:, :1]
+    near = (np.abs(dx) < half[:, 0] + CLEARANCE) & (np.abs(y - eye[:, 1:]) < half[:, 1] + 0.6)
+    away = np.where(dx < 0, -1.0, 1.0) * (half[:, 0] + CLEARANCE)
+    return np.where(near, eye[:, :1] + away, x)
 
 
 def _cameras(p: dict, rng, street_end: float):
@@ -120,13 +165,15 @@ def _intrinsics(p: dict, c2w: np.ndarray):
 def street_views(p: dict, n_images: int, seed: int) -> ProceduralScene:
     """The street of `p` seen by `n_images` new cameras, drawn as its own are (every drive, both
     directions, lanes, heights, headings, exposures) but from `seed`: novel views with exact ground
-    truth, all in split 'test' (e.g. a dense track across block boundaries, scripts/block_nerf_seam.py)."""
+    truth, all in split 'test' (e.g. a dense track across block boundaries, scripts/block_nerf_seam.py).
+    They show the static street only (no moving cars): the ground truth a transient-free model should render."""
     if not isinstance(n_images, int) or n_images < len(p["conditions"]) * p["drives_per_condition"]:
         raise ConfigError(f"street_views: n_images must be an integer >= the number of drives, got {n_images!r}")
     scene = build_street(p)
     c2w, cond, drive, exposure = _cameras({**p, "n_images": n_images}, np.random.default_rng(seed), _street_end(p))
     return dataclasses.replace(scene, cameras=_intrinsics(p, c2w), names=[f"novel_{i:05d}" for i in range(n_images)],
-                               splits=["test"] * n_images, condition=cond, exposure=exposure, sequence=drive)
+                               splits=["test"] * n_images, condition=cond, exposure=exposure, sequence=drive,
+                               transients=None)
 
 
 def build_street(p: dict) -> ProceduralScene:
@@ -140,9 +187,10 @@ def build_street(p: dict) -> ProceduralScene:
     boxes: list[tuple] = []
     spheres: list[tuple] = []
     _buildings(p, rng, boxes, materials)
-    _objects(p, rng, boxes, spheres, materials)
+    car0 = _objects(p, rng, boxes, spheres, materials)
     shapes = build_shapes(boxes, spheres, ground_material=0)
     c2w, cond, drive, exposure = _cameras(p, rng, street_end)
+    traffic = _traffic(p, c2w, car0, street_end) if p.get("transients", 0) else None
     n, cams = len(c2w), _intrinsics(p, c2w)
     reach = p["road_half_width"] + p["sidewalk_width"] + p["building_depth"][1] + 2.0
     aabb = [[-10.0, -reach, -1.0], [street_end + 10.0, reach, p["building_height"][1] + 5.0]]
@@ -155,4 +203,4 @@ def build_street(p: dict) -> ProceduralScene:
         splits=["test" if i % p["test_every"] == 0 else "train" for i in range(n)],
         conditions=[dict(c) for c in p["conditions"]], condition=cond, exposure=exposure, sequence=drive,
         shadows=bool(p["shadows"]), sky=True,
-        metadata={"near": 0.1, "far": diagonal, "aabb": aabb, "blocks": blocks})
+        metadata={"near": 0.1, "far": diagonal, "aabb": aabb, "blocks": blocks}, transients=traffic)

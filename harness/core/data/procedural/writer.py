@@ -1,4 +1,5 @@
-"""Writing a procedural scene as a nerfstudio folder (images/, depth/, transforms.json, params.json)."""
+"""Writing a procedural scene as a nerfstudio folder (images/, depth/, transforms.json, params.json; masks/
+when the scene has transient objects: nerfstudio masks, 255 = static pixel, 0 = transient)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ def _frame(scene: ProceduralScene, i: int) -> dict:
     c2w = np.vstack([scene.cameras.c2w[i].astype(np.float64), [0.0, 0.0, 0.0, 1.0]])
     frame = {"file_path": f"images/{scene.names[i]}.png", "transform_matrix": c2w.tolist(), "split": scene.splits[i],
              "depth_file_path": f"depth/{scene.names[i]}.npy"}
+    if scene.transients is not None:
+        frame["mask_path"] = f"masks/{scene.names[i]}.png"
     if scene.exposure is not None:
         frame["exposure"] = float(scene.exposure[i])
     if len(scene.conditions) > 1:
@@ -47,13 +50,22 @@ def transforms(scene: ProceduralScene, provenance: dict) -> dict:
     return top
 
 
+def encode_mask(view: dict) -> np.ndarray:
+    """The 8-bit single-channel mask saved for a rendered view: 255 where static content shows, 0 transient."""
+    return np.where(view["transient"], 0, 255).astype(np.uint8)
+
+
 def write_scene(scene: ProceduralScene, folder: Path, provenance: dict, params: dict) -> None:
     """Render every view into `folder` (which must exist); transforms.json is written last."""
     (folder / "images").mkdir()
     (folder / "depth").mkdir()
+    if scene.transients is not None:
+        (folder / "masks").mkdir()
     for i, name in enumerate(scene.names):
         view = render_view(scene, i)
         Image.fromarray(encode_view(view, with_alpha=not scene.sky)).save(folder / "images" / f"{name}.png")
         np.save(folder / "depth" / f"{name}.npy", view["depth"])
+        if scene.transients is not None:
+            Image.fromarray(encode_mask(view)).save(folder / "masks" / f"{name}.png")
     (folder / "params.json").write_text(json.dumps({**provenance, "params": params}, indent=2, sort_keys=True) + "\n")
     (folder / "transforms.json").write_text(json.dumps(transforms(scene, provenance), indent=1) + "\n")
