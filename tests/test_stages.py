@@ -192,3 +192,40 @@ def test_block_nerf_stages_switch_groups_and_resolution_and_survive_a_kill(tmp_p
     rows_b = [json.loads(line) for line in (killed.dir / "train.jsonl").read_text().splitlines()]
     strip = [{k: v for k, v in r.items() if k != "time"} for r in rows]
     assert strip == [{k: v for k, v in r.items() if k != "time"} for r in rows_b]
+
+
+LEGO = Path(__file__).resolve().parents[1] / "data" / "nerf_synthetic" / "lego_100"
+
+
+@pytest.mark.skipif(not LEGO.is_dir(), reason="lego_100 not present")
+def test_plenoxels_trains_in_stages_too(tmp_path):
+    """A first stage on the density alone at half resolution: the SH grid is not updated (no optimiser state,
+    values as initialised) until the second stage trains it."""
+    exp = tmp_path / "staged.gin"
+    exp.write_text(f"""import baselines.plenoxels
+load_scene.path = '{LEGO}'
+load_scene.format = 'blender'
+load_scene.downscale = 2
+Trainer.method = @Plenoxels
+Trainer.iterations = 30
+Trainer.checkpoint_every = 100
+Trainer.keep_checkpoints = 5
+Trainer.collapse_psnr = None
+Trainer.min_loss_drop = None
+Trainer.stages = [{{'name': 'density', 'steps': 10, 'downscale': 2, 'train': ['density']}}, {{'steps': 20}}]
+Plenoxels.resolution = 32
+Plenoxels.upsample_steps = ()
+Plenoxels.prune_steps = ()
+Plenoxels.batch_size = 512
+Evaluation.metrics = ('psnr',)
+Tracker.backends = []
+Sweep.seeds = [0]
+launch.cluster = 'debug'
+""")
+    trial = Trial(exp, tmp_path / "runs")
+    trial.run_here()
+    first = torch.load(trial.dir / "checkpoints" / "step_00000010.pt", weights_only=False)["method"]
+    last = torch.load(trial.dir / "checkpoints" / "step_00000030.pt", weights_only=False)["method"]
+    assert "sh" not in first["optimizer"] and "density" in first["optimizer"]
+    assert first["optimizer"]["density"]["t"] == 10 and last["optimizer"]["sh"]["t"] == 20
+    assert not torch.equal(first["grid"]["sh"], last["grid"]["sh"])

@@ -1,6 +1,10 @@
 """Blender / NeRF-Synthetic loader: transforms_{split}.json + RGBA PNGs.
 
-A frame may name a mask with `mask_path` (relative to the JSON file, as in nerfstudio; docs/data.md "Masks").
+A frame may name a mask with `mask_path` (relative to the JSON file, as in nerfstudio; docs/data.md "Masks")
+and a depth map with `depth_path`: a .npy of distances along the unit ray, or a single-channel 8/16-bit PNG,
+whose units the JSON must give as `depth_scale` (world units per stored value; a PNG's 0 is "no depth").
+NeRF-Synthetic's own `r_*_depth_0000.png` are visualisations in no stated unit: without `depth_scale`
+they are refused, not guessed (docs/data.md "Depth").
 """
 
 from __future__ import annotations
@@ -10,10 +14,24 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.core.data.loader_kit import (as_dict, as_float, as_list, as_matrix, as_str, cameras_from_arrays,
-                                          check_pose, frame_mask, load_rgb, read_json, require, stack_masks)
+from harness.core.data.loader_kit import (
+    as_dict,
+    as_float,
+    as_list,
+    as_matrix,
+    as_str,
+    cameras_from_arrays,
+    check_pose,
+    frame_mask,
+    load_rgb,
+    read_json,
+    require,
+    stack_masks,
+)
 from harness.core.data.scene import Scene, Split
 from harness.core.errors import DataError
+
+DEPTH_PNG_MODES = ("L", "I;16", "I")
 
 
 def load_split(root: Path, split: str, factor: int, background: np.ndarray) -> Split:
@@ -47,6 +65,65 @@ def load_split(root: Path, split: str, factor: int, background: np.ndarray) -> S
     return Split(np.stack(images).astype(np.float32), cams, names, masks=stack_masks(masks, (h, w)))
 
 
+def load_depths(root: Path, split: str, factor: int, hw: tuple[int, int]) -> np.ndarray | None:
+    """(N, H, W) float32 depth of a split whose frames all name a `depth_path` (None when none does); NaN
+    where a PNG stores 0. Not loaded when downscaled (depth is not box-filterable)."""
+    meta_path = root / f"transforms_{split}.json"
+    meta = as_dict(read_json(meta_path), str(meta_path))
+    frames = [as_dict(f, f"{meta_path} frame {i}") for i, f in enumerate(as_list(meta["frames"], str(meta_path)))]
+    present = ["depth_path" in f for f in frames]
+    if not any(present):
+        return None
+    if not all(present):
+        raise DataError(f"{meta_path} frame {present.index(False)}: missing 'depth_path' (other frames have it)")
+    if factor != 1:
+        return None
+    scale = meta.get("depth_scale")
+    out = []
+    for i, frame in enumerate(frames):
+        where = f"{meta_path} frame {i}"
+        path = root / as_str(frame["depth_path"], f"{where} 'depth_path'")
+        out.append(_depth_map(path, hw, scale, meta_path, where))
+    return np.stack(out)
+
+
+def _depth_map(path: Path, hw: tuple[int, int], scale, meta_path: Path, where: str) -> np.ndarray:
+    scale_key = f"{meta_path} depth_scale"
+    if not path.is_file():
+        raise DataError(f"{path}: depth file is missing ({where})")
+    if path.suffix == ".npy":
+        try:
+            depth = np.asarray(np.load(path, allow_pickle=False), dtype=np.float32)
+        except (OSError, ValueError, EOFError) as exc:
+            raise DataError(f"{path}: unreadable depth file ({exc.__class__.__name__}; {where})") from None
+        unit = 1.0 if scale is None else as_float(scale, scale_key, positive=True)
+    elif path.suffix.lower() == ".png":
+        if scale is None:
+            raise DataError(f"{path}: depth in unknown units ({where}): set 'depth_scale' (world units per stored "
+                            f"value) in {meta_path.name}")
+        unit = as_float(scale, scale_key, positive=True)
+        depth = _depth_png(path, where)
+    else:
+        raise DataError(f"{path}: depth files must be .npy or .png ({where})")
+    if depth.shape != hw:
+        raise DataError(f"{path}: depth is {depth.shape[1] if depth.ndim > 1 else '?'}x{depth.shape[0]}, "
+                        f"its image is {hw[1]}x{hw[0]} ({where})")
+    return depth * np.float32(unit)
+
+
+def _depth_png(path: Path, where: str) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            if im.mode not in DEPTH_PNG_MODES:
+                raise DataError(f"{path}: depth PNG must be single-channel 8 or 16-bit, got mode {im.mode} ({where})")
+            values = np.asarray(im, dtype=np.float32)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"{path}: unreadable depth file ({exc.__class__.__name__}; {where})") from None
+    return np.where(values > 0, values, np.nan).astype(np.float32)
+
+
 def load_blender(path: str | Path, splits=("train", "test"), downscale_factor: int = 1,
                  background=(1.0, 1.0, 1.0), near: float = 2.0, far: float = 6.0,
                  bbox=((-1.5, -1.5, -1.5), (1.5, 1.5, 1.5))) -> Scene:
@@ -61,5 +138,8 @@ def load_blender(path: str | Path, splits=("train", "test"), downscale_factor: i
         if not (root / f"transforms_{s}.json").is_file():
             raise DataError(f"{root / f'transforms_{s}.json'}: missing (split '{s}' was asked for)")
         loaded[s] = load_split(root, s, int(downscale_factor), bg)
+    depth = {s: d for s in splits
+             if (d := load_depths(root, s, int(downscale_factor), loaded[s].images.shape[1:3])) is not None}
     return Scene(name=root.name, path=str(root), format="blender", splits=loaded, background=bg,
-                 near=float(near), far=float(far), bbox=np.asarray(bbox, dtype=np.float32))
+                 near=float(near), far=float(far), bbox=np.asarray(bbox, dtype=np.float32),
+                 extras={"depth": depth} if depth else {})
