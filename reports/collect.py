@@ -81,9 +81,12 @@ def axis_names(runs_dir: Path, experiment: str, trials: pd.DataFrame | None = No
 
 
 def fmt_value(v) -> str:
-    """A binding value for labels: floats without binary noise (3.0000000000000004e-05 -> 3e-05)."""
+    """A binding value for labels: floats without binary noise (3.0000000000000004e-05 -> 3e-05); a list of
+    named dicts (Trainer.stages) by its names (coarse+fine+refine)."""
     if isinstance(v, float):
         return f"{v:.12g}"
+    if isinstance(v, (list, tuple)) and v and all(isinstance(x, dict) and "name" in x for x in v):
+        return "+".join(str(x["name"]) for x in v)  # named items (training stages): their names
     return str(v)
 
 

@@ -24,6 +24,7 @@ from harness.core.errors import ConfigError
 from harness.run.distributed import shard
 from harness.run.settings import check_parallel, launch
 from tests.conftest import ROOT, harness
+from tests.test_slurm_ops import _wait
 
 LEGO = ROOT / "data" / "nerf_synthetic" / "lego_100"
 TIMEOUT_S = 60  # the collective timeout of these runs
@@ -391,16 +392,6 @@ def test_a_rank_killed_fails_the_trial_and_a_rerun_resumes_both_ranks(plenoxels_
     _assert_identical(plenoxels_two, d)
 
 
-def _wait_for(what: str, predicate, timeout: float = 240, poll: float = 0.2):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(poll)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
 @pytest.mark.slurm
 @pytest.mark.skipif(shutil.which("sbatch") is None, reason="no SLURM here: run scripts/local-slurm.sh up")
 @pytest.mark.skipif(not LEGO.is_dir(), reason="lego_100 not present")
@@ -426,12 +417,12 @@ def test_slurm_two_task_trial_is_preempted_with_usr2_and_resumes(tmp_path):
             return progress["step"] if progress.get("phase") == "train" else -1
         return -1
 
-    _wait_for("training past step 40", lambda: step() >= 40, timeout=300)
+    _wait("training past step 40", lambda: step() >= 40, timeout=300)
     preempted_at = step()
     assert preempted_at < 250, "preemption came too late"
     job = json.loads((trial / "status.json").read_text())["slurm_job_id"]
     subprocess.run(["scancel", "--signal=USR2", job], check=True)  # both tasks get it, as from a preempting cluster
-    _wait_for("the trial to finish", lambda: json.loads((trial / "status.json").read_text())["state"]
+    _wait("the trial to finish", lambda: json.loads((trial / "status.json").read_text())["state"]
               in ("done", "failed", "diverged"), timeout=400)
     status = json.loads((trial / "status.json").read_text())
     assert status["state"] == "done" and status["attempts"] == 2, status

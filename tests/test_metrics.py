@@ -55,8 +55,9 @@ def lego_pairs(folder: Path, indices) -> list[tuple[str, np.ndarray, np.ndarray]
     return out
 
 
-def reference_ssim(a: np.ndarray, b: np.ndarray, same: bool = False) -> float:
-    """mip-NeRF's SSIM written out directly: explicit 2-D Gaussian window, scipy correlation per channel."""
+def ssim_map(a: np.ndarray, b: np.ndarray, same: bool = False) -> np.ndarray:
+    """mip-NeRF's SSIM map written out directly (explicit 2-D Gaussian window, scipy correlation per
+    channel), H' x W' x C."""
     x = np.arange(11) - 5.0
     g = np.exp(-(x ** 2) / (2 * 1.5 ** 2))
     window = np.outer(g, g) / np.outer(g, g).sum()
@@ -65,7 +66,7 @@ def reference_ssim(a: np.ndarray, b: np.ndarray, same: bool = False) -> float:
     def filt(z):
         return correlate2d(z, window, mode="same" if same else "valid", boundary="fill", fillvalue=0.0)
 
-    values = []
+    maps = []
     for ch in range(a.shape[-1]):
         p, q = a[..., ch].astype(np.float64), b[..., ch].astype(np.float64)
         mp, mq = filt(p), filt(q)
@@ -73,9 +74,14 @@ def reference_ssim(a: np.ndarray, b: np.ndarray, same: bool = False) -> float:
         sqq = np.maximum(filt(q * q) - mq ** 2, 0.0)
         spq = filt(p * q) - mp * mq
         spq = np.sign(spq) * np.minimum(np.sqrt(spp * sqq), np.abs(spq))
-        smap = (2 * mp * mq + c1) * (2 * spq + c2) / ((mp ** 2 + mq ** 2 + c1) * (spp + sqq + c2))
-        values.append(smap.mean())
-    return float(np.mean(values))
+        maps.append((2 * mp * mq + c1) * (2 * spq + c2) / ((mp ** 2 + mq ** 2 + c1) * (spp + sqq + c2)))
+    return np.stack(maps, axis=-1)
+
+
+def reference_ssim(a: np.ndarray, b: np.ndarray, same: bool = False) -> float:
+    """mip-NeRF's SSIM: the mean over channels of the mean of each channel's map."""
+    smap = ssim_map(a, b, same)
+    return float(np.mean([smap[..., ch].mean() for ch in range(smap.shape[-1])]))
 
 
 def random_pair(shape=(40, 48, 3), seed=0):

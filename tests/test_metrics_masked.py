@@ -7,11 +7,11 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy.signal import correlate2d
 
 from harness.core import metrics as M
 from harness.core.errors import MetricError
 from harness.core.paths import resolve_project_path
+from tests.test_metrics import ssim_map
 
 WEIGHTS = resolve_project_path("../shared/data") / "lpips_weights"
 needs_weights = pytest.mark.skipif(not WEIGHTS.is_dir(), reason=f"LPIPS backbone weights absent: {WEIGHTS}")
@@ -32,28 +32,6 @@ def blob_mask(shape=(64, 96), seed=1) -> np.ndarray:
         r, c = rng.integers(0, shape[0] - 12), rng.integers(0, shape[1] - 12)
         keep[r:r + rng.integers(5, 20), c:c + rng.integers(5, 30)] = False
     return keep
-
-
-def ssim_map(a: np.ndarray, b: np.ndarray, same: bool) -> np.ndarray:
-    """mip-NeRF's SSIM map written out directly (explicit 2-D Gaussian window, scipy), H' x W' x C."""
-    x = np.arange(11) - 5.0
-    g = np.exp(-(x ** 2) / (2 * 1.5 ** 2))
-    window = np.outer(g, g) / np.outer(g, g).sum()
-    c1, c2 = 0.01 ** 2, 0.03 ** 2
-
-    def filt(z):
-        return correlate2d(z, window, mode="same" if same else "valid", boundary="fill", fillvalue=0.0)
-
-    maps = []
-    for ch in range(a.shape[-1]):
-        p, q = a[..., ch].astype(np.float64), b[..., ch].astype(np.float64)
-        mp, mq = filt(p), filt(q)
-        spp = np.maximum(filt(p * p) - mp ** 2, 0.0)
-        sqq = np.maximum(filt(q * q) - mq ** 2, 0.0)
-        spq = filt(p * q) - mp * mq
-        spq = np.sign(spq) * np.minimum(np.sqrt(spp * sqq), np.abs(spq))
-        maps.append((2 * mp * mq + c1) * (2 * spq + c2) / ((mp ** 2 + mq ** 2 + c1) * (spp + sqq + c2)))
-    return np.stack(maps, axis=-1)
 
 
 # ---------------------------------------------------------------- an all-True mask is no mask
