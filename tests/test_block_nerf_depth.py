@@ -92,7 +92,7 @@ def test_rays_without_a_depth_contribute_nothing_and_sky_rays_follow_the_rule():
     depth = torch.tensor([4.0, float("nan"), 0.0, -2.0, float("inf"), float("-inf")])
     edges = linear_edges(6, 32)
     for kind in KINDS:
-        for sky in ("free_space", "skip"):
+        for sky in ("free_space", "far", "skip"):
             params = torch.zeros(6, 32, requires_grad=True)
             loss, stats = depth_loss(field_weights(params, edges), edges, depth, DepthLoss(kind=kind, sky=sky))
             loss.backward()
@@ -100,10 +100,13 @@ def test_rays_without_a_depth_contribute_nothing_and_sky_rays_follow_the_rule():
             assert grad is not None
             assert torch.isfinite(loss) and torch.isfinite(grad).all()
             assert (grad[[1, 2, 3, 5]] == 0).all() and grad[0].abs().sum() > 0
-            assert (grad[4].abs().sum() > 0) == (sky == "free_space"), (kind, sky)
+            assert (grad[4].abs().sum() > 0) == (sky != "skip"), (kind, sky)
             with torch.no_grad():
                 alone, _ = depth_loss(field_weights(params[:1], edges[:1]), edges[:1], depth[:1], DepthLoss(kind=kind))
-                sky_part = float(field_weights(params[4:5], edges[:1]).sum()) if sky == "free_space" else 0.0
+                far = torch.tensor([float(edges[4, -1])])  # 'far': the sky ray as a surface at its far end
+                sky_part = {"free_space": float(field_weights(params[4:5], edges[:1]).sum()), "skip": 0.0,
+                            "far": float(depth_loss(field_weights(params[4:5], edges[4:5]), edges[4:5], far,
+                                                    DepthLoss(kind=kind))[0])}[sky]
             assert float(loss.detach()) == pytest.approx((float(alone) + sky_part) / 6, rel=1e-5)  # a mean over all 6
             assert stats["depth_rays"] == pytest.approx(1 / 6) and stats["depth_sky"] == pytest.approx(1 / 6)
             assert all(math.isfinite(v) for v in stats.values())
@@ -116,7 +119,7 @@ def test_free_space_pushes_a_sky_rays_opacity_down():
     with torch.no_grad():
         start = float(field_weights(params, edges).sum())
     for _ in range(30):
-        loss, stats = depth_loss(field_weights(params, edges), edges, depth, DepthLoss())
+        loss, stats = depth_loss(field_weights(params, edges), edges, depth, DepthLoss(sky="free_space"))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -126,7 +129,7 @@ def test_free_space_pushes_a_sky_rays_opacity_down():
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("sky", ["free_space", "skip"])
+@pytest.mark.parametrize("sky", ["free_space", "far", "skip"])
 def test_shards_weighted_by_their_share_sum_to_the_whole_batch(kind, sky):
     gen = torch.Generator().manual_seed(0)
     m, s = 7, 24
@@ -153,7 +156,7 @@ def test_depth_error_over_finite_depths_only():
 
 def test_defaults():
     d = DepthLoss()
-    assert (d.weight, d.kind, d.epsilon, d.sky) == (0.1, "l1", 0.5, "free_space")
+    assert (d.weight, d.kind, d.epsilon, d.sky, d.unit) == (0.1, "l1", 0.5, "far", None)
     assert DepthLoss.positive_settings == ("epsilon",)
 
 
@@ -163,9 +166,37 @@ def test_defaults():
     ({"weight": float("nan")}, "DepthLoss.weight = nan: expected a number >= 0"),
     ({"epsilon": 0.0}, "DepthLoss.epsilon = 0.0: expected a positive number"),
     ({"epsilon": -1}, "DepthLoss.epsilon = -1: expected a positive number"),
-    ({"sky": "ignore"}, "DepthLoss.sky = 'ignore': expected one of ('free_space', 'skip')"),
+    ({"sky": "ignore"}, "DepthLoss.sky = 'ignore': expected one of ('far', 'free_space', 'skip')"),
+    ({"unit": 0}, "DepthLoss.unit = 0: expected a positive number"),
 ])
 def test_bad_settings_are_one_config_error_line(kwargs, message):
     with pytest.raises(ConfigError) as info:
         DepthLoss(**kwargs)
     assert str(info.value) == message
+
+
+def test_far_sky_pulls_a_sky_rays_weight_to_its_far_end():
+    edges, depth = linear_edges(1, 32), torch.tensor([float("inf")])
+    params = torch.zeros(1, 32, requires_grad=True)
+    opt = torch.optim.Adam([params], lr=0.2)
+    for _ in range(60):
+        loss, _ = depth_loss(field_weights(params, edges), edges, depth, DepthLoss(sky="far"))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        w = field_weights(params, edges)
+        assert float(expected_depth(w, edges)[0]) > 0.9 * float(edges[0, -1])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_loss_is_the_same_in_any_unit_of_length(kind):
+    """Depths in metres with unit u give the loss of the same scene measured in units of u."""
+    edges = linear_edges(3, 32) * 7.0
+    depth = torch.tensor([9.0, 20.0, float("inf")])
+    weights = field_weights(torch.randn(3, 32, generator=torch.Generator().manual_seed(0)), edges)
+    settings = DepthLoss(kind=kind, epsilon=2.1)
+    metres, stats = depth_loss(weights, edges, depth, settings, unit=7.0)
+    units, _ = depth_loss(weights, edges / 7.0, depth / 7.0, DepthLoss(kind=kind, epsilon=0.3))
+    assert float(metres) == pytest.approx(float(units), rel=1e-5)
+    assert stats["depth_l1"] > 1.0  # the statistic stays in metres

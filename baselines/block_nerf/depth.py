@@ -31,7 +31,7 @@ import torch
 from baselines.block_nerf.parts import _choice, _number, _Part
 
 DEPTH_KINDS = ("l1", "line_of_sight")
-SKY_RULES = ("free_space", "skip")
+SKY_RULES = ("far", "free_space", "skip")
 _KERNEL_SIGMAS = 3.0  # K_eps: eps is 3 standard deviations (URF)
 
 
@@ -39,15 +39,20 @@ _KERNEL_SIGMAS = 3.0  # K_eps: eps is 3 standard deviations (URF)
 class DepthLoss(_Part):
     """Depth supervision of weight `weight` in the training loss (Block-NeRF design's depth_loss_weight):
     `kind` 'l1' (expected depth) or 'line_of_sight' (URF, kernel half-width `epsilon` in scene units),
-    sky rays (depth +inf) pushed to zero opacity (`sky='free_space'`) or ignored ('skip')."""
+    sky rays (depth +inf) pushed to zero opacity (`sky='free_space'`), to terminate at their far end
+    ('far': a model without a background colour must put the sky there) or ignored ('skip'). Depths
+    enter the loss in units of `unit` (world units; None: the method's far distance), so that its weight
+    means the same in any scene: an error of one unit costs `weight`."""
 
     positive_settings = ("epsilon",)  # checked when the sweep expands (harness.run.sweep.check_positive_settings)
 
-    def __init__(self, weight: float = 0.1, kind: str = "l1", epsilon: float = 0.5, sky: str = "free_space"):
+    def __init__(self, weight: float = 0.1, kind: str = "l1", epsilon: float = 0.5, sky: str = "far",
+                 unit: float | None = None):
         p = "DepthLoss"
         self.weight, self.kind = _number(p, "weight", weight), _choice(p, "kind", kind, DEPTH_KINDS)
         self.epsilon = _number(p, "epsilon", epsilon, positive=True)
         self.sky = _choice(p, "sky", sky, SKY_RULES)
+        self.unit = None if unit is None else _number(p, "unit", unit, positive=True)
 
 
 def midpoints(edges: torch.Tensor) -> torch.Tensor:
@@ -85,32 +90,35 @@ def _check_shapes(weights: torch.Tensor, edges: torch.Tensor, depth: torch.Tenso
 
 
 def depth_loss(weights: torch.Tensor, edges: torch.Tensor, depth: torch.Tensor,
-               settings: DepthLoss) -> tuple[torch.Tensor, dict]:
+               settings: DepthLoss, unit: float = 1.0) -> tuple[torch.Tensor, dict]:
     """(term, statistics) for a batch of M rays: weights (M, S), edges (M, S + 1), true depth (M,).
 
     term: sum of the per-ray losses over the rays it applies to, divided by M, every ray of the batch
     counted, skipped ones (NaN or <= 0 depth; +inf under sky='skip') as 0 with no gradient. A batch
     split in shards thus gives sum(term_shard * M_shard / M) == term of the whole batch, as the
     data-parallel step's weighting by the rank's share needs. Not multiplied by `settings.weight`
-    (the caller does: loss + weight * term). Computed in float32 whatever the weights' dtype.
+    (the caller does: loss + weight * term). Computed in float32 whatever the weights' dtype. Depths,
+    edges and epsilon are divided by `unit` (the caller's `settings.unit`, or its default) first.
 
     statistics (floats): 'depth_l1', mean |sum_i w_i t_i - z| over the rays with a finite depth (0.0
     when there is none, so the logged values stay finite); 'depth_rays', the fraction of rays with a
     finite depth; 'depth_sky', the fraction with depth +inf."""
     _check_shapes(weights, edges, depth)
-    w, e = weights.float(), edges.float()
-    z = depth.to(device=w.device, dtype=torch.float32)
+    w, e = weights.float(), edges.float() / unit
+    z = depth.to(device=w.device, dtype=torch.float32) / unit
     surface = torch.isfinite(z) & (z > 0)
     sky = torch.isposinf(z)
-    z = torch.where(surface, z, torch.ones_like(z))  # no NaN/inf into the graph: masked rows get a 0 gradient
+    supervised = surface | sky if settings.sky == "far" else surface
+    # no NaN/inf into the graph (masked rows get a 0 gradient); sky rays under 'far': the ray's far end
+    z = torch.where(surface, z, e[:, -1].detach() if settings.sky == "far" else torch.ones_like(z))
     error = (expected_depth(w, e) - z).abs()
-    per_ray = error if settings.kind == "l1" else line_of_sight(w, e, z, settings.epsilon)
-    per_ray = torch.where(surface, per_ray, 0.0)
+    per_ray = error if settings.kind == "l1" else line_of_sight(w, e, z, settings.epsilon / unit)
+    per_ray = torch.where(supervised, per_ray, 0.0)
     if settings.sky == "free_space":
         per_ray = torch.where(sky, w.sum(1), per_ray)
     term = per_ray.sum() / max(w.shape[0], 1)
     n_surface = int(surface.sum())
-    stats = {"depth_l1": float(error.detach()[surface].sum()) / max(n_surface, 1),
+    stats = {"depth_l1": float(error.detach()[surface].sum()) * unit / max(n_surface, 1),
              "depth_rays": n_surface / max(w.shape[0], 1), "depth_sky": int(sky.sum()) / max(w.shape[0], 1)}
     return term, stats
 

@@ -262,8 +262,9 @@ class BlockNeRF:
                 losses["visibility"] = float(vis_loss.detach())
             if self.depth_settings is not None and "depth" in batch:
                 true = batch["depth"].to(self.device)
-                term_f, stats = depth_loss(fine["weights"], fine["edges"], true, self.depth_settings)
-                term_c, _ = depth_loss(coarse["weights"], coarse["edges"], true, self.depth_settings)
+                unit = self.depth_settings.unit or self.far  # depth errors in units of the far distance by default
+                term_f, stats = depth_loss(fine["weights"], fine["edges"], true, self.depth_settings, unit)
+                term_c, _ = depth_loss(coarse["weights"], coarse["edges"], true, self.depth_settings, unit)
                 loss = loss + self.depth_weight * (term_f + self.coarse_loss_weight * term_c)
                 losses.update(depth=float(term_f.detach()), **stats)
             if self.pose is not None:
