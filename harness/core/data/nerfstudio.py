@@ -3,10 +3,13 @@
 Intrinsics `fl_x, fl_y, cx, cy, w, h` and distortion `k1..k4, p1, p2` may be given at the top level
 or per frame (a frame's value wins). Each frame has `file_path` (relative to the JSON file) and a
 4x4 camera-to-world `transform_matrix` in OpenGL axes; Block-NeRF scenes add `exposure` (positive
-float), `appearance_id` (int), `sequence_id` (int: the drive or capture sequence), a top-level `blocks` list and, for procedural scenes, per-frame
-`depth_file_path` (.npy, float32 distance along the unit ray, times `depth_unit_scale_factor`).
+float), `appearance_id` (int), `sequence_id` (int: the drive or capture sequence), a top-level `blocks`
+list and, for procedural scenes, per-frame `depth_file_path` (.npy, float32 distance along the unit ray,
+times `depth_unit_scale_factor`).
 A frame's optional `mask_path` (relative to the JSON file) is nerfstudio's mask: a single-channel 8-bit
 PNG, 0 = ignore the pixel; frames of a split without one count every pixel (docs/data.md "Masks").
+Dynamic scenes add per-frame `time` (in [0, 1]), `time_step`, `camera_id` and `flow_file_path`
+(docs/data.md "Dynamic scenes"), checked over every split before any image is read.
 
 Splits, first rule that applies: a per-frame `split` field (frames without one are 'train');
 nerfstudio's top-level `train_filenames` / `val_filenames` / `test_filenames`; files
@@ -21,9 +24,24 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.core.data.loader_kit import (as_dict, as_float, as_int, as_list, as_matrix, as_str, bbox_from_cameras,
-                                          cameras_from_arrays, check_pose, far_from_bbox, frame_mask, holdout,
-                                          load_rgb, read_json, require, stack_masks)
+from harness.core.data.loader_kit import (
+    as_dict,
+    as_float,
+    as_int,
+    as_list,
+    as_matrix,
+    as_str,
+    bbox_from_cameras,
+    cameras_from_arrays,
+    check_pose,
+    far_from_bbox,
+    frame_mask,
+    holdout,
+    load_rgb,
+    read_json,
+    require,
+    stack_masks,
+)
 from harness.core.data.scene import Scene, Split
 from harness.core.errors import DataError
 
@@ -31,6 +49,7 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 DISTORTION_KEYS = ("k1", "k2", "k3", "k4", "p1", "p2")
 PINHOLE_MODELS = ("OPENCV", "PINHOLE", "SIMPLE_PINHOLE")
+TIME_KEYS = ("time", "time_step", "camera_id", "flow_file_path")  # any of them makes a scene dynamic
 
 
 class Frame:
@@ -40,6 +59,9 @@ class Frame:
         self.meta_path, self.top, self.index = meta_path, top, index
         self.where = f"{meta_path} frame {index}"
         self.data = as_dict(data, self.where)
+        self.time: float | None = None  # set by read_times for dynamic scenes
+        self.step: int | None = None
+        self.camera: int | None = None
 
     def get(self, key: str, default=None):
         return self.data.get(key, self.top.get(key, default))
@@ -93,7 +115,8 @@ def _intrinsics(frame: Frame, image_wh: tuple[int, int]) -> tuple[list[float], n
     where = frame.where
     model = frame.get("camera_model", "OPENCV")
     if model not in PINHOLE_MODELS:
-        raise DataError(f"{where}: camera_model {model!r:.40} is not supported (supported: {', '.join(PINHOLE_MODELS)})")
+        raise DataError(f"{where}: camera_model {model!r:.40} is not supported "
+                        f"(supported: {', '.join(PINHOLE_MODELS)})")
     fx = frame.get("fl_x")
     if fx is None:
         angle = frame.get("camera_angle_x")
@@ -126,6 +149,126 @@ def _optional_column(frames: list[Frame], key: str, parse, split: str):
     return [parse(f.data[key], f"{f.where} '{key}'") for f in frames]
 
 
+def _frame_column(frames: list[Frame], key: str, parse) -> list | None:
+    """A per-frame field over frames of every split, or None when no frame has it; all or none."""
+    present = [key in f.data for f in frames]
+    if not any(present):
+        return None
+    if not all(present):
+        missing = frames[present.index(False)]
+        raise DataError(f"{missing.where}: missing '{key}' (other frames have it)")
+    return [parse(f.data[key], f"{f.where} '{key}'") for f in frames]
+
+
+def _unit_time(value, where: str) -> float:
+    t = as_float(value, where)
+    if not 0.0 <= t <= 1.0:
+        raise DataError(f"{where}: expected a time in [0, 1], got {value!r:.40}")
+    return t
+
+
+def read_times(groups: dict[str, list[Frame]]) -> None:
+    """Set each frame's `time`, `step` and `camera` from its `time`, `time_step` and `camera_id`, checked over
+    the frames of every split: without `time_step`, steps number the distinct times in order. Nothing
+    happens for a scene whose frames have none of TIME_KEYS."""
+    frames = list({id(f): f for fs in groups.values() for f in fs}.values())  # a frame may be in two splits
+    stated = next((f for f in frames if any(k in f.data for k in TIME_KEYS)), None)
+    if stated is None:
+        return
+    times = _frame_column(frames, "time", _unit_time)
+    if times is None:
+        key = next(k for k in TIME_KEYS if k in stated.data)
+        raise DataError(f"{stated.where}: has '{key}' but no frame has 'time'")
+    steps = _frame_column(frames, "time_step", lambda v, at: as_int(v, at, minimum=0))
+    if steps is None:
+        rank = {t: i for i, t in enumerate(sorted(set(times)))}
+        steps = [rank[t] for t in times]
+    cameras = _frame_column(frames, "camera_id", lambda v, at: as_int(v, at, minimum=0)) or [None] * len(frames)
+    _check_steps(frames, times, steps)
+    for f, t, step, cam in zip(frames, times, steps, cameras):
+        f.time, f.step, f.camera = t, step, cam
+    _check_rig(frames)
+    trained = {f.step for f in groups.get("train", [])}
+    for f in frames:
+        if f.step not in trained:
+            raise DataError(f"{f.where}: time_step {f.step} has no training view (every step needs one)")
+
+
+def _check_steps(frames: list[Frame], times: list[float], steps: list[int]) -> None:
+    """One time per step, one step per time, steps 0..T-1 without a gap, in the order of their times."""
+    by_step: dict[int, tuple[float, Frame]] = {}
+    by_time: dict[float, tuple[int, Frame]] = {}
+    for f, t, step in zip(frames, times, steps):
+        t0, first = by_step.setdefault(step, (t, f))
+        if t0 != t:
+            raise DataError(f"{f.where}: time_step {step} has time {t!r}, but {first.where} has time {t0!r} at that "
+                            f"step (one time per step)")
+        step0, first = by_time.setdefault(t, (step, f))
+        if step0 != step:
+            raise DataError(f"{f.where}: time {t!r} is at time_step {step}, but at time_step {step0} in {first.where} "
+                            f"(one step per time)")
+    order = sorted(by_step)
+    for want, step in enumerate(order):
+        if step != want:
+            raise DataError(f"{by_step[step][1].where}: time_step {step}, but no frame has time_step {want} (steps "
+                            f"must be 0..T-1 without gaps)")
+    for a, b in zip(order, order[1:]):
+        if by_step[b][0] <= by_step[a][0]:
+            raise DataError(f"{by_step[b][1].where}: time_step {b} has time {by_step[b][0]!r}, not later than "
+                            f"time_step {a}'s {by_step[a][0]!r}")
+
+
+def _check_rig(frames: list[Frame]) -> None:
+    """At most one frame per camera_id and step (what pairs a frame with its flow's target)."""
+    seen: dict[tuple, Frame] = {}
+    for f in frames:
+        if f.camera is None:
+            continue
+        first = seen.setdefault((f.camera, f.step), f)
+        if first is not f:
+            raise DataError(f"{f.where}: camera_id {f.camera} already has a frame at time_step {f.step} "
+                            f"({first.where})")
+
+
+def _flow(frame: Frame, hw: tuple[int, int]) -> np.ndarray:
+    path = frame.meta_path.parent / as_str(frame.data["flow_file_path"], f"{frame.where} 'flow_file_path'")
+    if path.suffix != ".npy":
+        raise DataError(f"{path}: flow files must be .npy (float32 (H, W, 2) pixels, NaN invalid) ({frame.where})")
+    try:
+        flow = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise DataError(f"{path}: flow file is missing ({frame.where})") from None
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataError(f"{path}: unreadable flow file ({exc.__class__.__name__}) ({frame.where})") from None
+    if flow.shape != (*hw, 2) or not np.issubdtype(flow.dtype, np.floating):
+        raise DataError(f"{path}: flow is {flow.dtype} {flow.shape}, expected float {(*hw, 2)} (H, W, 2) "
+                        f"({frame.where})")
+    return flow.astype(np.float32)
+
+
+def read_flow(frames: list[Frame], split: str, factor: int, hw: tuple[int, int]) -> np.ndarray | None:
+    """(N, H, W, 2) float32 forward flow of a split's frames, NaN where invalid and for frames without a flow
+    file (the last step); None when no frame has one, or at a downscale > 1 (flow is not box-filterable)."""
+    if not any("flow_file_path" in f.data for f in frames):
+        return None
+    if factor > 1:
+        log.info("split '%s': flow not loaded at downscale %d (flow is not box-filterable)", split, factor)
+        return None
+    empty = np.full((*hw, 2), np.nan, dtype=np.float32)
+    return np.stack([_flow(f, hw) if "flow_file_path" in f.data else empty for f in frames])
+
+
+def _times(frames: list[Frame]) -> dict:
+    """The Split's time fields of frames that read_times has seen (all None for a static scene)."""
+    if frames[0].step is None:
+        return {}
+    out = {"time": np.array([f.time for f in frames], dtype=np.float32),
+           "time_step": np.array([f.step for f in frames], dtype=np.int64)}
+    if frames[0].camera is not None:
+        out["camera_id"] = np.array([f.camera for f in frames], dtype=np.int64)
+    return out
+
+
 def _depth(frame: Frame, hw: tuple[int, int]) -> np.ndarray:
     path = frame.meta_path.parent / as_str(frame.data["depth_file_path"], f"{frame.where} 'depth_file_path'")
     if path.suffix != ".npy":
@@ -148,8 +291,8 @@ def load_frames(frames: list[Frame], split: str, factor: int, background: np.nda
     poses, intr, dist, names = [], [], [], []
     for f in frames:
         rel = as_str(require(f.data, "file_path", f.where), f"{f.where} 'file_path'")
-        pose = check_pose(as_matrix(require(f.data, "transform_matrix", f.where), 4, 4, f"{f.where} 'transform_matrix'"),
-                          f.where)
+        matrix = as_matrix(require(f.data, "transform_matrix", f.where), 4, 4, f"{f.where} 'transform_matrix'")
+        pose = check_pose(matrix, f.where)
         path = f.meta_path.parent / rel
         if path.suffix == "" and path.name not in ("", ".", ".."):
             path = path.with_suffix(".png")  # Blender-style paths leave the extension out
@@ -179,7 +322,8 @@ def load_frames(frames: list[Frame], split: str, factor: int, background: np.nda
     out = Split(np.stack(images).astype(np.float32), cams, names,
                 None if exposure is None else np.asarray(exposure, dtype=np.float32),
                 None if appearance is None else np.asarray(appearance, dtype=np.int64),
-                None if sequence is None else np.asarray(sequence, dtype=np.int64), stack_masks(masks, (h, w)))
+                None if sequence is None else np.asarray(sequence, dtype=np.int64), stack_masks(masks, (h, w)),
+                **_times(frames))
     depth = None
     if load_depth and all("depth_file_path" in f.data for f in frames):
         if factor == 1:
@@ -212,7 +356,8 @@ def _bounds(top: dict, where: str, c2w: np.ndarray, near, far) -> tuple[float, f
     else:
         bbox = bbox_from_cameras(c2w)
     near = as_float(near if near is not None else top.get("near", 0.05), f"{where} 'near'", positive=True)
-    far = as_float(far if far is not None else top.get("far", far_from_bbox(c2w, bbox)), f"{where} 'far'", positive=True)
+    far = as_float(far if far is not None else top.get("far", far_from_bbox(c2w, bbox)), f"{where} 'far'",
+                   positive=True)
     if near >= far:
         raise DataError(f"{where}: near ({near}) must be smaller than far ({far})")
     return near, far, bbox
@@ -220,11 +365,12 @@ def _bounds(top: dict, where: str, c2w: np.ndarray, near, far) -> tuple[float, f
 
 def load_nerfstudio(root: Path, splits=("train", "test"), downscale_factor: int = 1, background=(1.0, 1.0, 1.0),
                     near: float | None = None, far: float | None = None, llffhold: int = 8,
-                    load_depth: bool = True) -> Scene:
+                    load_depth: bool = True, load_flow: bool = True) -> Scene:
     root = Path(root)
     main, top, groups = frame_groups(root, llffhold)
+    read_times(groups)
     bg = np.asarray(background, dtype=np.float32)
-    loaded, distortion, depth = {}, {}, {}
+    loaded, distortion, depth, flow = {}, {}, {}, {}
     for s in splits:
         if not groups.get(s):
             raise DataError(f"{main}: split '{s}' has no frames (splits with frames: "
@@ -232,6 +378,10 @@ def load_nerfstudio(root: Path, splits=("train", "test"), downscale_factor: int 
         loaded[s], distortion[s], d = load_frames(groups[s], s, int(downscale_factor), bg, load_depth)
         if d is not None:
             depth[s] = d
+        hw = (loaded[s].images.shape[1], loaded[s].images.shape[2])
+        maps = read_flow(groups[s], s, int(downscale_factor), hw) if load_flow else None
+        if maps is not None:
+            flow[s] = maps
         if np.any(distortion[s] != 0):
             log.warning("%s: split '%s' has non-zero lens distortion (max |k| %.3g); rays here are pinhole, so "
                         "undistort the images first", main, s, float(np.abs(distortion[s]).max()))
@@ -240,6 +390,8 @@ def load_nerfstudio(root: Path, splits=("train", "test"), downscale_factor: int 
     extras = {"distortion": distortion, "metadata": str(main)}
     if depth:
         extras["depth"] = depth
+    if flow:
+        extras["flow"] = flow
     if "blocks" in top:
         extras["blocks"] = parse_blocks(top, str(main))
     folder = root if root.is_dir() else root.parent

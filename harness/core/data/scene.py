@@ -7,7 +7,10 @@ Conventions (all loaders convert to these):
 - images float32 in [0, 1], shape (N, H, W, 3), already composited on the
   scene's background colour (identically for every consumer, DESIGN.md "Evaluation protocol");
 - masks, when a split has them, bool (N, H, W): True where a pixel shows static content and counts
-  for training and scoring, False where it is ignored (e.g. a transient car); None: every pixel counts.
+  for training and scoring, False where it is ignored (e.g. a transient car); None: every pixel counts;
+- dynamic scenes (docs/data.md "Dynamic scenes"): `time` (N,) float32 in [0, 1], `time_step` (N,) int64
+  (0..T-1, one time per step) and, when the capture states it, `camera_id` (N,) int64 (the rig camera, so
+  frames of one camera at consecutive steps can be paired); None for static scenes.
 """
 
 from __future__ import annotations
@@ -47,6 +50,9 @@ class Split:
     appearance_id: np.ndarray | None = None  # (N,) ints, Block-NeRF scenes
     sequence_id: np.ndarray | None = None  # (N,) ints: the capture sequence (drive), Block-NeRF scenes
     masks: np.ndarray | None = None  # (N, H, W) bool, True where a pixel counts; None: every pixel counts
+    time: np.ndarray | None = None  # (N,) float32 in [0, 1], dynamic scenes
+    time_step: np.ndarray | None = None  # (N,) int64, the time step 0..T-1 of `time`, dynamic scenes
+    camera_id: np.ndarray | None = None  # (N,) int64, the rig camera, dynamic scenes
 
     def __post_init__(self) -> None:
         # a mask that does not line up with its image would silently train on the wrong pixels
@@ -58,11 +64,12 @@ class Split:
         return len(self.names)
 
     def subset(self, index) -> Split:
-        """The images at `index` with their cameras, names and every per-image field (masks included)."""
+        """The images at `index` with their cameras, names and every per-image field (masks, times included)."""
         idx = np.asarray(index, dtype=np.int64).reshape(-1)
         pick = lambda a: None if a is None else a[idx]  # noqa: E731
         return Split(self.images[idx], self.cameras.subset(idx), [self.names[i] for i in idx], pick(self.exposure),
-                     pick(self.appearance_id), pick(self.sequence_id), pick(self.masks))
+                     pick(self.appearance_id), pick(self.sequence_id), pick(self.masks), pick(self.time),
+                     pick(self.time_step), pick(self.camera_id))
 
 
 @dataclass
