@@ -29,9 +29,11 @@ from harness.core.metrics.lpips_model import (
     lpips_distance,
 )
 from harness.core.metrics.scoring import MASK_RULES, METRICS, evaluate_dirs, score_images
+from harness.core.metrics.temporal import WARP_PROTOCOL, flicker, warp, warping_error
 
 __all__ = [
     "MASK_RULES", "METRICS", "LPIPS_NETS", "RANGE_TOLERANCE", "SSIM_K1", "SSIM_K2", "SSIM_SIGMA", "SSIM_VARIANTS",
     "SSIM_WINDOW", "WEIGHTS_ENV", "check_lpips_weights", "error_map", "evaluate_dirs", "get_lpips_model",
     "lpips_distance", "prepare", "prepare_mask", "prepare_pair", "psnr", "score_images", "ssim", "to_8bit", "to_uint8",
+    "WARP_PROTOCOL", "flicker", "warp", "warping_error",
 ]
