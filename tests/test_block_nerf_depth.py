@@ -30,6 +30,17 @@ def field_weights(params: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
     return composite(torch.nn.functional.softplus(params), edges)[0]
 
 
+def fit(params: torch.Tensor, edges: torch.Tensor, depth: torch.Tensor, settings: DepthLoss, steps: int) -> dict:
+    """`steps` Adam steps (lr 0.2) of the densities `params` on the depth term alone; the last step's statistics."""
+    opt = torch.optim.Adam([params], lr=0.2)
+    for _ in range(steps):
+        loss, stats = depth_loss(field_weights(params, edges), edges, depth, settings)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return stats
+
+
 def test_zero_when_the_rendering_is_the_truth():
     edges = linear_edges(1, 64)
     mids = (edges[:, 1:] + edges[:, :-1]) / 2
@@ -74,14 +85,9 @@ def test_a_tiny_field_learns_the_surface_from_depth_alone(kind, concentrated):
     mids = (edges[:, 1:] + edges[:, :-1]) / 2
     window = (mids - z).abs() <= settings.epsilon
     params = torch.full((1, 64), -2.0, requires_grad=True)
-    opt = torch.optim.Adam([params], lr=0.2)
     with torch.no_grad():
         before = float(field_weights(params, edges)[window].sum())
-    for _ in range(80):
-        loss, _ = depth_loss(field_weights(params, edges), edges, torch.tensor([z]), settings)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    fit(params, edges, torch.tensor([z]), settings, 80)
     with torch.no_grad():
         w = field_weights(params, edges)
     assert abs(float(expected_depth(w, edges)[0]) - z) < settings.epsilon
@@ -115,14 +121,9 @@ def test_rays_without_a_depth_contribute_nothing_and_sky_rays_follow_the_rule():
 def test_free_space_pushes_a_sky_rays_opacity_down():
     edges, depth = linear_edges(1, 32), torch.tensor([float("inf")])
     params = torch.zeros(1, 32, requires_grad=True)
-    opt = torch.optim.Adam([params], lr=0.2)
     with torch.no_grad():
         start = float(field_weights(params, edges).sum())
-    for _ in range(30):
-        loss, stats = depth_loss(field_weights(params, edges), edges, depth, DepthLoss(sky="free_space"))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    stats = fit(params, edges, depth, DepthLoss(sky="free_space"), 30)
     with torch.no_grad():
         assert start > 0.9 and float(field_weights(params, edges).sum()) < 0.1
     assert stats == {"depth_l1": 0.0, "depth_rays": 0.0, "depth_sky": 1.0}  # no finite depth: finite stats
@@ -178,12 +179,7 @@ def test_bad_settings_are_one_config_error_line(kwargs, message):
 def test_far_sky_pulls_a_sky_rays_weight_to_its_far_end():
     edges, depth = linear_edges(1, 32), torch.tensor([float("inf")])
     params = torch.zeros(1, 32, requires_grad=True)
-    opt = torch.optim.Adam([params], lr=0.2)
-    for _ in range(60):
-        loss, _ = depth_loss(field_weights(params, edges), edges, depth, DepthLoss(sky="far"))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    fit(params, edges, depth, DepthLoss(sky="far"), 60)
     with torch.no_grad():
         w = field_weights(params, edges)
         assert float(expected_depth(w, edges)[0]) > 0.9 * float(edges[0, -1])

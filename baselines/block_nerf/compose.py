@@ -225,7 +225,7 @@ class Composition:
             img, info = compose_view(self.methods, self.split, i, self.opts, self.matched)
             self.infos[self.split.names[i]] = info
             view = (self.split.names[i], self.first.scored_part(img), self.first.scored_part(self.split.images[i]))
-            masks = getattr(self.split, "masks", None)  # the dataset's protocol: transient objects not scored
+            masks = self.split.masks  # the dataset's protocol: transient objects not scored
             yield view if masks is None else (*view, self.first.scored_part(masks[i]))
 
     def record(self, scores: dict) -> dict:
@@ -257,7 +257,7 @@ def score_composed(methods: dict, split, options: dict, classify: list[Block] | 
     for i in range(len(split)):
         images, weights, info = render_blocks(methods, split, i, opts, None)
         gt = part(split.images[i])
-        mask = part(split.masks[i]) if getattr(split, "masks", None) is not None else None
+        mask = part(split.masks[i]) if split.masks is not None else None
 
         def score(img, gt=gt, mask=mask):
             return psnr(to_8bit(part(np.clip(img, 0, 1))), gt, mask=mask)

@@ -51,16 +51,9 @@ def _part(name: str, value, cls: type, default: type | None = None):
 
 
 def subset_split(split: Split, index: np.ndarray, c2w: np.ndarray | None = None) -> Split:
-    cams = split.cameras.subset(index)
+    out = split.subset(index)
     if c2w is not None:
-        cams.c2w = c2w.astype(np.float32)
-    masks = getattr(split, "masks", None)
-    out = Split(split.images[index], cams, [split.names[i] for i in index],
-                None if split.exposure is None else split.exposure[index],
-                None if split.appearance_id is None else split.appearance_id[index],
-                None if split.sequence_id is None else split.sequence_id[index])
-    if masks is not None:
-        out.masks = masks[index]
+        out.cameras.c2w = c2w.astype(np.float32)
     return out
 
 
@@ -447,7 +440,7 @@ class BlockNeRF:
         depth = self.trial_scene.extras.get("depth", {}).get("test")
         if depth is None:
             return None
-        masks = getattr(split, "masks", None)
+        masks = split.masks
         errors: dict[str, list[torch.Tensor]] = {"all": [], "hit": []}
         centre = torch.as_tensor(self.block.center, dtype=torch.float32)
         self.field.eval()

@@ -107,9 +107,9 @@ class Evaluation:
         # data parallel (`shared`): every rank renders its share of the views, rank 0 receives them all (and
         # only it scores); not `shared`: this process renders them all (rank 0's tracker panel)
         pairs = distributed.gathered(render, indices) if shared else ((i, render(i)) for i in map(int, indices))
-        masks = getattr(split, "masks", None)
+        masks = split.masks
+        scored = method.scored_part if own else (lambda x: x)
         for i, image in pairs:
-            scored = method.scored_part if own else (lambda x: x)
             view = (split.names[i], image, scored(split.images[i]))
             yield view if masks is None else (*view, scored(masks[i]))
 

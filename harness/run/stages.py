@@ -28,9 +28,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from harness.core.data.images import downscale as box_filter
+from harness.core.data.images import downscale_mask
 from harness.core.data.rays import RaySampler
 from harness.core.data.scene import Cameras
 from harness.core.errors import ConfigError
+from harness.core.method import has as has_capability
 
 KEYS = ("name", "steps", "downscale", "train", "set")
 
@@ -112,8 +114,6 @@ def check_method(stages: list[Stage], method) -> None:
     if not stages:
         return
     name = type(method).__name__
-    from harness.core.method import has as has_capability
-
     if not has_capability(method, "stages"):
         raise ConfigError(f"Trainer.stages: {name} does not declare the 'stages' capability "
                           "(parameter_groups, freeze, stage_values)")
@@ -186,8 +186,7 @@ def sampler(images: np.ndarray, cameras: Cameras, seed: int, factor: int, masks:
     small = np.stack([box_filter(img, factor) for img in images])
     cams = downscaled_cameras(cameras, factor)
     if masks is not None:
-        n, h, w = masks.shape
-        masks = np.asarray(masks.reshape(n, h // factor, factor, w // factor, factor).all(axis=(2, 4)))
+        masks = np.stack([downscale_mask(m, factor) for m in masks])
     if depth is not None:
         depth = downscaled_depth(depth, factor)
     return RaySampler(small, cams, seed, masks=masks, depth=depth)
@@ -213,6 +212,4 @@ class TrainingRays:
     def sample(self, step: int, batch_size: int, patch_size: int = 1) -> dict:
         stage = at(self.stages, step)
         rays = self.sampler(stage.downscale if stage is not None else 1)
-        if step < self.precrop_steps:
-            return rays.sample(step, batch_size, patch_size, crop=self.precrop_frac)
-        return rays.sample(step, batch_size, patch_size)
+        return rays.sample(step, batch_size, patch_size, crop=self.precrop_frac if step < self.precrop_steps else 1.0)

@@ -22,7 +22,6 @@ import torch
 
 from harness.core import faults, provenance
 from harness.core.data.load_scene import load_scene
-from harness.core.data.rays import RaySampler
 from harness.core.errors import ConfigError, HarnessError, RecordError, TrialDiverged
 from harness.core.method import has as has_capability
 from harness.core.method import method_problems, pick_device
@@ -339,7 +338,7 @@ class Trainer:
         if bad:
             raise self._diverged(f"non-finite loss at step {step}: {bad}", step, "loss")
 
-    def _train_step(self, method, sampler: RaySampler, step: int, record: TrialRecord) -> dict:
+    def _train_step(self, method, sampler: stages_mod.TrainingRays, step: int, record: TrialRecord) -> dict:
         """One training step; on out-of-memory, the same step again with a smaller batch."""
         patch = method.patch_size if has_capability(method, "patches") else 1
         while True:
@@ -378,14 +377,11 @@ class Trainer:
         split = scene.split("train")
         stages_mod.check_method(self.stages, method)
         self.switch = stages_mod.StageSwitch(method, self.stages) if self.stages else None
-        masks = getattr(split, "masks", None) if self.use_masks else None
+        masks = split.masks if self.use_masks else None
         depth = scene.extras.get("depth", {}).get("train")
-        sampler: RaySampler | stages_mod.TrainingRays
-        if self.stages or self.precrop_steps or masks is not None or depth is not None:
-            sampler = stages_mod.TrainingRays(split.images, split.cameras, self.seed, self.stages, masks, depth,
-                                              self.precrop_steps, self.precrop_frac)
-        else:  # the rays of before stages existed (same draws)
-            sampler = RaySampler(split.images, split.cameras, self.seed)
+        # without stages, precrop, masks or depth: one RaySampler drawing what it drew before they existed
+        sampler = stages_mod.TrainingRays(split.images, split.cameras, self.seed, self.stages, masks, depth,
+                                          self.precrop_steps, self.precrop_frac)
         if self.stages and self.world.writer:
             record.update(stages=[st.record() for st in self.stages])
         if self.world.size > 1:

@@ -25,6 +25,7 @@ from harness.core.data.loader_kit import (
     frame_mask,
     load_rgb,
     read_json,
+    read_npy,
     require,
     stack_masks,
 )
@@ -34,7 +35,8 @@ from harness.core.errors import DataError
 DEPTH_PNG_MODES = ("L", "I;16", "I")
 
 
-def load_split(root: Path, split: str, factor: int, background: np.ndarray) -> Split:
+def load_split(root: Path, split: str, factor: int, background: np.ndarray) -> tuple[Split, np.ndarray | None]:
+    """(Split, depth (N, H, W) or None: `load_depths`) of one split."""
     meta_path = root / f"transforms_{split}.json"
     meta = as_dict(read_json(meta_path), str(meta_path))
     angle = as_float(require(meta, "camera_angle_x", str(meta_path)), f"{meta_path} camera_angle_x", positive=True)
@@ -43,10 +45,11 @@ def load_split(root: Path, split: str, factor: int, background: np.ndarray) -> S
         raise DataError(f"{meta_path}: split '{split}' has no frames")
     images: list[np.ndarray] = []
     masks: list[np.ndarray | None] = []
-    poses, names = [], []
+    poses, names, checked = [], [], []
     for i, frame in enumerate(frames):
         where = f"{meta_path} frame {i}"
         frame = as_dict(frame, where)
+        checked.append(frame)
         rel = as_str(require(frame, "file_path", where), f"{where} file_path")
         path = root / rel
         if path.suffix == "":
@@ -62,15 +65,14 @@ def load_split(root: Path, split: str, factor: int, background: np.ndarray) -> S
     n = len(frames)
     cams = cameras_from_arrays(np.stack(poses), np.full(n, focal), np.full(n, focal),
                                np.full(n, w / 2), np.full(n, h / 2), w, h)
-    return Split(np.stack(images).astype(np.float32), cams, names, masks=stack_masks(masks, (h, w)))
+    split_out = Split(np.stack(images).astype(np.float32), cams, names, masks=stack_masks(masks, (h, w)))
+    return split_out, load_depths(root, meta_path, meta, checked, factor, (h, w))
 
 
-def load_depths(root: Path, split: str, factor: int, hw: tuple[int, int]) -> np.ndarray | None:
+def load_depths(root: Path, meta_path: Path, meta: dict, frames: list[dict], factor: int,
+                hw: tuple[int, int]) -> np.ndarray | None:
     """(N, H, W) float32 depth of a split whose frames all name a `depth_path` (None when none does); NaN
     where a PNG stores 0. Not loaded when downscaled (depth is not box-filterable)."""
-    meta_path = root / f"transforms_{split}.json"
-    meta = as_dict(read_json(meta_path), str(meta_path))
-    frames = [as_dict(f, f"{meta_path} frame {i}") for i, f in enumerate(as_list(meta["frames"], str(meta_path)))]
     present = ["depth_path" in f for f in frames]
     if not any(present):
         return None
@@ -92,10 +94,7 @@ def _depth_map(path: Path, hw: tuple[int, int], scale, meta_path: Path, where: s
     if not path.is_file():
         raise DataError(f"{path}: depth file is missing ({where})")
     if path.suffix == ".npy":
-        try:
-            depth = np.asarray(np.load(path, allow_pickle=False), dtype=np.float32)
-        except (OSError, ValueError, EOFError) as exc:
-            raise DataError(f"{path}: unreadable depth file ({exc.__class__.__name__}; {where})") from None
+        depth = np.asarray(read_npy(path, "depth", where), dtype=np.float32)
         unit = 1.0 if scale is None else as_float(scale, scale_key, positive=True)
     elif path.suffix.lower() == ".png":
         if scale is None:
@@ -133,13 +132,13 @@ def load_blender(path: str | Path, splits=("train", "test"), downscale_factor: i
     if not root.is_dir():
         raise DataError(f"{root}: scene folder does not exist")
     bg = np.asarray(background, dtype=np.float32)
-    loaded = {}
+    loaded, depth = {}, {}
     for s in splits:
         if not (root / f"transforms_{s}.json").is_file():
             raise DataError(f"{root / f'transforms_{s}.json'}: missing (split '{s}' was asked for)")
-        loaded[s] = load_split(root, s, int(downscale_factor), bg)
-    depth = {s: d for s in splits
-             if (d := load_depths(root, s, int(downscale_factor), loaded[s].images.shape[1:3])) is not None}
+        loaded[s], d = load_split(root, s, int(downscale_factor), bg)
+        if d is not None:
+            depth[s] = d
     return Scene(name=root.name, path=str(root), format="blender", splits=loaded, background=bg,
                  near=float(near), far=float(far), bbox=np.asarray(bbox, dtype=np.float32),
                  extras={"depth": depth} if depth else {})

@@ -145,6 +145,17 @@ def frame_mask(folder: Path, frame: dict, factor: int, image: np.ndarray, image_
     return small
 
 
+def read_npy(path: Path, what: str, where: str) -> np.ndarray:
+    """A frame's .npy data file (depth, flow); a missing or unreadable one is a DataError naming the file
+    and `where` (the frame)."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise DataError(f"{path}: {what} file is missing ({where})") from None
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataError(f"{path}: unreadable {what} file ({exc.__class__.__name__}) ({where})") from None
+
+
 def stack_masks(masks: list[np.ndarray | None], hw: tuple[int, int]) -> np.ndarray | None:
     """(N, H, W) bool of a split's frames, all True for frames without a mask; None when no frame has one."""
     if all(m is None for m in masks):

@@ -39,6 +39,7 @@ from harness.core.data.loader_kit import (
     holdout,
     load_rgb,
     read_json,
+    read_npy,
     require,
     stack_masks,
 )
@@ -234,12 +235,7 @@ def _flow(frame: Frame, hw: tuple[int, int]) -> np.ndarray:
     path = frame.meta_path.parent / as_str(frame.data["flow_file_path"], f"{frame.where} 'flow_file_path'")
     if path.suffix != ".npy":
         raise DataError(f"{path}: flow files must be .npy (float32 (H, W, 2) pixels, NaN invalid) ({frame.where})")
-    try:
-        flow = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise DataError(f"{path}: flow file is missing ({frame.where})") from None
-    except (OSError, ValueError, EOFError) as exc:
-        raise DataError(f"{path}: unreadable flow file ({exc.__class__.__name__}) ({frame.where})") from None
+    flow = read_npy(path, "flow", frame.where)
     if flow.shape != (*hw, 2) or not np.issubdtype(flow.dtype, np.floating):
         raise DataError(f"{path}: flow is {flow.dtype} {flow.shape}, expected float {(*hw, 2)} (H, W, 2) "
                         f"({frame.where})")
@@ -273,10 +269,7 @@ def _depth(frame: Frame, hw: tuple[int, int]) -> np.ndarray:
     path = frame.meta_path.parent / as_str(frame.data["depth_file_path"], f"{frame.where} 'depth_file_path'")
     if path.suffix != ".npy":
         raise DataError(f"{path}: depth files must be .npy (float32 metres along the ray)")
-    try:
-        depth = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as exc:
-        raise DataError(f"{path}: unreadable depth file ({exc.__class__.__name__})") from None
+    depth = read_npy(path, "depth", frame.where)
     if depth.shape != hw:
         raise DataError(f"{path}: depth is {depth.shape}, image is {hw}")
     scale = as_float(frame.get("depth_unit_scale_factor", 1.0), f"{frame.where} 'depth_unit_scale_factor'")
