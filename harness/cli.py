@@ -447,7 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("scene", help="make a procedural scene, or check any scene folder")
     p.add_argument("action", choices=("make", "check"))
-    p.add_argument("target", help="make: tiny|street; check: a scene folder")
+    p.add_argument("target", help="make: tiny|street|dynamic; check: a scene folder")
     p.add_argument("--out", type=Path, help="make: output folder (default: the project's scene cache)")
     p.add_argument("--format", help="check: the format, if not detected")
     p.add_argument("--bind", action="append", default=[], metavar="BINDING",
@@ -455,9 +455,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_scene)
 
     p = sub.add_parser("doctor", help="check a scene's data before training (poses, intrinsics, rays, image values, "
-                                      "duplicates, train/test leaks, exposure/appearance); exit 2 on errors")
-    p.add_argument("target", help="a scene folder, a procedural scene (tiny|street), or an experiment (every scene "
-                                  "its sweep uses)")
+                                      "duplicates, train/test leaks, exposure/appearance, time steps and flow); "
+                                      "exit 2 on errors")
+    p.add_argument("target", help="a scene folder, a procedural scene (tiny|street|dynamic), or an experiment "
+                                  "(every scene its sweep uses)")
     p.add_argument("--format", help="scene folder: the format, if not detected")
     p.add_argument("--bind", action="append", default=[], metavar="BINDING",
                    help="experiment: extra Gin binding (repeatable)")

@@ -10,8 +10,9 @@ from harness.core.errors import ConfigError, DataError
 
 
 def make_scene(kind: str, out: Path | None, bindings: list[str]) -> Path:
-    """Generate procedural scene `kind` ('tiny', 'street') with Gin `bindings` (e.g. 'street_scene.n_blocks=6')
-    into `out`, or into the cache folder data/procedural/<kind>-<hash>/ when `out` is None; returns the folder."""
+    """Generate procedural scene `kind` ('tiny', 'street', 'dynamic') with Gin `bindings` (e.g.
+    'street_scene.n_blocks=6', 'dynamic_scene.n_steps=48') into `out`, or into the cache folder
+    data/procedural/<kind>-<hash>/ when `out` is None; returns the folder."""
     from harness.core.data import procedural
     from harness.run import config
 
@@ -38,7 +39,9 @@ def _appearance_summary(splits) -> str:
 
 
 def check_scene(path: Path, format: str | None = None) -> str:
-    """Load every split of a scene (validating it) and return one line: format, images per split, resolution."""
+    """Load every split of a scene (validating it) and return one line: format, images per split, resolution
+    (then Block-NeRF metadata, NDC, and for a dynamic scene its time steps, cameras per step and flow)."""
+    from harness.core.data.doctor import dynamic_summary
     from harness.core.data.formats import detect_format, load_folder
 
     fmt = format or detect_format(Path(path))
@@ -48,4 +51,6 @@ def check_scene(path: Path, format: str | None = None) -> str:
     extra = _appearance_summary(scene.splits.values())
     extra += f", {len(scene.extras['blocks'])} blocks" if "blocks" in scene.extras else ""
     extra += ", NDC" if scene.ndc else ""
+    dynamic = dynamic_summary(scene)
+    extra += f", {dynamic}" if dynamic else ""
     return f"{scene.path}: {fmt}, {counts} images, {' / '.join(sizes)}{extra}"

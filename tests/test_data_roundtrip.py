@@ -19,6 +19,7 @@ from harness.core.data.procedural.writer import encode_view
 from harness.core.paths import EXPERIMENTS_DIR, resolve_project_path
 from harness.run import config
 from harness.scene_cli import check_scene, make_scene
+from tests.conftest import harness
 from tests.test_data_errors import write_llff
 from tests.test_data_street import generate
 
@@ -134,11 +135,28 @@ def test_llff_written_from_known_cameras_loads_back(tmp_path):
 
 
 def test_gin_scene_files_name_their_loaders():
-    for name, fmt in (("fern", "llff"), ("tiny", "procedural"), ("street", "procedural")):
+    for name, fmt in (("fern", "llff"), ("tiny", "procedural"), ("street", "procedural"), ("dynamic", "procedural")):
         config.parse([EXPERIMENTS_DIR / "base" / "scenes" / f"{name}.gin"], [])
         assert gin.query_parameter("load_scene.format") == fmt and fmt in LOADERS
     assert config.check_duplicate_bindings(EXPERIMENTS_DIR / "base" / "scenes" / "street.gin") == []
     gin.clear_config()
+
+
+def test_dynamic_gin_binds_the_generator_defaults():
+    """scenes/dynamic.gin restates dynamic_scene's defaults (so its cache folder is the default scene's)."""
+    from harness.core.data.procedural import provenance, scene_params
+
+    gin.clear_config()
+    default = provenance("dynamic", scene_params("dynamic"))
+    try:
+        config.parse([EXPERIMENTS_DIR / "base" / "scenes" / "dynamic.gin"], [])
+        assert gin.query_parameter("load_scene.path") == "dynamic"
+        params = scene_params("dynamic")
+    finally:
+        gin.clear_config()
+    assert {k: params[k] for k in ("size", "n_steps", "n_train", "n_test")} == {
+        "size": 100, "n_steps": 24, "n_train": 20, "n_test": 4}
+    assert provenance("dynamic", params) == default
 
 
 def test_procedural_loader_generates_once_then_reuses(tmp_path):
@@ -165,6 +183,19 @@ def test_make_and_check_scene(tmp_path):
     assert "nerfstudio" in line and "train 12" in line and "test 4" in line and "32x32" in line
     assert make_scene("tiny", out, [f"tiny_scene.{k} = {v}" for k, v in TINY.items()]) == out  # reused
     gin.clear_config()
+
+
+def test_make_and_check_dynamic_scene(tmp_path):
+    """`harness scene make dynamic`, then `scene check` on what it wrote: times, cameras per step and flow."""
+    proc = harness("scene", "make", "dynamic", "--out", tmp_path / "d", "--bind", "dynamic_scene.size = 16",
+                   "--bind", "dynamic_scene.n_steps = 3", "--bind", "dynamic_scene.n_train = 2",
+                   "--bind", "dynamic_scene.n_test = 1")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0] == f"wrote {tmp_path / 'd'}"
+    line = check_scene(tmp_path / "d", None)
+    assert "nerfstudio, train 6, test 3 images, 16x16" in line
+    assert line.endswith(", dynamic: 3 time steps, 3 cameras per step, flow yes"), line
+    assert proc.stdout.splitlines()[1] == line
 
 
 def test_nerfstudio_splits_from_separate_files_and_filename_lists(tiny_dir, tmp_path):

@@ -21,6 +21,7 @@ from harness.core.data.procedural import make_procedural
 from harness.core.data.scene import Scene, Split
 from harness.core.records import read_json
 from tests.conftest import ROOT, SHARED_DATA, TOY, harness
+from tests.test_data_street import generate
 
 LEGO = ROOT / "data" / "nerf_synthetic" / "lego_100"
 FERN = next((p for p in (ROOT / "data" / "nerf_llff" / "fern", SHARED_DATA / "nerf_llff" / "fern") if p.is_dir()),
@@ -276,6 +277,91 @@ def test_appearance_id_no_train_frame_has(street):
         next(f for f in m["frames"] if f["split"] == "test")["appearance_id"] = 9
     edit(street / "transforms.json", unseen)
     assert "appearance id 9" in _only(check(street), "metadata", "warning").message
+
+
+# ---- dynamic scenes: time steps, the rig, flow -------------------------------------------------------------
+
+DYNAMIC = {"size": 16, "n_steps": 3, "n_train": 2, "n_test": 1}  # frame 3 t + c; cameras 0, 1 train, 2 test
+
+
+@pytest.fixture(scope="module")
+def dynamic_source(tmp_path_factory) -> Path:
+    """A small procedural dynamic scene: 3 steps of 3 cameras at 16x16, flow for steps 0 and 1."""
+    return generate("dynamic", tmp_path_factory.mktemp("cache"), **DYNAMIC)
+
+
+@pytest.fixture
+def dynamic(dynamic_source, tmp_path) -> Path:
+    dst = tmp_path / "dynamic"
+    shutil.copytree(dynamic_source, dst)
+    return dst
+
+
+def test_dynamic_passes_clean_and_is_described(dynamic_source):
+    scene = load_folder(dynamic_source)
+    found = doctor.diagnose(scene, dynamic_source)
+    assert found == [], [f.line() for f in found]
+    assert doctor.describe(scene) == ("nerfstudio, train 6, test 3 images, 16x16, "
+                                      "dynamic: 3 time steps, 3 cameras per step, flow yes")
+    del scene.extras["flow"]  # as loaded at a downscale, or with load_flow=False: no flow checks
+    assert doctor.diagnose(scene, dynamic_source) == []
+    assert doctor.describe(scene).endswith(", dynamic: 3 time steps, 3 cameras per step, flow no")
+    assert "dynamic" not in doctor.describe(load_folder(LEGO))
+
+
+def test_a_time_step_without_a_training_view(dynamic, dynamic_source):
+    """The loader refuses it in the file (one line naming a frame); the doctor on a Scene too, naming a frame of
+    that step."""
+    edit(dynamic / "transforms.json", lambda m: m.update(
+        frames=[f for f in m["frames"] if not (f["split"] == "train" and f["time_step"] == 1)]))
+    f = _only(check(dynamic), "load")
+    assert "frame" in f.where and "time_step 1 has no training view" in f.message
+    scene = load_folder(dynamic_source)
+    keep = np.flatnonzero(scene.splits["train"].time_step != 1)
+    scene.splits["train"] = scene.splits["train"].subset(keep)
+    scene.extras["flow"]["train"] = scene.extras["flow"]["train"][keep]
+    f = _only(doctor.diagnose(scene, dynamic_source), "time")
+    assert f.where == f"{dynamic_source / 'transforms.json'} frame 5 (test_c02_t001)"
+    assert f.message.startswith("time_step 1 has no training view")
+
+
+def test_a_test_camera_missing_at_a_time_step_is_a_warning(dynamic):
+    edit(dynamic / "transforms.json", lambda m: m["frames"].pop(5))  # test_c02_t001
+    f = _only(check(dynamic), "time", "warning")
+    assert f.where == f"{dynamic / 'transforms.json'} frame 2 (test_c02_t000)"
+    assert f.message.startswith("test camera_id 2 has no frame at time_step 1 (of 0..2)") and "flicker" in f.message
+
+
+def test_frames_without_flow_are_warnings(dynamic):
+    """A frame before the last step without a flow file, or with one that is NaN everywhere, and a split without
+    flow when another has it; the last step's frames have none by design."""
+    def drop(m):
+        m["frames"][3].pop("flow_file_path")  # train_c00_t001
+        for f in m["frames"]:
+            if f["split"] == "test":
+                f.pop("flow_file_path", None)
+    edit(dynamic / "transforms.json", drop)
+    np.save(dynamic / "flow" / "train_c01_t000.npy", np.full((16, 16, 2), np.nan, np.float32))
+    found = check(dynamic)
+    assert [(f.check, f.severity) for f in found] == [("flow", "warning")] * 3, [f.line() for f in found]
+    assert found[0].where == f"{dynamic / 'transforms.json'} frame 1 (train_c01_t000)"
+    assert found[0].message.startswith("no flow to time_step 1 (no flow file, or NaN everywhere)")
+    assert found[1].where == f"{dynamic / 'transforms.json'} frame 3 (train_c00_t001)"
+    assert "to time_step 2" in found[1].message
+    assert found[2].where == str(dynamic / "transforms.json")
+    assert found[2].message == "split 'test' has no flow, split(s) train have it"
+
+
+def test_dynamic_fields_on_a_scene(dynamic_source):
+    """In-memory scenes: time_step in every split or none, flow of the split's shape."""
+    scene = load_folder(dynamic_source)
+    scene.extras["flow"]["test"] = scene.extras["flow"]["test"][:, :8]
+    f = _only(doctor.diagnose(scene, dynamic_source), "flow")
+    assert f.where == str(dynamic_source / "transforms.json") and "(3, 8, 16, 2)" in f.message
+    scene = load_folder(dynamic_source)
+    scene.splits["test"].time_step = None
+    f = _only(doctor.diagnose(scene, dynamic_source), "metadata")
+    assert "split 'test' has no 'time_step', split(s) train have it" in f.message
 
 
 def test_errors_message_lists_the_first_few():

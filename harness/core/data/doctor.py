@@ -8,7 +8,8 @@ The loaders already refuse what cannot be read (a NaN or non-rigid pose, a non-p
 camera_angle_x or exposure, a negative appearance id): `try_load` turns that refusal into an
 error finding, and the checks here repeat those tests on the Scene itself, for loaders and
 in-memory scenes that do not make them. They look at what a loader cannot see frame by frame:
-rays, value ranges, duplicates across frames and splits, metadata across splits, the scene box.
+rays, value ranges, duplicates across frames and splits, metadata across splits, the scene box, and
+for dynamic scenes (splits with `time_step`) the time steps, the rig and the flow.
 
 Cheap by construction (seconds for 1,000 images; loading costs more): 5 x 5 rays per camera,
 reductions over each image, a strided hash per image confirmed by comparing the arrays, and image
@@ -38,7 +39,8 @@ HASH_SAMPLES = 8192  # values per image hashed to find duplicate candidates (the
 @dataclass(frozen=True)
 class Finding:
     severity: str  # 'error' | 'warning'
-    check: str  # which check: load, pose, intrinsics, rays, images, alpha, bounds, duplicates, leak, metadata
+    check: str  # which check: load, pose, intrinsics, rays, images, alpha, bounds, duplicates, leak, metadata,
+    # time, flow
     where: str  # the file and frame (or the scene) at fault
     message: str
 
@@ -76,10 +78,13 @@ def try_load(load: Callable[[], Scene], target: str) -> tuple[Scene | None, list
 
 
 def describe(scene: Scene) -> str:
-    """'blender, train 100, test 200 images, 100x100' (one line about what was checked)."""
+    """'blender, train 100, test 200 images, 100x100' (one line about what was checked), then for a dynamic
+    scene ', dynamic: 24 time steps, 24 cameras per step, flow yes'."""
     counts = ", ".join(f"{name} {len(split)}" for name, split in scene.splits.items())
     sizes = " / ".join(sorted({f"{s.cameras.width}x{s.cameras.height}" for s in scene.splits.values()}))
-    return f"{scene.format}, {counts} images, {sizes}" + (", NDC" if scene.ndc else "")
+    dynamic = dynamic_summary(scene)
+    return f"{scene.format}, {counts} images, {sizes}" + (", NDC" if scene.ndc else "") + (
+        f", {dynamic}" if dynamic else "")
 
 
 def diagnose(scene: Scene, root: Path | None = None) -> list[Finding]:
@@ -436,13 +441,13 @@ def check_duplicates(scene: Scene, loc: Locator) -> list[Finding]:
 
 # ---- per-frame metadata: exposure, appearance, sequence ------------------------------------------------
 
-META_FIELDS = ("exposure", "appearance_id", "sequence_id")
+META_FIELDS = ("exposure", "appearance_id", "sequence_id", "time_step", "camera_id")
 
 
 def check_metadata(scene: Scene, loc: Locator) -> list[Finding]:
-    """Block-NeRF metadata: present in every split or in none, one value per frame, exposure positive
-    and finite, ids non-negative; an appearance id no train frame has is a warning (its code is
-    never trained)."""
+    """Block-NeRF metadata and a dynamic scene's `time_step` and `camera_id`: present in every split or in
+    none, one value per frame, exposure positive and finite, ids and steps non-negative; an appearance id
+    no train frame has is a warning (its code is never trained)."""
     found = []
     for field in META_FIELDS:
         have = [s for s, sp in scene.splits.items() if getattr(sp, field) is not None]
@@ -484,5 +489,125 @@ def _unseen_appearance(scene: Scene, loc: Locator) -> list[Finding]:
     return found
 
 
+# ---- dynamic scenes: time steps, the rig, flow ----------------------------------------------------------
+
+def _per_frame_ints(split: Split, field: str) -> np.ndarray | None:
+    """`field` of `split` as int64 when it is one non-negative integer per frame, else None (a missing or
+    malformed field: check_metadata reports the latter)."""
+    values = getattr(split, field)
+    if values is None or np.shape(values) != (len(split),):
+        return None
+    values = np.asarray(values)
+    with np.errstate(invalid="ignore"):
+        if not (np.isfinite(values).all() and (values >= 0).all() and (values == np.round(values)).all()):
+            return None
+    return values.astype(np.int64)
+
+
+def _time_steps(scene: Scene) -> dict[str, np.ndarray]:
+    """{split: time_step} of the splits with a usable `time_step` (none for a static scene)."""
+    steps = {s: _per_frame_ints(sp, "time_step") for s, sp in scene.splits.items()}
+    return {s: v for s, v in steps.items() if v is not None}
+
+
+def _n_steps(steps: dict[str, np.ndarray]) -> int:
+    """T: the steps are 0..T-1 (the loaders refuse a gap; one here is a step that nothing has)."""
+    return 1 + max((int(v.max()) for v in steps.values() if len(v)), default=-1)
+
+
+def _has_flow(scene: Scene) -> bool:
+    return bool(scene.extras.get("flow"))
+
+
+def _spans(values: list[int]) -> str:
+    """[1, 2, 3, 7] -> '1-3, 7'."""
+    out: list[str] = []
+    for v in values:
+        if out and out[-1].split("-")[-1] == str(v - 1):
+            out[-1] = f"{out[-1].split('-')[0]}-{v}"
+        else:
+            out.append(str(v))
+    return ", ".join(out)
+
+
+def dynamic_summary(scene: Scene) -> str:
+    """'dynamic: 24 time steps, 24 cameras per step, flow yes' ('2-3 cameras per step' when the count varies;
+    cameras are distinct `camera_id`s, or frames without them), or '' for a static scene."""
+    steps = _time_steps(scene)
+    if not steps:
+        return ""
+    n_steps = _n_steps(steps)
+    per_step: list[set] = [set() for _ in range(n_steps)]
+    for s, t in steps.items():
+        cams = _per_frame_ints(scene.splits[s], "camera_id")
+        for i, step in enumerate(t):
+            per_step[step].add(int(cams[i]) if cams is not None else (s, i))
+    counts = [len(c) for c in per_step]
+    lo, hi = min(counts, default=0), max(counts, default=0)
+    return (f"dynamic: {n_steps} time step{'s' * (n_steps != 1)}, {lo if lo == hi else f'{lo}-{hi}'} "
+            f"camera{'s' * (hi != 1)} per step, flow {'yes' if _has_flow(scene) else 'no'}")
+
+
+def check_time_steps(scene: Scene, loc: Locator) -> list[Finding]:
+    """Dynamic scenes: every step 0..T-1 has a train frame (error: nothing fits the scene at that time; the
+    nerfstudio loader refuses it too); every `camera_id` of another split (test, val) has a frame at every
+    step (warning: flicker compares consecutive steps of one camera, so it is not measured across the gap)."""
+    steps = _time_steps(scene)
+    if not steps:
+        return []
+    n_steps = _n_steps(steps)
+    found = []
+    if "train" in steps:
+        for t in sorted(set(range(n_steps)) - set(steps["train"].tolist())):
+            other = next(((s, int(np.flatnonzero(v == t)[0])) for s, v in steps.items() if (v == t).any()), None)
+            where = loc.frame(*other) if other else loc.split_file("train")
+            found.append(Finding("error", "time", where, f"time_step {t} has no training view (every step needs "
+                                                         f"one: nothing fits the scene at that time)"))
+    for s, t in steps.items():
+        cams = _per_frame_ints(scene.splits[s], "camera_id")
+        if s == "train" or cams is None:
+            continue
+        for c in np.unique(cams):
+            missing = sorted(set(range(n_steps)) - set(t[cams == c].tolist()))
+            if missing:
+                found.append(Finding("warning", "time", loc.frame(s, int(np.flatnonzero(cams == c)[0])),
+                                     f"{s} camera_id {c} has no frame at time_step {_spans(missing)} (of "
+                                     f"0..{n_steps - 1}): its flicker cannot be measured across "
+                                     f"{'that step' if len(missing) == 1 else 'those steps'}"))
+    return found
+
+
+def check_flow(scene: Scene, loc: Locator) -> list[Finding]:
+    """Dynamic scenes with flow (scene.extras['flow'] for some split): every split has it (warning), as an
+    (N, H, W, 2) array (error), and every frame but those of the last step has a flow with a finite pixel
+    (warning: no `flow_file_path`, or NaN everywhere; its step's flicker and flow terms skip the frame)."""
+    steps = _time_steps(scene)
+    if not steps or not _has_flow(scene):
+        return []
+    flows = scene.extras["flow"]
+    last = _n_steps(steps) - 1
+    found = []
+    for s, t in steps.items():
+        sp = scene.splits[s]
+        flow = flows.get(s)
+        if flow is None:
+            have = ", ".join(k for k in flows if k in scene.splits)
+            found.append(Finding("warning", "flow", loc.split_file(s),
+                                 f"split '{s}' has no flow, split(s) {have} have it"))
+            continue
+        want = (len(sp), sp.cameras.height, sp.cameras.width, 2)
+        if np.shape(flow) != want:
+            found.append(Finding("error", "flow", loc.split_file(s),
+                                 f"flow of split '{s}' has shape {np.shape(flow)}, expected (N, H, W, 2) = {want}"))
+            continue
+        for i in np.flatnonzero(t < last):
+            if not np.isfinite(flow[i]).all(axis=-1).any():
+                found.append(Finding("warning", "flow", loc.frame(s, i),
+                                     f"no flow to time_step {t[i] + 1} (no flow file, or NaN everywhere) though "
+                                     f"the scene has flow: flicker and flow terms skip this frame"))
+    return found
+
+
 CHECKS: tuple[Callable[[Scene, Locator], list[Finding]], ...] = (
-    check_poses, check_intrinsics, check_rays, check_bounds, check_images, check_duplicates, check_metadata)
+    check_poses, check_intrinsics, check_rays, check_bounds, check_images, check_duplicates, check_metadata,
+    check_time_steps, check_flow)
