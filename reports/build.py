@@ -3,7 +3,8 @@
 Writes <out>/index.html (+ assets/ with the figures and images, or everything inlined as data URIs
 with embed=True), trials.csv, views.csv, summary.csv, differences.csv, results.tex and bench.csv; plus
 composed.csv and a "Composed results" section when the experiments have compose records
-(runs/EXP/compose/, see harness/run/composition.py).
+(runs/EXP/compose/, see harness/run/composition.py); plus temporal.csv, flicker.csv and a "Dynamic
+scenes" section when trials were scored on a scene with time steps (reports/temporal.py).
 """
 
 from __future__ import annotations
@@ -21,12 +22,12 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 
 from harness.core.paths import PROJECT_ROOT
 from harness.core.records import atomic_write_bytes, now_iso
-from reports import aggregate, bench, collect, figures, images, provenance, tables
+from reports import aggregate, bench, collect, figures, images, provenance, tables, temporal
 from reports import search as search_report
 
 log = logging.getLogger(__name__)
 TEMPLATES = Path(__file__).parent / "templates"
-MIME = {".png": "image/png", ".svg": "image/svg+xml"}
+MIME = {".png": "image/png", ".svg": "image/svg+xml", ".webp": "image/webp"}
 
 
 def default_bench_paths() -> list[Path]:
@@ -210,6 +211,7 @@ def build_report(experiments: list[str], runs_dir: Path, out_dir: Path | None = 
         paths = default_bench_paths() if bench_paths is None else list(bench_paths)
         bench_section = bench.section(paths, assets) if paths else None
         searches = search_report.section(runs_dir, experiments, assets)  # Sweep.search studies, if any
+        dynamic = temporal.section(trials, assets)  # trials with a `temporal` record only
         all_axes = col.all_axes
         env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html", "j2"]),
                           undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
@@ -220,7 +222,7 @@ def build_report(experiments: list[str], runs_dir: Path, out_dir: Path | None = 
             overview=provenance.overview(trials, col.sweeps), code=provenance.code_versions(trials),
             results=_results_rows(summary, metrics), baseline=base,
             diffs=_diff_rows(diffs, metrics), ranking=aggregate.ranking(summary, metrics),
-            composed=_composed_section(composed), search=searches,
+            composed=_composed_section(composed), search=searches, temporal=dynamic,
             seams=[x for e in experiments for x in collect.collect_seam(runs_dir, e)],
             n_scenes=trials["scene"].nunique(), figures=figs, grids=grids, bench=bench_section,
             variants=provenance.per_variant(trials, col.configs), unfinished=provenance.unfinished(trials),
@@ -241,6 +243,10 @@ def build_report(experiments: list[str], runs_dir: Path, out_dir: Path | None = 
         tables.write_csv(out_dir / "composed.csv", composed)
     if searches:
         tables.write_csv(out_dir / "search.csv", pd.concat([s["frame"] for s in searches["studies"]]))
+    if dynamic is not None:
+        tables.write_csv(out_dir / "temporal.csv", dynamic["steps"])
+        if len(dynamic["flicker_frame"]):
+            tables.write_csv(out_dir / "flicker.csv", dynamic["flicker_frame"])
     if len(diffs):
         tables.write_csv(out_dir / "differences.csv", diffs.assign(baseline=base))
     atomic_write_bytes(out_dir / "results.tex", tables.latex_results(summary, metrics).encode())
