@@ -143,6 +143,10 @@ class Plenoxels:
         self.data_parallel = None  # set by the harness when the trial runs on several processes (distributed.py)
         self.frozen: frozenset[str] = frozenset()  # groups a training stage does not update (harness/run/stages.py)
         self.comm: dict[str, float] = {}  # data parallel: bytes all-reduced in the last step (telemetry)
+        # set by a method built on this one (baselines/plenoxels_temporal): rays(step) -> (origins, directions)
+        # rendered with the batch's, and losses(step, rgb of those rays, density, d_rows, sh, s_rows) -> terms
+        self.auxiliary = None
+        self.schedule_origin = 0  # the step the learning-rate schedule counts from (a later time step's start)
         self.max_weight = torch.zeros(self.grid.n_rows, device=self.device)  # per row, since last resample
         self.n_upsampled = self.n_pruned = 0
         self.refresh_occupancy(step=0)
@@ -310,6 +314,11 @@ class Plenoxels:
         origins = batch["origins"].to(self.device)
         directions = batch["directions"].to(self.device)
         target = batch["rgb"].to(self.device)
+        n_target = origins.shape[0]  # the batch's rays; an auxiliary's follow them
+        extra = self.auxiliary.rays(step) if self.auxiliary is not None else None
+        if extra is not None:
+            origins = torch.cat([origins, extra[0].to(self.device)])
+            directions = torch.cat([directions, extra[1].to(self.device)])
         n_rays, n_rows = origins.shape[0], self.grid.n_rows
         ray_index, t, rows, weight = self._samples(*self._march_rays(origins, directions))
         draws = self._draws(step)
@@ -328,7 +337,8 @@ class Plenoxels:
         bg_logit = self.background_logit.clone().requires_grad_(self.background_mode == "learned")
         out = self._composite(sigma[sel], rgb, t, ray_index, n_rays, self.background(bg_logit))
 
-        losses = self.reconstruction(out["rgb"], target)
+        rgb_out = out["rgb"][:n_target]
+        losses = self.reconstruction(rgb_out, target)
         per_ray = tuple(losses)  # means over the batch's rays (or its patches)
         if self.sparsity is not None:
             losses.update(self.sparsity(sigma))
@@ -336,6 +346,8 @@ class Plenoxels:
             d_idx = tuple(remap(d_local, r) for r in rows_drawn)
             s_idx = tuple(remap(s_local, r) for r in rows_drawn)
             losses.update(terms[name](density, sh, d_idx, s_idx))
+        if self.auxiliary is not None:
+            losses.update(self.auxiliary.losses(step, out["rgb"][n_target:], density, d_rows, sh, s_rows))
         total = sum(losses.values())
         params = [density, sh] + ([bg_logit] if self.background_mode == "learned" else [])
         dp = self.data_parallel
@@ -354,7 +366,7 @@ class Plenoxels:
         result["loss"] = float(total.detach())
         if dp is not None:  # this rank's part of the global loss, as the runner's ray-weighted sum needs it
             result["loss"] = float(local.detach()) / dp.weight if dp.weight else 0.0
-        result.setdefault("mse", float(mse(out["rgb"].detach(), target)))
+        result.setdefault("mse", float(mse(rgb_out.detach(), target)))
         result["samples_per_ray"] = sel.numel() / n_rays
         self.timing["train_rays"] += n_rays
         self.timing["train_s"] += time.perf_counter() - t_start
@@ -414,6 +426,7 @@ class Plenoxels:
     def _lr_scales(self, step: int) -> dict[str, float]:
         """Each group's learning-rate factor at `step` (svox2's schedule; density's with its delay)."""
         decay = (self.lr_final_factor, self.lr_decay_steps)
+        step = step - self.schedule_origin
         common = lr_factor(step, *decay)
         return {"density": lr_factor(step, *decay, *self.density_delay), "sh": common, "background": common}
 

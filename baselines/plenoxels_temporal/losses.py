@@ -61,12 +61,18 @@ def feature_temporal(density_a: torch.Tensor, sh_a: torch.Tensor, density_b: tor
         raise ValueError(f"feature_temporal: need density (N, 1), sh (N, C) and occupied (N,) alike at both steps, "
                          f"got {tuple(density_a.shape)}, {tuple(sh_a.shape)}, {tuple(occupied_a.shape)} and "
                          f"{tuple(density_b.shape)}, {tuple(sh_b.shape)}, {tuple(occupied_b.shape)}")
-    rows = torch.nonzero(occupied_a.bool() | occupied_b.bool())[:, 0]
+    either = occupied_a.bool() | occupied_b.bool()
+    return (density_weight * occupied_mean_square(density_b, density_a, either)
+            + sh_weight * occupied_mean_square(sh_b, sh_a, either))
+
+
+def occupied_mean_square(b: torch.Tensor, a: torch.Tensor, occupied: torch.Tensor) -> torch.Tensor:
+    """Mean over the rows where `occupied` (N,) and the channels of (b - a)^2 (N, C); a graph-connected 0
+    when no row is occupied."""
+    rows = torch.nonzero(occupied.bool())[:, 0]
     if rows.numel() == 0:
-        return _zero(density_b) + _zero(sh_b) + _zero(density_a) + _zero(sh_a)
-    d = (density_b[rows] - density_a[rows]).square().mean()
-    s = (sh_b[rows] - sh_a[rows]).square().mean()
-    return density_weight * d + sh_weight * s
+        return _zero(b) + _zero(a)
+    return (b[rows] - a[rows]).square().mean()
 
 
 @gin.register

@@ -100,6 +100,10 @@ CAPABILITIES: dict[str, tuple[str, ...]] = {
     # stops updating those groups (a frozenset; their optimiser state kept) until called again;
     # stage_values: the attribute names a stage may set for its steps (e.g. a loss weight)
     "stages": ("parameter_groups", "freeze", "stage_values"),
+    # a dynamic scene's time steps trained one after another: train_images(step) -> the train split's image
+    # indices (np.ndarray) the runner draws the step's rays from (a pure function of the step); total_steps:
+    # the training steps its schedule needs (the runner checks Trainer.iterations against it)
+    "time_steps": ("train_images", "total_steps"),
 }
 REQUIRED = ("train_step", "render", "state_dict", "load_state_dict", "stats")
 
@@ -137,7 +141,7 @@ def method_problems(method) -> list[str]:
 
 # defined on the class; the other members are set in __init__
 _CLASS_MEMBERS = {*CAPABILITIES["views"], *CAPABILITIES["telemetry"], "parameter_groups", "ray_samples",
-                  "memory_components"}
+                  "memory_components", "train_images"}
 
 
 def tensor_bytes(*objs) -> int:

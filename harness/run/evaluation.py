@@ -120,10 +120,11 @@ class Evaluation:
             pass
 
     def score_views(self, views, renders_dir: Path | None = None, metrics=None, progress=None,
-                    background=(1.0, 1.0, 1.0)) -> dict:
+                    background=(1.0, 1.0, 1.0), keep: dict | None = None) -> dict:
         """Score (name, image, target) views through harness.core.metrics, saving each image as scored
         (8-bit PNG) with its ground truth (`save_ground_truth`; listed in the result's `ground_truth`)
-        and, with `error_maps`, its error map; methods and compositions only return images."""
+        and, with `error_maps`, its error map; methods and compositions only return images. `keep`: a dict
+        that receives each image as scored (8-bit), by view name."""
         from harness.core.metrics import error_map, score_images, to_8bit
 
         truth: dict[str, str] = {}
@@ -131,6 +132,8 @@ class Evaluation:
         def saved():
             for name, image, target, *mask in views:
                 pred = np.asarray(to_8bit(image))  # numpy in, numpy out
+                if keep is not None:
+                    keep[name] = pred
                 if renders_dir is not None and self.save_renders:
                     save_png(renders_dir / f"{name}.png", pred)
                     truth[name] = save_ground_truth(renders_dir.parent, target)
@@ -147,11 +150,24 @@ class Evaluation:
         return result
 
     def score(self, method, split: Split, indices=None, renders_dir: Path | None = None,
-              metrics=None, progress=None, background=(1.0, 1.0, 1.0)) -> dict:
-        """Render and score views of `split` (every view when `indices` is None)."""
+              metrics=None, progress=None, background=(1.0, 1.0, 1.0), flows=None) -> dict:
+        """Render and score views of `split` (every view when `indices` is None). A dynamic split scored in
+        full also gets 'temporal' (harness/run/temporal_scores.py: per-time-step means and, with the split's
+        `flows` (N, H, W, 2), the flicker of each test camera's sequence) and its flicker's 'warp_error' and
+        'warp_error_truth' at the top level."""
         full = indices is None
+        dynamic = full and split.time_step is not None
+        kept: dict[str, np.ndarray] = {}
         result = self.score_views(self.views(method, split, range(len(split)) if full else indices),
-                                  renders_dir, metrics, progress, background)
+                                  renders_dir, metrics, progress, background, keep=kept if dynamic else None)
         if has_capability(method, "views"):
             result.update(method.evaluation_record(split, full))
+        if dynamic:
+            from harness.run.temporal_scores import temporal_scores
+
+            by_index = {i: kept[n] for i, n in enumerate(split.names) if n in kept}
+            result["temporal"] = temporal_scores(split, result.get("per_view", {}), by_index, flows)
+            if "flicker" in result["temporal"]:
+                result["warp_error"] = result["temporal"]["flicker"]["warp_error"]
+                result["warp_error_truth"] = result["temporal"]["flicker"]["warp_error_truth"]
         return result

@@ -209,7 +209,9 @@ class TrainingRays:
             self._samplers[factor] = sampler(self.images, self.cameras, self.seed, factor, self.masks, self.depth)
         return self._samplers[factor]
 
-    def sample(self, step: int, batch_size: int, patch_size: int = 1) -> dict:
+    def sample(self, step: int, batch_size: int, patch_size: int = 1, images=None) -> dict:
+        """`images`: draw from these train images only (a method's 'time_steps' capability)."""
         stage = at(self.stages, step)
         rays = self.sampler(stage.downscale if stage is not None else 1)
-        return rays.sample(step, batch_size, patch_size, crop=self.precrop_frac if step < self.precrop_steps else 1.0)
+        return rays.sample(step, batch_size, patch_size, crop=self.precrop_frac if step < self.precrop_steps else 1.0,
+                           images=images)

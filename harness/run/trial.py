@@ -341,11 +341,13 @@ class Trainer:
     def _train_step(self, method, sampler: stages_mod.TrainingRays, step: int, record: TrialRecord) -> dict:
         """One training step; on out-of-memory, the same step again with a smaller batch."""
         patch = method.patch_size if has_capability(method, "patches") else 1
+        # a method over time steps trains each step on that step's views (harness.core.method 'time_steps')
+        images = method.train_images(step) if has_capability(method, "time_steps") else None
         while True:
             try:
                 if self.dp is None:
-                    return method.train_step(step, sampler.sample(step, method.batch_size, patch))
-                batch = distributed.take(sampler.sample(step, method.batch_size, patch), self.dp, patch * patch)
+                    return method.train_step(step, sampler.sample(step, method.batch_size, patch, images))
+                batch = distributed.take(sampler.sample(step, method.batch_size, patch, images), self.dp, patch * patch)
                 losses = method.train_step(step, batch)
                 noted = self.signals.noted() if self.signals is not None else 0  # as late as possible
                 losses, self.agreed = distributed.reduce_losses(losses, self.dp, noted)
@@ -376,6 +378,10 @@ class Trainer:
     def train(self, method, scene, record: TrialRecord, evaluation: Evaluation) -> tuple[int, float]:
         split = scene.split("train")
         stages_mod.check_method(self.stages, method)
+        if has_capability(method, "time_steps") and method.total_steps != self.iterations:
+            raise ConfigError(f"Trainer.iterations = {self.iterations}, but {type(method).__name__}'s schedule over "
+                              f"the time steps takes {method.total_steps} steps: set Trainer.iterations = "
+                              f"{method.total_steps}")
         self.switch = stages_mod.StageSwitch(method, self.stages) if self.stages else None
         masks = split.masks if self.use_masks else None
         depth = scene.extras.get("depth", {}).get("train")
@@ -589,7 +595,7 @@ class Trainer:
 
         t0 = time.perf_counter()
         metrics = evaluation.score(method, test, renders_dir=record.renders_dir, progress=tick,
-                        background=scene.background)
+                                   background=scene.background, flows=scene.extras.get("flow", {}).get("test"))
         metrics.update(iterations=step, train_time=round(train_time, 3),
                        eval_time=round(time.perf_counter() - t0, 3), n_test_views=len(test),
                        model=method.stats(), scene=scene.name, resolution=[test.cameras.width, test.cameras.height],

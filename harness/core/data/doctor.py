@@ -563,12 +563,12 @@ def check_time_steps(scene: Scene, loc: Locator) -> list[Finding]:
             where = loc.frame(*other) if other else loc.split_file("train")
             found.append(Finding("error", "time", where, f"time_step {t} has no training view (every step needs "
                                                          f"one: nothing fits the scene at that time)"))
-    for s, t in steps.items():
+    for s, split_steps in steps.items():
         cams = _per_frame_ints(scene.splits[s], "camera_id")
         if s == "train" or cams is None:
             continue
         for c in np.unique(cams):
-            missing = sorted(set(range(n_steps)) - set(t[cams == c].tolist()))
+            missing = sorted(set(range(n_steps)) - set(split_steps[cams == c].tolist()))
             if missing:
                 found.append(Finding("warning", "time", loc.frame(s, int(np.flatnonzero(cams == c)[0])),
                                      f"{s} camera_id {c} has no frame at time_step {_spans(missing)} (of "

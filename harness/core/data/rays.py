@@ -57,21 +57,25 @@ class RaySampler:
         self.masks = None if masks is None else np.asarray(masks, dtype=bool).reshape(self.n, self.h, self.w)
         self.depth = None if depth is None else torch.from_numpy(
             np.ascontiguousarray(depth, dtype=np.float32).reshape(-1))
-        self._pools: dict[float, torch.Tensor] = {}  # crop fraction -> flat indices of the pixels drawn from
+        # (crop fraction, image subset or None) -> flat indices of the pixels drawn from
+        self._pools: dict[tuple, torch.Tensor] = {}
 
-    def sample(self, step: int, batch_size: int, patch_size: int = 1, crop: float = 1.0) -> dict[str, torch.Tensor]:
+    def sample(self, step: int, batch_size: int, patch_size: int = 1, crop: float = 1.0,
+               images: np.ndarray | None = None) -> dict[str, torch.Tensor]:
         """`batch_size` rays; with patch_size p > 1, batch_size // p^2 square p x p patches
         (patch-major, row-major inside a patch), for losses that need image structure (SSIM).
-        `crop` < 1: only from the central crop x crop of each image (the precrop of early steps)."""
+        `crop` < 1: only from the central crop x crop of each image (the precrop of early steps).
+        `images`: only from these images (indices into the split; e.g. one time step's views)."""
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + int(step))
+        subset = None if images is None else self._images(images)
         if patch_size > 1:
             if self.masks is not None or crop < 1.0:
                 raise ValueError("patch sampling with masks or a centre crop is not supported")
-            flat = self._patch_pixels(gen, batch_size, int(patch_size))
-        elif self.masks is None and crop >= 1.0:
+            flat = self._patch_pixels(gen, batch_size, int(patch_size), subset)
+        elif self.masks is None and crop >= 1.0 and subset is None:
             flat = torch.randint(0, self.n * self.h * self.w, (batch_size,), generator=gen)
         else:
-            pool = self._pool(crop)
+            pool = self._pool(crop, subset)
             flat = pool[torch.randint(0, len(pool), (batch_size,), generator=gen)]
         cam = (flat // (self.h * self.w)).numpy()
         pix = (flat % (self.h * self.w)).numpy()
@@ -83,10 +87,23 @@ class RaySampler:
             batch["depth"] = self.depth[flat]
         return batch
 
-    def _pool(self, crop: float) -> torch.Tensor:
-        """Flat indices of the pixels that may be drawn: inside the centre crop and kept by the masks."""
-        if crop not in self._pools:
-            keep = np.ones((self.n, self.h, self.w), bool) if self.masks is None else self.masks
+    def _images(self, images) -> tuple[int, ...]:
+        subset = tuple(int(i) for i in np.asarray(images).reshape(-1))
+        if not subset or min(subset) < 0 or max(subset) >= self.n:
+            raise ValueError(f"images to draw rays from must be a non-empty selection of 0..{self.n - 1}, "
+                             f"got {list(subset)[:8]}")
+        return subset
+
+    def _pool(self, crop: float, subset: tuple[int, ...] | None = None) -> torch.Tensor:
+        """Flat indices of the pixels that may be drawn: of the `subset` images (all when None), inside
+        the centre crop and kept by the masks."""
+        key = (crop, subset)
+        if key not in self._pools:
+            keep = np.ones((self.n, self.h, self.w), bool) if self.masks is None else self.masks.copy()
+            if subset is not None:
+                chosen = np.zeros(self.n, bool)
+                chosen[list(subset)] = True
+                keep &= chosen[:, None, None]
             if crop < 1.0:
                 region = np.zeros((self.h, self.w), bool)
                 dh, dw = int(round(self.h * (1 - crop) / 2)), int(round(self.w * (1 - crop) / 2))
@@ -96,15 +113,19 @@ class RaySampler:
             if not len(flat):
                 where = " inside the centre crop" if crop < 1 else ""
                 raise ValueError(f"no pixel to draw rays from (the masks keep none{where})")
-            self._pools[crop] = torch.from_numpy(flat.astype(np.int64))
-        return self._pools[crop]
+            self._pools[key] = torch.from_numpy(flat.astype(np.int64))
+        return self._pools[key]
 
-    def _patch_pixels(self, gen: torch.Generator, batch_size: int, p: int) -> torch.Tensor:
+    def _patch_pixels(self, gen: torch.Generator, batch_size: int, p: int,
+                      subset: tuple[int, ...] | None = None) -> torch.Tensor:
         if p > min(self.h, self.w) or batch_size < p * p:
             raise ValueError(f"patch_size {p} does not fit images of {self.w}x{self.h} or a batch of "
                              f"{batch_size} rays")
         n = batch_size // (p * p)
-        img = torch.randint(0, self.n, (n,), generator=gen)
+        if subset is None:
+            img = torch.randint(0, self.n, (n,), generator=gen)
+        else:
+            img = torch.tensor(subset)[torch.randint(0, len(subset), (n,), generator=gen)]
         top = torch.randint(0, self.h - p + 1, (n,), generator=gen)
         left = torch.randint(0, self.w - p + 1, (n,), generator=gen)
         dy, dx = torch.meshgrid(torch.arange(p), torch.arange(p), indexing="ij")
