@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ from harness.core.errors import DataError, RecordError
 from harness.core.records import atomic_write_bytes, read_json
 from reports import figures, images
 from reports.aggregate import t_interval
-from reports.collect import METRICS, natural_key
+from reports.collect import METRICS, fmt_value, natural_key
 
 log = logging.getLogger(__name__)
 FRAME_MS = 150  # per time step: ~7 steps a second, slow enough to see flicker
@@ -52,10 +53,13 @@ def section(trials: pd.DataFrame, out_dir: Path) -> dict | None:
     flicker = flicker_frame(info, found)
     variants = [str(v) for v in trials["variant"].cat.categories]
     curves = step_curves(steps, variants, out_dir)
-    return {"figures": [curves] if curves else [], "flicker": flicker_rows(flicker, variants),
+    points = tradeoff_points(flicker, variants)
+    tradeoff = tradeoff_figure(points, variant_bindings(trials[trials["key"].isin(found)]), out_dir)
+    return {"figures": [f for f in (curves, tradeoff) if f], "flicker": flicker_rows(flicker, variants),
             "flicker_headers": [header for _, header, _ in FLICKER_COLUMNS],
             "scenes": animations(trials[trials["key"].isin(found)], found, out_dir),
             "n_trials": len(found), "frame_ms": FRAME_MS, "steps": steps, "flicker_frame": flicker,
+            "tradeoff_points": points,
             "flicker_skipped": "; ".join(sorted({str(e["flicker_skipped"]) for e in found.values()
                                                  if e.get("flicker_skipped")}))}
 
@@ -153,6 +157,129 @@ def flicker_rows(flicker: pd.DataFrame, variants: list[str]) -> list[dict]:
             rows.append({"scene": scene, "variant": v, "n": len(g),
                          "cells": [_mean_text(g[key], fmt) for key, _, fmt in FLICKER_COLUMNS]})
     return rows
+
+
+TRADEOFF_VALUES = ("warp_error", "psnr", "warp_error_truth")
+
+
+def tradeoff_points(flicker: pd.DataFrame, variants: list[str]) -> pd.DataFrame:
+    """The trade-off figure's points: per (scene, variant) with a flicker record, n (trials) and the mean
+    over seeds and half-width of the 95% t-interval (nan for one seed) of the render's warping error, the
+    trial's mean PSNR and the truth's warping error (the floor): columns `<value>` and `<value>_ci`."""
+    columns = ["scene", "variant", "n", *(c for v in TRADEOFF_VALUES for c in (v, f"{v}_ci"))]
+    rows = []
+    if not flicker.empty:
+        for scene, sg in flicker.groupby("scene", sort=False):
+            for v in (v for v in variants if v in set(sg["variant"])):
+                g = sg[sg["variant"] == v]
+                row = {"scene": scene, "variant": v, "n": len(g)}
+                for value in TRADEOFF_VALUES:
+                    row[value], row[f"{value}_ci"], _ = t_interval(g[value])
+                rows.append(row)
+    return pd.DataFrame(rows, columns=columns)
+
+
+def variant_bindings(trials: pd.DataFrame) -> dict[str, dict]:
+    """Variant -> the bindings of its first trial, without the seed and the scene, plus the experiment
+    (so that the variants of two experiments with equal bindings are told apart)."""
+    out: dict[str, dict] = {}
+    for r in trials.to_dict("records"):
+        b = r.get("bindings")
+        out.setdefault(str(r["variant"]), {**{k: x for k, x in (b.items() if isinstance(b, dict) else ())
+                                              if k not in ("seed", "scene")},
+                                           "experiment": r.get("experiment")})
+    return out
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float, np.number)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+_MISSING = object()
+
+
+def tradeoff_lines(bindings: dict[str, dict]) -> tuple[str | None, list[tuple[str, list[str]]]]:
+    """How to connect a scene's variants (variant -> bindings): (the binding connected along, lines), each
+    line (label: the bindings the line's points share, the variants in increasing order of the binding's
+    value). A line joins the variants that differ in this one numeric binding only; the binding is the
+    first (in binding order) that gives such a line. When none does but every binding that differs is
+    numeric and all of them order the variants alike (a zipped sweep), the variants form one line along
+    the first of them. Otherwise, or when a line would have two points at one value: (None, [])."""
+    names = list(bindings)
+    keys = list(dict.fromkeys(k for b in bindings.values() for k in b))
+    value = {v: {k: bindings[v].get(k, _MISSING) for k in keys} for v in names}
+    varying = [k for k in keys if len({repr(value[v][k]) for v in names}) > 1]
+    numeric = [k for k in varying if all(_number(value[v][k]) for v in names)]
+    for axis in numeric:
+        groups: dict[tuple, list[str]] = {}
+        for v in names:
+            groups.setdefault(tuple(repr(value[v][k]) for k in varying if k != axis), []).append(v)
+        if any(len({value[v][axis] for v in g}) < len(g) for g in groups.values()):
+            continue  # two variants at one value along the axis: which to join is ambiguous
+        lines = [(_shared_label(members, value, varying, axis), sorted(members, key=lambda v: value[v][axis]))
+                 for members in groups.values() if len(members) > 1]
+        if lines:
+            return axis, lines
+    if len(names) > 1 and varying and numeric == varying:
+        orders = {tuple(sorted(names, key=lambda v: value[v][k])) for k in varying}
+        distinct = all(len({value[v][k] for v in names}) == len(names) for k in varying)
+        if len(orders) == 1 and distinct:
+            return varying[0], [("", list(orders.pop()))]
+    return None, []
+
+
+def _shared_label(members: list[str], value: dict, varying: list[str], axis: str) -> str:
+    v = members[0]
+    return ", ".join(str(value[v][k]) if k == "experiment" else f"{k.split('.')[-1]}={fmt_value(value[v][k])}"
+                     for k in varying if k != axis and value[v][k] is not _MISSING)
+
+
+def tradeoff_figure(points: pd.DataFrame, bindings: dict[str, dict], out_dir: Path) -> figures.Figure | None:
+    """A panel per scene: mean PSNR against the render's warping error, a point per variant with its label
+    and 95% t-intervals over seeds as bars; the truth's warping error as a dashed line; the variants of
+    one numeric sweep axis joined in the order of its value (tradeoff_lines)."""
+    points = points.dropna(subset=["warp_error", "psnr"]) if len(points) else points
+    if points.empty:
+        return None
+    scenes = list(dict.fromkeys(points["scene"]))
+    figures._theme()
+    fig, axs = figures._panels(len(scenes), width=5.4, height=3.9)
+    joined = set()
+    for ax, scene in zip(axs, scenes):
+        d = points[points["scene"] == scene].set_index("variant", drop=False)
+        axis, lines = tradeoff_lines({v: bindings.get(v, {}) for v in d["variant"]})
+        palette = sns.color_palette("colorblind", max(1, len(lines)))
+        for color, (label, members) in zip(palette, lines):
+            ax.plot(d.loc[members, "warp_error"], d.loc[members, "psnr"], "-", color=color, lw=1.3, zorder=2,
+                    label=label[:40] or None)
+        if axis:
+            joined.add(axis)
+        on_line = {v: color for color, (_, members) in zip(palette, lines) for v in members}
+        ax.errorbar(d["warp_error"], d["psnr"], xerr=np.nan_to_num(d["warp_error_ci"]),
+                    yerr=np.nan_to_num(d["psnr_ci"]), fmt="none", ecolor="#bbb", lw=1, zorder=1)
+        ax.scatter(d["warp_error"], d["psnr"], s=24, zorder=3,
+                   color=[on_line.get(v, "#5a6b7b") for v in d["variant"]])
+        for _, r in d.iterrows():
+            ax.annotate(str(r["variant"])[:28], (r["warp_error"], r["psnr"]), fontsize=6, xytext=(3, 3),
+                        textcoords="offset points")
+        floors = sorted({float(f"{x:.6g}") for x in d["warp_error_truth"] if np.isfinite(x)})
+        for floor in floors:
+            ax.axvline(floor, color="#444", ls="--", lw=1, zorder=0)
+            ax.text(floor, 0.98, "truth floor ", rotation=90, fontsize=7, color="#444", ha="right", va="top",
+                    transform=ax.get_xaxis_transform())
+        if ax.get_xlim()[0] < 0:  # wide intervals of few seeds: no negative warping errors
+            ax.set_xlim(left=0)
+        ax.set_xlabel("flicker: warp error (render) ↓")
+        ax.set_ylabel(figures._label("psnr"))
+        ax.set_title(f"{scene}: flicker vs PSNR" if len(scenes) > 1 else "flicker vs PSNR", fontsize=9)
+        if axis and any(label for label, _ in lines):
+            ax.legend(fontsize=7, title=f"along {axis.split('.')[-1]}", title_fontsize=7)
+    caption = ("each point: a variant, mean over seeds, bars: 95% t-interval; further left (lower warp error) is "
+               "better in flicker, higher is better in PSNR, so upper left is best; dashed: the truth floor, the "
+               "ground truth's own warping error")
+    if joined:
+        caption += f"; lines join the variants along {', '.join(sorted(joined))} in the order of its value"
+    return figures._save(fig, out_dir, "temporal_tradeoff", "flicker vs PSNR", caption)
 
 
 def _mean_text(values: pd.Series, fmt: str) -> str:

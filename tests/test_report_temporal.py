@@ -16,6 +16,7 @@ from harness.run.evaluation import save_ground_truth, save_png
 from reports import temporal
 from reports.aggregate import t_interval
 from reports.build import build_report
+from reports.collect import collect
 from tests.test_report import parse_tables
 from tests.test_report_units import synthetic_experiment
 
@@ -148,11 +149,82 @@ def test_flicker_table_values_equal_the_records(built):
             assert row[key] == m["temporal"]["flicker"][key], key
 
 
+def test_the_tradeoff_figure_is_in_the_section(built):
+    _, rep = built
+    html = (rep / "index.html").read_text()
+    png, svg = rep / "assets" / "temporal_tradeoff.png", rep / "assets" / "temporal_tradeoff.svg"
+    assert png.stat().st_size > 5000 and svg.is_file()
+    section = html[html.index('<h2 id="temporal">'):]
+    assert 'src="assets/temporal_tradeoff.png"' in section and 'href="assets/temporal_tradeoff.svg"' in section
+    assert "higher is better in PSNR" in section and "the ground truth&#39;s own warping error" in section
+    assert "lines join the variants along M.lr" in section
+    text = svg.read_text()  # text kept as text: the floor's label and each point's variant label
+    assert "truth floor" in text and all(v in text for v in VARIANTS)
+
+
+def test_the_tradeoff_points_are_the_means_of_the_records(built, tmp_path):
+    recs, rep = built
+    trials = collect(rep.parent / "runs", ["dyn"], with_curves=False).trials
+    points = temporal.section(trials, tmp_path)["tradeoff_points"]
+    assert points["variant"].tolist() == list(VARIANTS) and (points["scene"] == "s0").all()
+    for (_, row), group in zip(points.iterrows(), (recs[:2], recs[2:])):  # two seeds per variant, in order
+        ms = [rec.metrics() for rec in group]
+        assert row["n"] == 2
+        for key, values in (("warp_error", [m["temporal"]["flicker"]["warp_error"] for m in ms]),
+                            ("warp_error_truth", [m["temporal"]["flicker"]["warp_error_truth"] for m in ms]),
+                            ("psnr", [m["psnr"] for m in ms])):
+            mean, half, _ = t_interval(values)
+            assert row[key] == pytest.approx(mean, rel=1e-12) and row[f"{key}_ci"] == pytest.approx(half, rel=1e-12)
+    assert temporal.variant_bindings(trials) == {v: {"M.lr": lr, "experiment": "dyn"}
+                                                 for v, lr in zip(VARIANTS, (0.1, 0.2))}
+    assert temporal.tradeoff_lines(temporal.variant_bindings(trials)) == ("M.lr", [("", list(VARIANTS))])
+
+
+def test_one_seed_gives_points_without_intervals():
+    flicker = pd.DataFrame({"scene": ["s", "s"], "variant": ["a", "b"], "warp_error": [0.002, 0.003],
+                            "warp_error_truth": [0.001, 0.001], "psnr": [25.0, 27.0]})
+    points = temporal.tradeoff_points(flicker, ["b", "a", "c"])
+    assert points["variant"].tolist() == ["b", "a"] and points["n"].tolist() == [1, 1]
+    assert points["warp_error"].tolist() == [0.003, 0.002] and points["psnr"].tolist() == [27.0, 25.0]
+    assert points["warp_error_ci"].isna().all() and points["psnr_ci"].isna().all()
+    assert temporal.tradeoff_points(pd.DataFrame(), ["a"]).empty
+
+
+W_FLOW, W_FEAT = "FlowConsistency.weight", "FeatureTemporal.weight"
+
+
+def test_tradeoff_lines_join_one_numeric_axis_in_the_order_of_its_value():
+    weights = {"w=1": 1, "w=0": 0, "w=3": 3, "w=0.1": 0.1, "w=0.3": 0.3}  # not in value order
+    assert temporal.tradeoff_lines({v: {W_FLOW: w, "experiment": "e"} for v, w in weights.items()}) == \
+        (W_FLOW, [("", ["w=0", "w=0.1", "w=0.3", "w=1", "w=3"])])
+    # a grid: a line per value of the other binding
+    grid = {f"{a},{b}": {W_FLOW: a, "M.lr": b} for b in (0.01, 0.1) for a in (1.0, 0.0)}
+    assert temporal.tradeoff_lines(grid) == (W_FLOW, [("lr=0.01", ["0.0,0.01", "1.0,0.01"]),
+                                                      ("lr=0.1", ["0.0,0.1", "1.0,0.1"])])
+    # a categorical binding only separates the lines
+    mixed = {"a0": {"M.kind": "a", W_FLOW: 0}, "a1": {"M.kind": "a", W_FLOW: 1}, "b1": {"M.kind": "b", W_FLOW: 1}}
+    assert temporal.tradeoff_lines(mixed) == (W_FLOW, [("kind=a", ["a0", "a1"])])
+
+
+def test_tradeoff_lines_of_a_zipped_sweep_and_the_ambiguous_cases():
+    zipped = {f"z{i}": {W_FLOW: f, W_FEAT: g} for i, (f, g) in enumerate([(1, 0.5), (0, 0), (3, 2)])}
+    assert temporal.tradeoff_lines(zipped) == (W_FLOW, [("", ["z1", "z0", "z2"])])
+    crossed = {f"z{i}": {W_FLOW: f, W_FEAT: g} for i, (f, g) in enumerate([(1, 2), (0, 0), (3, 0.5)])}
+    assert temporal.tradeoff_lines(crossed) == (None, [])  # the two weights order them differently
+    assert temporal.tradeoff_lines({"a": {"M.kind": "a"}, "b": {"M.kind": "b"}}) == (None, [])
+    assert temporal.tradeoff_lines({"a": {W_FLOW: 0}, "b": {}}) == (None, [])  # a variant without the binding
+    assert temporal.tradeoff_lines({"a": {W_FLOW: 0, "x": 1}, "b": {W_FLOW: 0, "x": 2}}) == ("x", [("", ["a", "b"])])
+    assert temporal.tradeoff_lines({"a": {W_FLOW: True}, "b": {W_FLOW: False}}) == (None, [])  # not a number
+    assert temporal.tradeoff_lines({"only": {W_FLOW: 1}}) == (None, [])
+    assert temporal.tradeoff_lines({}) == (None, [])
+
+
 def test_a_static_experiment_has_no_dynamic_section(tmp_path):
     synthetic_experiment(tmp_path / "runs", "still", {"M.lr": [0.1, 0.2]}, seeds=(0,))
     out = build_report(["still"], tmp_path / "runs", tmp_path / "rep", bench_paths=[])
     html = out.read_text()
     assert "Dynamic scenes" not in html and 'id="temporal"' not in html
+    assert not list((tmp_path / "rep").rglob("temporal_*"))  # neither the curves nor the trade-off figure
     assert not list((tmp_path / "rep").rglob("*.webp")) and not (tmp_path / "rep" / "temporal.csv").exists()
     assert temporal.section(pd.DataFrame({"state": ["done"], "dir": [str(tmp_path)], "key": ["k"]}), tmp_path) is None
 
@@ -164,6 +236,7 @@ def test_a_scene_without_flow_has_curves_and_animations_but_no_flicker(tmp_path)
     assert "No flicker recorded: the split has no flow." in html
     assert 'class="flicker"' not in html and not (tmp_path / "rep" / "flicker.csv").exists()
     assert (tmp_path / "rep" / "assets" / "temporal_per_step.png").is_file()
+    assert not list((tmp_path / "rep" / "assets").glob("temporal_tradeoff.*"))  # no flicker, nothing to plot
     assert len(list((tmp_path / "rep" / "assets").rglob("*.webp"))) == CAMERAS * len(VARIANTS)
 
 
