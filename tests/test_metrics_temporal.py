@@ -62,7 +62,8 @@ def test_nan_flow_and_samples_off_the_pixel_grid_are_invalid():
 def test_static_sequence_has_zero_warping_error():
     frames = [texture()] * 5
     out = warping_error(frames, [const_flow(0, 0)] * 4)
-    assert out == {"warp_error": 0.0, "pairs": 4, "valid_fraction": 1.0}
+    assert out == {"warp_error": 0.0, "pairs": 4, "valid_fraction": 1.0, "warp_error_still": 0.0,
+                   "warp_error_moving": None}
 
 
 @pytest.mark.parametrize("du, dv", [(2, 1), (-1, 3)])
@@ -139,3 +140,31 @@ def test_bad_input_gives_one_line_metric_errors(call, message):
         call()
     text = str(info.value)
     assert message in text and "\n" not in text, text
+
+
+def test_still_and_moving_pixels_are_scored_apart():
+    """Pixels with zero flow ('still') and the others ('moving') each get the mean error of their own pixels:
+    a still half that flickers by noise and a moving half that follows its flow exactly."""
+    sigma, rng = 0.02, np.random.default_rng(5)
+    base = texture(2)
+    frames = [np.clip(base + 0.0, 0, 1) for _ in range(4)]
+    flows = [np.zeros((H, W, 2), np.float32) for _ in range(3)]
+    # the right half moves up by one row per step along its flow; rows that leave or enter are invalid
+    for t in range(1, 4):
+        frames[t][:, W // 2:] = np.roll(frames[t - 1][:, W // 2:], -1, axis=0)
+    for f in flows:
+        f[:, W // 2:, 1] = -1.0
+        f[0, W // 2:] = np.nan
+    noisy = [fr.copy() for fr in frames]
+    for fr in noisy:
+        fr[:, :W // 2] += rng.normal(0.0, sigma, fr[:, :W // 2].shape)
+    out = warping_error(noisy, flows, quantize=False)
+    assert out["warp_error_moving"] == pytest.approx(0.0, abs=1e-12)
+    assert out["warp_error_still"] == pytest.approx(2 * sigma**2, rel=0.1)
+    both = flicker({"a": noisy}, {"a": frames}, {"a": flows})
+    assert both["still"]["truth"] == pytest.approx(0.0, abs=1e-12)
+    assert both["moving"]["truth"] == pytest.approx(0.0, abs=1e-12)
+    assert both["still"]["rendered"] == both["per_camera"]["a"]["still"]["rendered"] > 0
+    all_still = warping_error([frames[0], frames[0]], [np.zeros((H, W, 2), np.float32)], quantize=False)
+    assert all_still["warp_error_moving"] is None and all_still["warp_error_still"] == 0.0
+    assert "regions" in both["protocol"]

@@ -191,3 +191,35 @@ def test_the_sampler_draws_from_the_given_images_only():
     assert set(plain["image_index"].numpy()) == {0, 1, 2, 3}
     with pytest.raises(ValueError, match="non-empty selection of 0..3"):
         sampler.sample(0, 8, images=np.array([4]))
+
+
+def test_flow_from_depth_under_a_fixed_rig_asks_each_pixel_to_keep_its_colour(tmp_path):
+    """source='depth': flow_from_depth of the snapshot's depth between two poses of the same rig camera is 0
+    (the camera did not move), so the flow rays are the pixel-centre rays of that camera at the next step and
+    their targets the snapshot's colours of those pixels."""
+    import gin
+
+    import baselines.plenoxels_temporal  # noqa: F401
+    from harness.core.data.load_scene import load_scene
+    from harness.core.data.rays import image_rays
+    from harness.run import sweep
+
+    exp = _experiment(tmp_path, "FlowConsistency.source = 'depth'\n")
+    trial = sweep.expand(str(exp))[0]
+    sweep.trial_config(exp, [], trial.gin_bindings)
+    scene = load_scene()
+    method = gin.get_configurable("TemporalPlenoxels")(scene=scene, seed=0)
+    train = scene.split("train")
+    sampler = RaySampler(train.images, train.cameras, 0)
+    for step in range(13):  # time step 0, then the first step of time step 1
+        out = method.train_step(step, sampler.sample(step, method.batch_size, images=method.train_images(step)))
+    assert method.segment == 1 and np.isfinite(out["flow_consistency"]) and out["flow_consistency"] >= 0
+    cache = method._flow_targets()
+    first = int(method.views_at[0][0])
+    nxt = int(next(i for i in method.views_at[1] if train.camera_id[i] == train.camera_id[first]))
+    o, d = image_rays(train.cameras, nxt)
+    n = o.shape[0]  # every pixel of the first frame is valid (zero flow stays inside the image)
+    assert torch.allclose(cache["origins"][:n], o, atol=1e-5) and torch.allclose(cache["directions"][:n], d, atol=1e-4)
+    with method._at(0):
+        rendered = method.model.render(*image_rays(train.cameras, first))["rgb"]
+    assert torch.equal(cache["target"][:n], rendered)

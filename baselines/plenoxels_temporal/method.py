@@ -50,6 +50,13 @@ def _require(cond: bool, msg: str) -> None:
         raise ConfigError(f"TemporalPlenoxels: {msg}")
 
 
+def _termination(rendered: dict) -> torch.Tensor:
+    """Distance along the ray where it ends (M,): the expected depth over the opacity (the composite's depth is
+    sum w t, which shrinks with the opacity), +inf where the ray stays (almost) empty: nothing hit."""
+    acc = rendered["acc"]
+    return torch.where(acc > 0.5, rendered["depth"] / acc.clamp(min=1e-6), torch.inf)
+
+
 @gin.configurable
 class TemporalPlenoxels:
     """See the module docstring. `grid`: the Plenoxels class each time step's grid is (`TemporalPlenoxels.grid =
@@ -221,7 +228,7 @@ class TemporalPlenoxels:
                     continue
                 o, d = image_rays(cams, int(i))
                 r = self.model.render(o, d)
-                flow = self._flow(int(i), j, r["depth"].reshape(h, w))
+                flow = self._flow(int(i), j, _termination(r).reshape(h, w))
                 v, u = np.mgrid[0:h, 0:w].reshape(2, -1).astype(np.float32) + 0.5
                 u2, v2 = u + flow[:, 0], v + flow[:, 1]
                 ok = np.isfinite(flow).all(1) & (u2 >= 0) & (u2 <= w) & (v2 >= 0) & (v2 <= h)

@@ -32,6 +32,9 @@ WARP_PROTOCOL = {
                "so it is read beside per-frame PSNR, never alone"),
     "ratio": "rendered / truth; the camera mean is the ratio of the means; inf if truth is 0, 1 if both are",
     "mean": "unweighted mean over cameras",
+    "regions": ("'still': the valid pixels whose flow is exactly (0, 0) (static content under a camera that does not "
+                "move: no resampling, so only a change of the content counts), 'moving': the other valid pixels; "
+                "each the mean over the pairs that have such pixels (None if none has)"),
 }
 
 
@@ -86,7 +89,8 @@ def warping_error(frames: Sequence, flows: Sequence, quantize: bool = True, name
     Per pair t: mean over valid pixels and channels of (I_t - warp(I_{t+1}, flow_t))^2; the result is the
     mean over pairs. Frames are validated like the scorer's views (float [0, 1], RGBA composited on white)
     and, with `quantize`, taken as saved 8-bit. Returns {'warp_error', 'pairs', 'valid_fraction'} (the
-    share of pixels compared, over all pairs).
+    share of pixels compared, over all pairs), and the same error over the 'still' pixels (flow exactly 0)
+    and the 'moving' ones, 'warp_error_still' and 'warp_error_moving' (None when no pair has such pixels).
     """
     if len(frames) < 2:
         raise MetricError(f"{name}: warping error needs at least 2 frames, got {len(frames)}")
@@ -96,6 +100,7 @@ def warping_error(frames: Sequence, flows: Sequence, quantize: bool = True, name
     if quantize:
         imgs = [to_8bit(im) for im in imgs]
     errors, kept = [], []
+    regions: dict[str, list[float]] = {"still": [], "moving": []}
     for t in range(len(imgs) - 1):
         view = f"{name} t{t}"
         if imgs[t + 1].shape != imgs[t].shape:
@@ -103,10 +108,16 @@ def warping_error(frames: Sequence, flows: Sequence, quantize: bool = True, name
         warped, valid = warp(imgs[t + 1], flows[t], view)
         if not valid.any():
             raise MetricError(f"{_where(view)}no valid pixel (flow all NaN or pointing outside the image)")
-        diff = imgs[t].astype(np.float64)[valid] - warped[valid]
-        errors.append(float(np.mean(diff * diff)))
+        square = np.where(valid[..., None], imgs[t].astype(np.float64) - np.nan_to_num(warped), 0.0) ** 2
+        errors.append(float(np.mean(square[valid])))
         kept.append(float(valid.mean()))
-    return {"warp_error": float(np.mean(errors)), "pairs": len(errors), "valid_fraction": float(np.mean(kept))}
+        still = valid & (np.asarray(flows[t]) == 0).all(-1)
+        for region, mask in (("still", still), ("moving", valid & ~still)):
+            if mask.any():
+                regions[region].append(float(np.mean(square[mask])))
+    out = {"warp_error": float(np.mean(errors)), "pairs": len(errors), "valid_fraction": float(np.mean(kept))}
+    out.update({f"warp_error_{r}": float(np.mean(v)) if v else None for r, v in regions.items()})
+    return out
 
 
 def _ratio(rendered: float, truth: float) -> float:
@@ -120,8 +131,9 @@ def flicker(rendered: Mapping, truth: Mapping, flows: Mapping) -> dict:
 
     Each argument maps a camera id to its frames (or T - 1 flows) in time order. Returns
     {'warp_error' (rendered, mean over cameras), 'warp_error_truth', 'excess', 'ratio',
-     'per_camera': {camera: {'rendered', 'truth', 'excess', 'ratio', 'pairs', 'valid_fraction'}},
-     'num_cameras', 'protocol'}.
+     'still' and 'moving': {'rendered', 'truth'} over those pixels (WARP_PROTOCOL 'regions'),
+     'per_camera': {camera: {'rendered', 'truth', 'excess', 'ratio', 'pairs', 'valid_fraction', 'still',
+     'moving'}}, 'num_cameras', 'protocol'}.
     """
     cams = list(rendered)
     if not cams:
@@ -142,9 +154,22 @@ def flicker(rendered: Mapping, truth: Mapping, flows: Mapping) -> dict:
         per_camera[cam] = {"rendered": ren["warp_error"], "truth": gt["warp_error"],
                            "excess": ren["warp_error"] - gt["warp_error"],
                            "ratio": _ratio(ren["warp_error"], gt["warp_error"]),
-                           "pairs": ren["pairs"], "valid_fraction": ren["valid_fraction"]}
+                           "pairs": ren["pairs"], "valid_fraction": ren["valid_fraction"],
+                           **{r: {"rendered": ren[f"warp_error_{r}"], "truth": gt[f"warp_error_{r}"]} for r in REGIONS}}
     mean_r = float(np.mean([v["rendered"] for v in per_camera.values()]))
     mean_t = float(np.mean([v["truth"] for v in per_camera.values()]))
     return {"warp_error": mean_r, "warp_error_truth": mean_t, "excess": mean_r - mean_t,
-            "ratio": _ratio(mean_r, mean_t), "per_camera": per_camera, "num_cameras": len(per_camera),
-            "protocol": dict(WARP_PROTOCOL)}
+            "ratio": _ratio(mean_r, mean_t), **{r: _region_mean(per_camera, r) for r in REGIONS},
+            "per_camera": per_camera, "num_cameras": len(per_camera), "protocol": dict(WARP_PROTOCOL)}
+
+
+REGIONS = ("still", "moving")
+
+
+def _region_mean(per_camera: dict, region: str) -> dict:
+    """{'rendered', 'truth'}: the mean over the cameras that have pixels of the region (None if none has)."""
+    out = {}
+    for side in ("rendered", "truth"):
+        values = [v[region][side] for v in per_camera.values() if v[region][side] is not None]
+        out[side] = float(np.mean(values)) if values else None
+    return out
