@@ -157,7 +157,7 @@ def test_the_tradeoff_figure_is_in_the_section(built):
     section = html[html.index('<h2 id="temporal">'):]
     assert 'src="assets/temporal_tradeoff.png"' in section and 'href="assets/temporal_tradeoff.svg"' in section
     assert "higher is better in PSNR" in section and "the ground truth&#39;s own warping error" in section
-    assert "lines join the variants along M.lr" in section
+    assert "the binding it runs along, named in the legend (M.lr)" in section
     text = svg.read_text()  # text kept as text: the floor's label and each point's variant label
     assert "truth floor" in text and all(v in text for v in VARIANTS)
 
@@ -177,7 +177,7 @@ def test_the_tradeoff_points_are_the_means_of_the_records(built, tmp_path):
             assert row[key] == pytest.approx(mean, rel=1e-12) and row[f"{key}_ci"] == pytest.approx(half, rel=1e-12)
     assert temporal.variant_bindings(trials) == {v: {"M.lr": lr, "experiment": "dyn"}
                                                  for v, lr in zip(VARIANTS, (0.1, 0.2))}
-    assert temporal.tradeoff_lines(temporal.variant_bindings(trials)) == ("M.lr", [("", list(VARIANTS))])
+    assert temporal.tradeoff_lines(temporal.variant_bindings(trials)) == [("M.lr", "along M.lr", list(VARIANTS))]
 
 
 def test_one_seed_gives_points_without_intervals():
@@ -191,32 +191,104 @@ def test_one_seed_gives_points_without_intervals():
 
 
 W_FLOW, W_FEAT = "FlowConsistency.weight", "FeatureTemporal.weight"
+# the zipped sweep of runs/plenoxels_temporal: (flow, feature) weights; bindings in the records' order
+ZIPPED = [(0.0, 0.0), (0.1, 0.0), (0.3, 0.0), (1.0, 0.0), (3.0, 0.0), (0.0, 1e-4), (0.0, 1e-3)]
+ZIPPED_VARIANTS = {f"FeatureTemporal.weight={g:g}, FlowConsistency.weight={f:g}": {W_FEAT: g, W_FLOW: f,
+                                                                                     "experiment": "e"}
+                   for f, g in ZIPPED}
 
 
 def test_tradeoff_lines_join_one_numeric_axis_in_the_order_of_its_value():
     weights = {"w=1": 1, "w=0": 0, "w=3": 3, "w=0.1": 0.1, "w=0.3": 0.3}  # not in value order
     assert temporal.tradeoff_lines({v: {W_FLOW: w, "experiment": "e"} for v, w in weights.items()}) == \
-        (W_FLOW, [("", ["w=0", "w=0.1", "w=0.3", "w=1", "w=3"])])
-    # a grid: a line per value of the other binding
+        [(W_FLOW, f"along {W_FLOW}", ["w=0", "w=0.1", "w=0.3", "w=1", "w=3"])]
+    # a grid: a line per value of the other binding, along the first axis only (not a mesh of both)
     grid = {f"{a},{b}": {W_FLOW: a, "M.lr": b} for b in (0.01, 0.1) for a in (1.0, 0.0)}
-    assert temporal.tradeoff_lines(grid) == (W_FLOW, [("lr=0.01", ["0.0,0.01", "1.0,0.01"]),
-                                                      ("lr=0.1", ["0.0,0.1", "1.0,0.1"])])
+    assert temporal.tradeoff_lines(grid) == [(W_FLOW, f"along {W_FLOW}, lr=0.01", ["0.0,0.01", "1.0,0.01"]),
+                                             (W_FLOW, f"along {W_FLOW}, lr=0.1", ["0.0,0.1", "1.0,0.1"])]
+    # a part of a grid whose lines still cross at several variants: the first axis only
+    part = {f"{a},{b}": {W_FLOW: a, "M.lr": b} for a, b in [(0, 0), (1, 0), (2, 0), (0, 1), (1, 1)]}
+    assert [line.axis for line in temporal.tradeoff_lines(part)] == [W_FLOW, W_FLOW]
     # a categorical binding only separates the lines
     mixed = {"a0": {"M.kind": "a", W_FLOW: 0}, "a1": {"M.kind": "a", W_FLOW: 1}, "b1": {"M.kind": "b", W_FLOW: 1}}
-    assert temporal.tradeoff_lines(mixed) == (W_FLOW, [("kind=a", ["a0", "a1"])])
+    assert temporal.tradeoff_lines(mixed) == [(W_FLOW, f"along {W_FLOW}", ["a0", "a1"])]
 
 
-def test_tradeoff_lines_of_a_zipped_sweep_and_the_ambiguous_cases():
+def test_tradeoff_lines_of_a_zipped_sweep_share_the_reference_point():
+    lines = temporal.tradeoff_lines(ZIPPED_VARIANTS)
+    names = list(ZIPPED_VARIANTS)
+    assert lines == [(W_FEAT, f"along {W_FEAT}", [names[0], names[5], names[6]]),  # in the order of each weight
+                     (W_FLOW, f"along {W_FLOW}", names[:5])]
+    assert lines[0].members[0] == lines[1].members[0] == names[0]  # both through (0, 0)
+    # the variants' order does not matter, nor where the reference lies along the weights
+    assert temporal.tradeoff_lines(dict(reversed(ZIPPED_VARIANTS.items()))) == lines
+    star = {f"{a},{b}": {"M.lr": a, W_FLOW: b} for a, b in [(1, 1), (0.5, 1), (2, 1), (1, 0.5), (1, 2)]}
+    assert temporal.tradeoff_lines(star) == [("M.lr", "along M.lr", ["0.5,1", "1,1", "2,1"]),
+                                             (W_FLOW, f"along {W_FLOW}", ["1,0.5", "1,1", "1,2"])]
+    # one such sweep per kind: every line, told apart by the values they share
+    kinds = {f"{k}{f},{g}": {"M.kind": k, W_FEAT: g, W_FLOW: f} for k in "ab" for f, g in ZIPPED[:3] + ZIPPED[5:6]}
+    assert [line.label for line in temporal.tradeoff_lines(kinds)] == [
+        f"along {W_FEAT}, kind=a, {W_FLOW}=0", f"along {W_FEAT}, kind=b, {W_FLOW}=0",
+        f"along {W_FLOW}, kind=a, {W_FEAT}=0", f"along {W_FLOW}, kind=b, {W_FEAT}=0"]
+
+
+def test_tradeoff_lines_of_a_sweep_zipping_two_bindings_and_the_ambiguous_cases():
     zipped = {f"z{i}": {W_FLOW: f, W_FEAT: g} for i, (f, g) in enumerate([(1, 0.5), (0, 0), (3, 2)])}
-    assert temporal.tradeoff_lines(zipped) == (W_FLOW, [("", ["z1", "z0", "z2"])])
+    assert temporal.tradeoff_lines(zipped) == [(W_FLOW, f"along {W_FLOW} and {W_FEAT}", ["z1", "z0", "z2"])]
     crossed = {f"z{i}": {W_FLOW: f, W_FEAT: g} for i, (f, g) in enumerate([(1, 2), (0, 0), (3, 0.5)])}
-    assert temporal.tradeoff_lines(crossed) == (None, [])  # the two weights order them differently
-    assert temporal.tradeoff_lines({"a": {"M.kind": "a"}, "b": {"M.kind": "b"}}) == (None, [])
-    assert temporal.tradeoff_lines({"a": {W_FLOW: 0}, "b": {}}) == (None, [])  # a variant without the binding
-    assert temporal.tradeoff_lines({"a": {W_FLOW: 0, "x": 1}, "b": {W_FLOW: 0, "x": 2}}) == ("x", [("", ["a", "b"])])
-    assert temporal.tradeoff_lines({"a": {W_FLOW: True}, "b": {W_FLOW: False}}) == (None, [])  # not a number
-    assert temporal.tradeoff_lines({"only": {W_FLOW: 1}}) == (None, [])
-    assert temporal.tradeoff_lines({}) == (None, [])
+    assert temporal.tradeoff_lines(crossed) == []  # the two weights order them differently
+    assert temporal.tradeoff_lines({"a": {"M.kind": "a"}, "b": {"M.kind": "b"}}) == []
+    assert temporal.tradeoff_lines({"a": {W_FLOW: 0}, "b": {}}) == []  # a variant without the binding
+    assert temporal.tradeoff_lines({"a": {W_FLOW: 0, "x": 1}, "b": {W_FLOW: 0, "x": 2}}) == [("x", "along x",
+                                                                                             ["a", "b"])]
+    assert temporal.tradeoff_lines({"a": {W_FLOW: True}, "b": {W_FLOW: False}}) == []  # not a number
+    two_at_one = {"a": {W_FLOW: 1, "M.kind": "x"}, "b": {W_FLOW: 1, "M.kind": "x", "M.other": 1},
+                  "c": {W_FLOW: 2, "M.kind": "x", "M.other": 1}}
+    assert [line.axis for line in temporal.tradeoff_lines(two_at_one)] == [W_FLOW]
+    assert temporal.tradeoff_lines({"only": {W_FLOW: 1}}) == []
+    assert temporal.tradeoff_lines({}) == []
+
+
+def test_variant_labels_name_what_differs_from_the_first_variant():
+    names = list(ZIPPED_VARIANTS)
+    labels = temporal.variant_labels(ZIPPED_VARIANTS, names)
+    assert list(labels.values()) == [
+        "FeatureTemporal.weight=0, FlowConsistency.weight=0",  # the reference: all that varies
+        "FlowConsistency.weight=0.1", "FlowConsistency.weight=0.3", "FlowConsistency.weight=1",
+        "FlowConsistency.weight=3", "FeatureTemporal.weight=0.0001", "FeatureTemporal.weight=0.001"]
+    assert list(labels) == names
+    # the reference is the first of `variants`; short names where they are unambiguous; the experiment by name
+    two = {"x": {"M.lr": 0.1, "M.n": 4, "experiment": "e1"}, "y": {"M.lr": 0.2, "M.n": 4, "experiment": "e1"},
+           "z": {"M.lr": 0.2, "M.n": 4, "experiment": "e2"}, "w": {"M.n": 4, "experiment": "e1"}}
+    assert temporal.variant_labels(two, ["y", "x", "z", "w", "gone"]) == {
+        "y": "e1, lr=0.2", "x": "lr=0.1", "z": "e2", "w": "lr=default", "gone": "gone"}
+    assert temporal.variant_labels({"a": {"M.lr": 1}}, ["a"]) == {"a": "a"}  # nothing varies: the name
+    same = {"a": {"M.lr": 1.0}, "b": {"M.lr": 1}, "c": {"M.lr": 2}}  # b reads like a: nothing to show, its name
+    assert temporal.variant_labels(same, ["a", "b", "c"]) == {"a": "lr=1", "b": "b", "c": "lr=2"}
+    clash = {"a": {"M.lr": 1, "M.n": 1}, "b": {"M.lr": 2, "M.n": 1}, "c": {"M.lr": 2, "M.n": 2}}
+    assert temporal.variant_labels(clash, ["a", "b", "c"]) == {"a": "lr=1, n=1", "b": "lr=2", "c": "lr=2, n=2"}
+    twice = {"a": {"M.lr": 1}, "b": {"M.lr": 2}, "c": {"M.lr": 2.0}}  # b and c would read alike: their names
+    assert temporal.variant_labels(twice, ["a", "b", "c"]) == {"a": "lr=1", "b": "b", "c": "c"}
+
+
+def test_the_zipped_sweep_figures_show_both_lines_and_whole_labels(tmp_path):
+    names = list(ZIPPED_VARIANTS)
+    rng = np.random.default_rng(0)
+    points = pd.DataFrame({"scene": "s", "variant": names, "n": 1, "warp_error": rng.uniform(5e-4, 2e-3, len(names)),
+                           "psnr": rng.uniform(20, 25, len(names)), "warp_error_truth": 2.1e-3,
+                           "warp_error_ci": np.nan, "psnr_ci": np.nan, "warp_error_truth_ci": np.nan})
+    fig = temporal.tradeoff_figure(points, ZIPPED_VARIANTS, tmp_path)
+    assert fig is not None and f"named in the legend ({W_FEAT}, {W_FLOW})" in fig.caption
+    text = (tmp_path / "temporal_tradeoff.svg").read_text()
+    labels = temporal.variant_labels(ZIPPED_VARIANTS, names)
+    assert f"along {W_FLOW}" in text and f"along {W_FEAT}" in text
+    assert all(label in text for label in labels.values())
+    assert names[1] not in text  # the others by what differs from the first, not by their whole names
+    steps = pd.DataFrame([{"scene": "s", "variant": v, "seed": 0, "time_step": t, "psnr": 20.0 + t + i}
+                          for i, v in enumerate(names) for t in range(3)])
+    temporal.step_curves(steps, names, tmp_path, labels)
+    text = (tmp_path / "temporal_per_step.svg").read_text()
+    assert all(label in text for label in labels.values()) and names[1] not in text
 
 
 def test_a_static_experiment_has_no_dynamic_section(tmp_path):

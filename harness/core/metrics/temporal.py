@@ -115,7 +115,7 @@ def warping_error(frames: Sequence, flows: Sequence, quantize: bool = True, name
         for region, mask in (("still", still), ("moving", valid & ~still)):
             if mask.any():
                 regions[region].append(float(np.mean(square[mask])))
-    out = {"warp_error": float(np.mean(errors)), "pairs": len(errors), "valid_fraction": float(np.mean(kept))}
+    out: dict = {"warp_error": float(np.mean(errors)), "pairs": len(errors), "valid_fraction": float(np.mean(kept))}
     out.update({f"warp_error_{r}": float(np.mean(v)) if v else None for r, v in regions.items()})
     return out
 
