@@ -16,7 +16,14 @@ from pathlib import Path
 import numpy as np
 
 from harness.core.data.colmap_io import ColmapCamera, ColmapImage, read_model, write_colmap_model  # noqa: F401
-from harness.core.data.loader_kit import bbox_from_cameras, cameras_from_arrays, check_pose, far_from_bbox, holdout, load_rgb
+from harness.core.data.loader_kit import (
+    bbox_from_cameras,
+    cameras_from_arrays,
+    check_pose,
+    far_from_bbox,
+    holdout,
+    load_rgb,
+)
 from harness.core.data.scene import Cameras, Scene, Split
 from harness.core.errors import DataError
 

@@ -55,7 +55,8 @@ class _Bytes:
 
     def take(self, n: int) -> bytes:
         if n < 0 or self.pos + n > len(self.data):
-            raise DataError(f"{self.path}: truncated (needed {n} bytes at offset {self.pos}, file has {len(self.data)})")
+            raise DataError(f"{self.path}: truncated (needed {n} bytes at offset {self.pos}, "
+                            f"file has {len(self.data)})")
         out = self.data[self.pos:self.pos + n]
         self.pos += n
         return out

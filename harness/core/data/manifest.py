@@ -24,8 +24,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
-from harness.core.data.fetch import (SHARED_DATASETS, ChecksumError, DownloadError, extract_zip, fetch, read_lock,
-                                record_trusted)
+from harness.core.data.fetch import (
+    SHARED_DATASETS,
+    ChecksumError,
+    DownloadError,
+    extract_zip,
+    fetch,
+    read_lock,
+    record_trusted,
+)
 from harness.core.errors import DataError
 from harness.core.paths import DATA_DIR, PROJECT_ROOT
 
