@@ -198,6 +198,45 @@ def test_a_search_rerun_reuses_every_finished_trial_and_continues_the_study(tmp_
     assert len(_trainings(trace)) == 5
 
 
+def _as_if_other_code(runs: Path, trial_id: str) -> None:
+    """Rewrite a done trial's recorded source fingerprint: the record of a checkout whose code differed."""
+    path = runs / ".trials" / trial_id / "status.json"
+    status = json.loads(path.read_text())
+    status["code"]["source_sha256"] = "0" * 64
+    path.write_text(json.dumps(status))
+
+
+def test_stale_trials_of_a_search_are_said_and_rerun_when_reused(tmp_path, tiny_scene, caplog):
+    """`launch.stale` in a search: trials already told keep their values (a study is told a trial once) and
+    are said in one line; a stale trial another study reuses is said ('report'), or recomputed ('rerun')."""
+    trace, runs = tmp_path / "trace.txt", tmp_path / "runs"
+    exp = _experiment(tmp_path, tiny_scene, "grow", trace, trials=2, objective="'psnr'")
+    first = run_sweep(str(exp), [], runs, {})
+    assert set(first.values()) == {"done"} and len(_trainings(trace)) == 2
+    for tid in first:
+        _as_if_other_code(runs, tid)
+    with caplog.at_level("WARNING"):
+        assert run_sweep(str(exp), [], runs, {"stale": "rerun"}) == first  # told: nothing is run again
+    assert len(_trainings(trace)) == 2
+    said = [r.getMessage() for r in caplog.records if "told to its studies" in r.getMessage()]
+    assert len(said) == 1 and "2 of 2 done trials" in said[0] and "keep their told values" in said[0]
+
+    caplog.clear()
+    with caplog.at_level("WARNING"):  # another study suggests the same configurations: reused, said
+        again = run_sweep(str(_experiment(tmp_path, tiny_scene, "again", trace, trials=2, objective="'psnr'")),
+                          [], runs, {})
+    assert again == first and len(_trainings(trace)) == 2
+    assert sum("(reused) was computed by other code" in r.getMessage() for r in caplog.records) == 2
+    with caplog.at_level("WARNING"):  # a third study with rerun: recomputed, old results archived
+        third = run_sweep(str(_experiment(tmp_path, tiny_scene, "third", trace, trials=2, objective="'psnr'")),
+                          [], runs, {"stale": "rerun"})
+    assert third == first and len(_trainings(trace)) == 4
+    for tid in first:
+        status = json.loads((runs / ".trials" / tid / "status.json").read_text())
+        assert status["state"] == "done" and status["code"]["source_sha256"] != "0" * 64
+        assert (runs / ".trials" / tid / "stale").is_dir()
+
+
 def test_a_pruned_trial_stops_at_its_rung_and_a_promoted_one_resumes_it_bit_for_bit(tmp_path, tiny_scene):
     trace, runs = tmp_path / "trace.txt", tmp_path / "runs"
     exp = _experiment(tmp_path, tiny_scene, "prune", trace, trials=4, pruner="'asha'", min_steps=10,

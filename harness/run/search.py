@@ -306,6 +306,8 @@ class Search:
             return None  # promoted: resumes from the checkpoint of the step it was stopped at
         if state in ("failed", "diverged", "cancelled") and self.settings["retry_failed"] and not after_run:
             return None
+        if state == "done" and not after_run and self._rerun_stale(w, record, status):
+            return None
         w.pending.record = store.materialise(self.runs_dir, w.pending.trial)  # linked into this experiment
         study = w.cell.study
         if state in ("done", "collapsed"):
@@ -325,6 +327,25 @@ class Search:
         study.tell(w.trial, state=TrialState.FAIL, skip_if_finished=True)
         return f"{state}: {status.get('error')}"
 
+    def _rerun_stale(self, w: Work, record: TrialRecord, status: dict) -> bool:
+        """A reused done trial computed by other code than this checkout's (harness/core/staleness.py), under
+        `launch.stale`: 'report' says so and tells its value, 'rerun' archives its results and runs it again
+        (True), 'ignore' tells its value in silence."""
+        from harness.core import staleness
+
+        policy = self.settings.get("stale", "report")
+        code = None if policy == "ignore" else staleness.stale_code(status)
+        if code is None:
+            return False
+        if policy == "rerun":
+            staleness.archive_for_rerun(record, code)
+            log.warning("%s: trial #%d %s was computed by other code (%s): results archived under stale/ and "
+                        "recomputed", w.cell.name, w.trial.number, w.id, code)
+            return True
+        log.warning("%s: trial #%d %s (reused) was computed by other code (%s); kept and marked stale "
+                    "(--stale rerun recomputes it)", w.cell.name, w.trial.number, w.id, code)
+        return False
+
     def _prepare_launch(self, w: Work) -> None:
         w.pending.materialise()
         write_search_file(w.pending.record.dir, str(self.storage_path.resolve()), w.cell.name, w.trial.number,
@@ -340,8 +361,27 @@ class Search:
     # --- running --------------------------------------------------------------------------
     def run(self) -> dict:
         """{trial id: outcome} of every trial of the studies, told before this run or by it."""
+        self._say_stale_told()
         outcome = self.run_slurm() if self.settings["cluster"] == "slurm" else self.run_local()
         return {**self.told_before(), **outcome}
+
+    def _say_stale_told(self) -> None:
+        """One line for the trials the studies were told that are done by other code than this checkout's:
+        a study cannot be told a trial twice, so they keep their values whatever `launch.stale` says (a
+        reused trial is handled by `_rerun_stale`); a new study (another search seed) recomputes them."""
+        from harness.core import staleness
+
+        policy = self.settings.get("stale", "report")
+        if policy == "ignore":
+            return
+        told = [TrialRecord(self.exp_dir / tid) for tid in self.told_before() if (self.exp_dir / tid).is_dir()]
+        stale = staleness.find_stale(told)
+        if stale:
+            done = sum(1 for r in told if r.state == "done")
+            log.warning("%s: %d of %d done trials told to its studies were computed by other code than this "
+                        "checkout's (%s); they keep their told values, as a study is told a trial once (another "
+                        "Sweep.search seed starts a study that recomputes them); kept and marked stale",
+                        self.cells[0].grid.experiment, len(stale), done, ", ".join(sorted(set(stale.values()))[:3]))
 
     def told_before(self) -> dict:
         """The outcome of each trial the studies have told, from its Optuna state."""
