@@ -445,8 +445,8 @@ def _rank_main_reversed(rank: int, world: int, port: int, exp: str, trial_dir: s
 
     original = rays.RaySampler.sample
 
-    def sample(self, step, batch_size, patch_size=1):
-        return {k: v.flip(0) for k, v in original(self, step, batch_size, patch_size).items()}
+    def sample(self, step, batch_size, patch_size=1, **options):
+        return {k: v.flip(0) for k, v in original(self, step, batch_size, patch_size, **options).items()}
 
     rays.RaySampler.sample = sample
     _rank_main(rank, world, port, exp, trial_dir, fail)
