@@ -11,8 +11,8 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -89,19 +89,18 @@ Appearance.fit_steps = 2
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _rendezvous() -> str:
+    """A file rendezvous for one process group (distributed.INIT_ENV): no TCP port, so nothing another
+    process on the machine does can take it between its choice and its use."""
+    return f"file://{tempfile.mkdtemp(prefix='rdzv-')}/store"
 
 
-def _rank_main(rank: int, world: int, port: int, exp: str, trial_dir: str, fail: tuple | None) -> None:
+def _rank_main(rank: int, world: int, rendezvous: str, exp: str, trial_dir: str, fail: tuple | None) -> None:
     """One rank of a trial (spawned): the job body's steps without submitit. `fail` = (rank, step, what):
     that rank, at the start of that training step, raises ('raise'), runs out of memory ('oom') or sends
     itself a signal ('SIGTERM', 'SIGKILL')."""
     if world > 1:
-        os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
-                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), HARNESS_DIST_INIT=rendezvous)
     torch.set_num_threads(1)
     import gin
 
@@ -134,7 +133,7 @@ def _rank_main(rank: int, world: int, port: int, exp: str, trial_dir: str, fail:
 
 def _run(world: int, exp: Path, trial_dir: Path, fail: tuple | None = None) -> bool:
     """Run the trial on `world` spawned processes; True when every rank ended without an error."""
-    ctx = mp.start_processes(_rank_main, args=(world, _free_port(), str(exp), str(trial_dir), fail), nprocs=world,
+    ctx = mp.start_processes(_rank_main, args=(world, _rendezvous(), str(exp), str(trial_dir), fail), nprocs=world,
                              join=False, start_method="spawn")
     # each rank is waited for (ProcessContext.join would terminate the others at the first failure,
     # before rank 0 records it); a rank that dies makes the others fail at their next collective
@@ -215,8 +214,8 @@ def plenoxels_two(tmp_path_factory) -> Path:
     return d
 
 
-def _gather_main(rank: int, world: int, port: int, out: str) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+def _gather_main(rank: int, world: int, rendezvous: str, out: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), HARNESS_DIST_INIT=rendezvous)
     from harness.run import distributed
 
     distributed.setup(TIMEOUT_S)
@@ -228,7 +227,7 @@ def _gather_main(rank: int, world: int, port: int, out: str) -> None:
 
 
 def test_views_are_rendered_by_every_rank_and_gathered_in_order_on_rank_0(tmp_path):
-    mp.start_processes(_gather_main, args=(2, _free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
+    mp.start_processes(_gather_main, args=(2, _rendezvous(), str(tmp_path)), nprocs=2, start_method="spawn")
     zero, one = (json.loads((tmp_path / f"{r}.json").read_text()) for r in (0, 1))
     assert one == []  # the other ranks render, rank 0 alone receives
     assert [i for i, _ in zero] == [4, 0, 3, 1, 2]  # in the order asked, each view once
@@ -439,7 +438,7 @@ def test_slurm_two_task_trial_is_preempted_with_usr2_and_resumes(tmp_path):
     _assert_identical(uninterrupted, trial, step=300)
 
 
-def _rank_main_reversed(rank: int, world: int, port: int, exp: str, trial_dir: str, fail: tuple | None) -> None:
+def _rank_main_reversed(rank: int, world: int, rendezvous: str, exp: str, trial_dir: str, fail: tuple | None) -> None:
     """One process fed each step's rays in the reverse order: the same sums, added in another order."""
     from harness.core.data import rays
 
@@ -449,7 +448,7 @@ def _rank_main_reversed(rank: int, world: int, port: int, exp: str, trial_dir: s
         return {k: v.flip(0) for k, v in original(self, step, batch_size, patch_size, **options).items()}
 
     rays.RaySampler.sample = sample
-    _rank_main(rank, world, port, exp, trial_dir, fail)
+    _rank_main(rank, world, rendezvous, exp, trial_dir, fail)
 
 
 @pytest.mark.slow
@@ -461,7 +460,7 @@ def test_two_ranks_deviate_from_one_as_one_process_does_from_itself_in_another_o
     much as 2 ranks do, so what remains is float32 rounding amplified by RMSProp, not the distributed path.
     Prints the figures of docs/benchmarks.md "Data parallel" (`pytest -m slow -s -k order`)."""
     exp, control = _trial(tmp_path, PLENOXELS, "plenoxels")
-    ctx = mp.start_processes(_rank_main_reversed, args=(1, _free_port(), str(exp), str(control), None), nprocs=1,
+    ctx = mp.start_processes(_rank_main_reversed, args=(1, _rendezvous(), str(exp), str(control), None), nprocs=1,
                              start_method="spawn")
     assert ctx is None or ctx.join()
     one = _final(plenoxels_reference)

@@ -16,7 +16,7 @@ method's `data_parallel` stays None.
 
 The process group comes from the environment: `launch.run_trial_job` exports submitit's job
 environment (`submitit.helpers.TorchDistributedEnvironment`) for a job of several tasks; a local
-N-process launch (tests) sets RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT itself. Backend: nccl
+N-process launch (tests) sets RANK and WORLD_SIZE itself, with a file rendezvous (HARNESS_DIST_INIT). Backend: nccl
 when CUDA is available, else gloo.
 """
 
@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 600.0  # launch.collective_timeout_s: how long a collective waits for a silent rank
 TIMEOUT_ENV = "HARNESS_COLLECTIVE_TIMEOUT_S"
+# a rendezvous other than env:// (e.g. file:///tmp/x: no port that another process can take between the
+# choice of a free port and rank 0's store binding it; the tests' N-process launches use one)
+INIT_ENV = "HARNESS_DIST_INIT"
 SIGNAL_BITS = 2  # harness.run.trial's PREEMPTED | STOPPED, agreed on in reduce_losses
 ERRORS_DIR = "ranks"  # inside the trial folder: <rank>.error of a rank that failed
 
@@ -79,7 +82,8 @@ def env_world_size(env=None) -> int:
 
 def setup(timeout_s: float | None = None) -> World:
     """Join the trial's process group when WORLD_SIZE > 1 (env:// rendezvous: RANK, WORLD_SIZE,
-    MASTER_ADDR, MASTER_PORT); else leave everything as it is. Idempotent."""
+    MASTER_ADDR, MASTER_PORT; or the init method in HARNESS_DIST_INIT); else leave everything as it is.
+    Idempotent."""
     global _WORLD
     size = env_world_size()
     if size <= 1:
@@ -92,8 +96,8 @@ def setup(timeout_s: float | None = None) -> World:
     if not torch.distributed.is_initialized():
         if backend == "nccl":
             torch.cuda.set_device(local % torch.cuda.device_count())
-        torch.distributed.init_process_group(backend, init_method="env://", rank=rank, world_size=size,
-                                             timeout=datetime.timedelta(seconds=timeout_s))
+        torch.distributed.init_process_group(backend, init_method=os.environ.get(INIT_ENV) or "env://", rank=rank,
+                                             world_size=size, timeout=datetime.timedelta(seconds=timeout_s))
     _WORLD = World(rank=rank, size=size, local_rank=local, backend=backend, timeout_s=float(timeout_s))
     log.info("rank %d of %d (%s, collective timeout %.0f s)", rank, size, backend, timeout_s)
     return _WORLD
