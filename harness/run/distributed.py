@@ -103,10 +103,20 @@ def setup(timeout_s: float | None = None) -> World:
     return _WORLD
 
 
+LEAVE_TIMEOUT_S = 30.0  # how long a rank waits at the end for the others before it leaves the group
+
+
 def teardown() -> None:
-    """Leave the process group (at the end of the job; a cleanup that never raises)."""
+    """Leave the process group (at the end of the job; a cleanup that never raises). With gloo the ranks
+    first wait for each other (at most LEAVE_TIMEOUT_S; at once past a rank that died): a rank that
+    destroyed its group while another still held a connection to it sometimes ended in 'terminate called
+    without an active exception' at exit, a failed task of a trial that was done."""
     global _WORLD
     if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if _WORLD.size > 1 and torch.distributed.get_backend() == "gloo":
+            with contextlib.suppress(Exception):
+                torch.distributed.monitored_barrier(timeout=datetime.timedelta(seconds=LEAVE_TIMEOUT_S),
+                                                    wait_all_ranks=True)
         with contextlib.suppress(Exception):
             torch.distributed.destroy_process_group()
     _WORLD = World()
