@@ -35,7 +35,12 @@ import torch.nn.functional as F
 
 from baselines.plenoxels.method import Plenoxels
 from baselines.plenoxels.sampling import Occupancy
-from baselines.plenoxels_temporal.losses import FeatureTemporal, FlowConsistency, occupied_mean_square
+from baselines.plenoxels_temporal.losses import (
+    FeatureTemporal,
+    FlowConsistency,
+    flow_from_depth,
+    occupied_mean_square,
+)
 from harness.core.data.rays import image_rays, rays_for_pixels
 from harness.core.errors import ConfigError
 from harness.core.method import tensor_bytes
@@ -201,10 +206,11 @@ class TemporalPlenoxels:
         prev = self.frames[-1]
         term = self.feature_temporal
         if term is not None and term.active:
-            current = self.model.grid.density[:, 0].detach()
-            either = (prev["density"][:, 0] > 0) | (current > 0)
-            value = term.density_weight * occupied_mean_square(density, prev["density"][d_rows], either[d_rows]) \
-                + term.sh_weight * occupied_mean_square(sh, prev["sh"][s_rows], either[s_rows])
+            def either(rows):  # occupied at the previous step or now, for the touched rows only
+                return (prev["density"][rows, 0] > 0) | (self.model.grid.density[rows, 0] > 0)
+
+            value = term.density_weight * occupied_mean_square(density, prev["density"][d_rows], either(d_rows)) \
+                + term.sh_weight * occupied_mean_square(sh, prev["sh"][s_rows], either(s_rows))
             out["feature_temporal"] = term.weight * value
         if self._flow_batch is not None:
             out["flow_consistency"] = self.flow_consistency.weight * (rgb_extra - self._flow_batch).square().mean()
@@ -248,8 +254,6 @@ class TemporalPlenoxels:
         """(H*W, 2) forward flow of train frame i (to frame j, the same camera one step later)."""
         if self.flow_consistency.source == "scene":
             return np.asarray(self.flows[i], dtype=np.float32).reshape(-1, 2)
-        from baselines.plenoxels_temporal.losses import flow_from_depth
-
         cams = self.train.cameras
         K = (float(cams.fx[i]), float(cams.fy[i]), float(cams.cx[i]), float(cams.cy[i]))
         flow = flow_from_depth(depth.double(), K, torch.from_numpy(cams.c2w[i]).double(),
